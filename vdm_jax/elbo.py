@@ -1,0 +1,364 @@
+r"""The three terms of the VDM evidence lower bound, per example, in nats.
+
+$-\log p(x) \le \mathcal{L}_{recon} + \mathcal{L}_{prior} + \mathcal{L}_{diffusion}$ (the
+seed's ELBO in its denoising-matching form, DESIGN §2):
+
+* reconstruction: $-\log p(k \mid z_0)$ with an exact factorised discrete decoder;
+* prior matching: $D_{KL}(q(z_1 \mid x) \,\|\, N(0, I))$;
+* denoising matching: $\sum_{i=1}^T D_{KL}(q(z_s \mid z_t, x) \| p_\theta(z_s \mid z_t))$,
+  $s = (i-1)/T$, $t = i/T$, estimated with one random $i$, or its T -> infinity limit.
+
+Every term returns shape `[B]`, summed over all non-batch axes. Data are integers
+k in {0..V-1} mapped to bin centres x = (2k + 1)/V - 1 (`encode`).
+
+Example (an epsilon-predicting model in continuous time):
+  >>> key_t, key_e = jax.random.split(key)
+  >>> x = elbo.encode(k, 256)                                    # [B, H, W, C]
+  >>> t = elbo.sample_times(key_t, x.shape[0])                   # [B]
+  >>> gamma_t, dgamma = schedules.gamma_and_derivative(schedule, t)
+  >>> eps = jax.random.normal(key_e, x.shape)
+  >>> z_t = gaussian.q_sample(x, gamma_t, eps)
+  >>> loss_diff = elbo.diffusion_loss_continuous(eps, model(z_t, gamma_t), dgamma)
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from vdm_jax import _checks, gaussian, schedules
+
+__all__ = [
+  "bits_per_dim",
+  "decoder_logits",
+  "denoising_matching_kl",
+  "diffusion_loss_continuous",
+  "diffusion_loss_discrete",
+  "encode",
+  "eps_from_v",
+  "eps_from_x",
+  "prediction_to_eps",
+  "prior_loss",
+  "reconstruction_loss",
+  "sample_times",
+  "v_from_x_eps",
+  "x_from_eps",
+  "x_from_v",
+]
+
+
+# ---------------------------------------------------------------------------
+# Data <-> bin centres and the discrete decoder p(k | z_0).
+# ---------------------------------------------------------------------------
+
+
+def encode(k, vocab_size: int):
+  """Integers k in {0, ..., V-1} -> bin centres x = (2k + 1)/V - 1 in (-1, 1), float32.
+
+  Args:
+    k: integer array, any shape.
+    vocab_size: V, the number of levels (256 for 8-bit images, 17 for sklearn digits).
+
+  Returns:
+    float32 array with the shape of `k`.
+  """
+  k = _checks.as_int("k", k)
+  vocab_size = _checks.check_vocab_size(vocab_size)
+  return (2.0 * k.astype(jnp.float32) + 1.0) / vocab_size - 1.0
+
+
+def decoder_logits(z_0, gamma_0, vocab_size: int):
+  r"""Unnormalised log p(k | z_0) over the V bin centres, per data dimension.
+
+  $\log p(k \mid z_0) = -\frac{(z_0/\alpha_0 - x_k)^2}{2\sigma_0^2/\alpha_0^2} + \text{const}
+  = -\tfrac12 e^{-\gamma_0}(z_0/\alpha_0 - x_k)^2 + \text{const}$, i.e. the Gaussian
+  likelihood of the rescaled latent evaluated at every bin centre and normalised over
+  the V values (not over the real line), so it is an exact discrete distribution.
+
+  Args:
+    z_0: `[B, ...]` latent at t = 0.
+    gamma_0: scalar or `[B]`.
+    vocab_size: V.
+
+  Returns:
+    logits `[B, ..., V]`; `jax.nn.log_softmax` over the last axis gives log p(k | z_0).
+  """
+  z_0 = _checks.as_float("z_0", z_0)
+  _checks.check_batched("z_0", z_0)
+  vocab_size = _checks.check_vocab_size(vocab_size)
+  g0 = _checks.per_example("gamma_0", gamma_0, z_0, batch_name="z_0")
+  log_a2, _ = schedules.log_alpha2_sigma2(g0)
+  z_rescaled = z_0 * jnp.exp(-0.5 * log_a2)  # z_0 / alpha_0
+  centres = encode(jnp.arange(vocab_size), vocab_size)  # [V]
+  return -0.5 * jnp.exp(-g0)[..., None] * jnp.square(z_rescaled[..., None] - centres)
+
+
+def reconstruction_loss(k, z_0, gamma_0, vocab_size: int = 256):
+  r"""$-\log p(k \mid z_0)$ summed over data dimensions, in nats.
+
+  Args:
+    k: integer data `[B, ...]` (any number of axes and channels), values in {0..V-1}.
+    z_0: latent `[B, ...]`, same shape as `k`, typically q_sample(encode(k), gamma_0, eps).
+    gamma_0: scalar or `[B]`.
+    vocab_size: V.
+
+  Returns:
+    `[B]` nats.
+  """
+  k = _checks.as_int("k", k)
+  z_0 = _checks.as_float("z_0", z_0)
+  _checks.check_same_shape("k", k, "z_0", z_0)
+  log_probs = jax.nn.log_softmax(decoder_logits(z_0, gamma_0, vocab_size), axis=-1)
+  log_p_k = jnp.take_along_axis(log_probs, k[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return -_checks.sum_except_batch(log_p_k)
+
+
+# ---------------------------------------------------------------------------
+# Prior matching.
+# ---------------------------------------------------------------------------
+
+
+def _kl_std_normal_offset(gamma):
+  """sigma^2 - 1 - log sigma^2 = softplus(-gamma) - sigmoid(-gamma) >= 0, accurately.
+
+  With a = alpha^2 = sigmoid(-gamma) this is -log(1 - a) - a = a^2/2 + a^3/3 + ...; the
+  series is used for small a, where the direct difference loses all its digits.
+  """
+  a = jax.nn.sigmoid(-gamma)
+  direct = jax.nn.softplus(-gamma) - a
+  a_small = jnp.minimum(a, 1e-2)
+  series = a_small * a_small * (0.5 + a_small * (1.0 / 3.0 + a_small * (0.25 + a_small / 5.0)))
+  return jnp.where(a < 1e-2, series, direct)
+
+
+def prior_loss(x, gamma_1):
+  r"""$D_{KL}(q(z_1 \mid x) \,\|\, N(0, I))$ summed over data dimensions, in nats.
+
+  Per dimension: $\tfrac12(\alpha_1^2 x^2 + \sigma_1^2 - 1 - \log\sigma_1^2)$.
+
+  Args:
+    x: data `[B, ...]` (bin centres), floating.
+    gamma_1: scalar or `[B]`.
+
+  Returns:
+    `[B]` nats.
+  """
+  x = _checks.as_float("x", x)
+  _checks.check_batched("x", x)
+  g1 = _checks.per_example("gamma_1", gamma_1, x)
+  a2 = jax.nn.sigmoid(-g1)
+  per_dim = 0.5 * (a2 * jnp.square(x) + _kl_std_normal_offset(g1))
+  return _checks.sum_except_batch(jnp.broadcast_to(per_dim, x.shape))
+
+
+# ---------------------------------------------------------------------------
+# Denoising matching (the diffusion loss).
+# ---------------------------------------------------------------------------
+
+
+def _sq_error(eps, eps_hat):
+  eps = _checks.as_float("eps", eps)
+  eps_hat = _checks.as_float("eps_hat", eps_hat)
+  _checks.check_batched("eps", eps)
+  _checks.check_same_shape("eps", eps, "eps_hat", eps_hat)
+  return eps, _checks.sum_except_batch(jnp.square(eps - eps_hat))
+
+
+def _per_example_vector(name, v, like):
+  """A scalar or `[B]` weight, returned as shape `[B]`."""
+  return jnp.broadcast_to(_checks.per_example(name, v, like).reshape(-1), like.shape[:1])
+
+
+def diffusion_loss_continuous(eps, eps_hat, dgamma_dt):
+  r"""Continuous-time (T -> infinity) diffusion loss for one sampled t per example.
+
+  $\mathcal{L}_\infty = \mathbb{E}_{t \sim U[0,1]}[\tfrac12 \gamma'(t)\|\epsilon - \hat\epsilon\|^2]
+  = \mathbb{E}_t[-\tfrac12 \mathrm{SNR}'(t)\|x - \hat x\|^2]$; this returns the integrand
+  at the sampled t, an unbiased estimate of the sum of the seed's denoising matching terms
+  in the limit of infinitely many steps.
+
+  Args:
+    eps: the noise used to draw z_t, `[B, ...]`.
+    eps_hat: the model's prediction of it, same shape.
+    dgamma_dt: gamma'(t) at each example's t, scalar or `[B]` (see
+      `schedules.gamma_and_derivative`).
+
+  Returns:
+    `[B]` nats.
+  """
+  eps, sq = _sq_error(eps, eps_hat)
+  return 0.5 * _per_example_vector("dgamma_dt", dgamma_dt, eps) * sq
+
+
+def diffusion_loss_discrete(eps, eps_hat, gamma_s, gamma_t, num_steps: int):
+  r"""T-step diffusion loss for one sampled step per example (t = i/T, s = (i-1)/T).
+
+  $T \cdot \tfrac12(\mathrm{SNR}(s) - \mathrm{SNR}(t))\|x - \hat x\|^2
+  = T \cdot \tfrac12\,\mathrm{expm1}(\gamma_t - \gamma_s)\,\|\epsilon - \hat\epsilon\|^2$,
+  i.e. T times the seed's denoising matching KL at a uniformly drawn step, an unbiased
+  estimate of its sum over the T steps.
+
+  Args:
+    eps: the noise used to draw z_t, `[B, ...]`.
+    eps_hat: the model's prediction of it, same shape.
+    gamma_s: scalar or `[B]`, gamma((i-1)/T).
+    gamma_t: scalar or `[B]`, gamma(i/T).
+    num_steps: T >= 1.
+
+  Returns:
+    `[B]` nats.
+  """
+  num_steps = _checks.check_num_steps(num_steps, allow_zero=False)
+  eps, sq = _sq_error(eps, eps_hat)
+  g_s = _per_example_vector("gamma_s", gamma_s, eps)
+  g_t = _per_example_vector("gamma_t", gamma_t, eps)
+  return 0.5 * num_steps * jnp.expm1(g_t - g_s) * sq
+
+
+def denoising_matching_kl(x, x_hat, z_t, gamma_s, gamma_t):
+  r"""The seed's denoising matching term, computed literally as a Gaussian KL.
+
+  $D_{KL}(q(z_s \mid z_t, x) \,\|\, p_\theta(z_s \mid z_t))$ where
+  $p_\theta(z_s \mid z_t) = q(z_s \mid z_t, x = \hat x)$ has the posterior's variance
+  $\sigma_q^2$; both come from `gaussian.q_posterior` and the KL from
+  `gaussian.gaussian_kl`. Analytically it equals
+  $\tfrac12(\mathrm{SNR}(s) - \mathrm{SNR}(t))\|x - \hat x\|^2$ (tested), which is what
+  `diffusion_loss_discrete` computes, divided by T, in epsilon form.
+
+  Args:
+    x: data `[B, ...]`.
+    x_hat: prediction of x from z_t, same shape.
+    z_t: latent at t, same shape.
+    gamma_s, gamma_t: scalars or `[B]`, with gamma_s < gamma_t.
+
+  Returns:
+    `[B]` nats.
+  """
+  x = _checks.as_float("x", x)
+  _checks.check_batched("x", x)
+  mean_q, var_q = gaussian.q_posterior(z_t, x, gamma_s, gamma_t)
+  mean_p, var_p = gaussian.q_posterior(z_t, x_hat, gamma_s, gamma_t)
+  return _checks.sum_except_batch(gaussian.gaussian_kl(mean_q, var_q, mean_p, var_p))
+
+
+# ---------------------------------------------------------------------------
+# Time sampling.
+# ---------------------------------------------------------------------------
+
+
+def sample_times(key, batch_size: int, *, num_steps: int = 0, antithetic: bool = True):
+  r"""One diffusion time per example, t in (0, 1].
+
+  With `antithetic=True` (low-discrepancy sampling, as in the VDM paper) a single
+  uniform u_0 is drawn and u_b = (u_0 + b/B) mod 1, so the batch covers [0, 1)
+  evenly; each u_b is still marginally uniform, so the loss stays unbiased while its
+  variance across the batch drops. Continuous time returns t = 1 - u. With
+  `num_steps = T > 0` the grid step i = floor(u T) + 1 in {1..T} is returned as
+  t = i/T (its predecessor is s = t - 1/T).
+
+  Args:
+    key: a `jax.random` key.
+    batch_size: B.
+    num_steps: 0 for continuous time, else T.
+    antithetic: stratify the batch as above; else i.i.d. uniforms.
+
+  Returns:
+    t, float32 `[B]`.
+  """
+  num_steps = _checks.check_num_steps(num_steps, allow_zero=True)
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+  if antithetic:
+    u0 = jax.random.uniform(key, ())
+    u = jnp.mod(u0 + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
+  else:
+    u = jax.random.uniform(key, (batch_size,))
+  if num_steps == 0:
+    return 1.0 - u
+  i = jnp.minimum(jnp.floor(u * num_steps), num_steps - 1) + 1.0
+  return i / num_steps
+
+
+# ---------------------------------------------------------------------------
+# Conversions between predictions of x, epsilon and v.
+# ---------------------------------------------------------------------------
+
+
+def _coefs(gamma_t, base, base_name, other, other_name):
+  """Checks a conversion's inputs; returns (alpha_t, sigma_t, base, other) broadcastable."""
+  base = _checks.as_float(base_name, base)
+  other = _checks.as_float(other_name, other)
+  _checks.check_batched(base_name, base)
+  _checks.check_same_shape(base_name, base, other_name, other)
+  g = _checks.per_example("gamma_t", gamma_t, base, batch_name=base_name)
+  return (*schedules.alpha_sigma(g), base, other)
+
+
+def x_from_eps(z_t, eps_hat, gamma_t):
+  r"""$\hat x = (z_t - \sigma_t \hat\epsilon)/\alpha_t$. Shapes `[B, ...]`; gamma scalar or `[B]`."""
+  alpha, sigma, z_t, eps_hat = _coefs(gamma_t, z_t, "z_t", eps_hat, "eps_hat")
+  return (z_t - sigma * eps_hat) / alpha
+
+
+def eps_from_x(z_t, x_hat, gamma_t):
+  r"""$\hat\epsilon = (z_t - \alpha_t \hat x)/\sigma_t$. Shapes `[B, ...]`; gamma scalar or `[B]`."""
+  alpha, sigma, z_t, x_hat = _coefs(gamma_t, z_t, "z_t", x_hat, "x_hat")
+  return (z_t - alpha * x_hat) / sigma
+
+
+def v_from_x_eps(x, eps, gamma_t):
+  r"""The v target $v = \alpha_t \epsilon - \sigma_t x$. Shapes `[B, ...]`."""
+  alpha, sigma, x, eps = _coefs(gamma_t, x, "x", eps, "eps")
+  return alpha * eps - sigma * x
+
+
+def x_from_v(z_t, v_hat, gamma_t):
+  r"""$\hat x = \alpha_t z_t - \sigma_t \hat v$ (since alpha^2 + sigma^2 = 1)."""
+  alpha, sigma, z_t, v_hat = _coefs(gamma_t, z_t, "z_t", v_hat, "v_hat")
+  return alpha * z_t - sigma * v_hat
+
+
+def eps_from_v(z_t, v_hat, gamma_t):
+  r"""$\hat\epsilon = \sigma_t z_t + \alpha_t \hat v$."""
+  alpha, sigma, z_t, v_hat = _coefs(gamma_t, z_t, "z_t", v_hat, "v_hat")
+  return sigma * z_t + alpha * v_hat
+
+
+_TO_EPS = {
+  "eps": lambda z_t, out, gamma_t: out,
+  "x": eps_from_x,
+  "v": eps_from_v,
+}
+
+
+def prediction_to_eps(prediction, z_t, gamma_t, parameterization: str):
+  """Converts a network output to an epsilon prediction.
+
+  Args:
+    prediction: network output `[B, ...]`.
+    z_t: the network's input latent, same shape.
+    gamma_t: scalar or `[B]`.
+    parameterization: what the network predicts: "eps", "x" or "v".
+
+  Returns:
+    eps_hat, same shape as `z_t`.
+  """
+  if parameterization not in _TO_EPS:
+    raise ValueError(
+      f"Unknown parameterization {parameterization!r}; choose one of {sorted(_TO_EPS)}."
+    )
+  return _TO_EPS[parameterization](z_t, prediction, gamma_t)
+
+
+# ---------------------------------------------------------------------------
+# Units.
+# ---------------------------------------------------------------------------
+
+
+def bits_per_dim(nats, num_dims: int):
+  """nats / (D ln 2): a per-example loss in nats to bits per data dimension."""
+  if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:
+    raise ValueError(f"`num_dims` must be a positive int, got {num_dims!r}.")
+  return _checks.as_float("nats", nats) / (num_dims * math.log(2.0))
