@@ -91,8 +91,10 @@ def decoder_logits(z_0, gamma_0, vocab_size: int):
   g0 = _checks.per_example("gamma_0", gamma_0, z_0, batch_name="z_0")
   log_a2, _ = schedules.log_alpha2_sigma2(g0)
   z_rescaled = z_0 * jnp.exp(-0.5 * log_a2)  # z_0 / alpha_0
-  centres = encode(jnp.arange(vocab_size), vocab_size)  # [V]
-  return -0.5 * jnp.exp(-g0)[..., None] * jnp.square(z_rescaled[..., None] - centres)
+  centres = encode(jnp.arange(vocab_size), vocab_size).reshape((1,) * z_0.ndim + (vocab_size,))
+  snr_0 = jnp.exp(-g0)
+  snr_0 = snr_0[..., None] if snr_0.ndim else snr_0
+  return -0.5 * snr_0 * jnp.square(z_rescaled[..., None] - centres)
 
 
 def reconstruction_loss(k, z_0, gamma_0, vocab_size: int = 256):
