@@ -1,0 +1,1 @@
+"""Entry points (installed as the `vdm_jax_scripts` package for the console scripts)."""

@@ -1,0 +1,120 @@
+"""The base configuration every `configs/*.py` file starts from, and its validation.
+
+Config files are deltas on `base_config()`: they change only what differs. `validate`
+checks a config before anything is allocated, so a bad value fails in a second with a
+message that names the field, the value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+SCHEDULES = ("linear", "learned_linear", "monotone", "cosine", "ddpm")
+DENOISERS = ("unet", "mlp")
+PREDICTIONS = ("eps", "x", "v")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults: the VDM paper's objective on the offline digits data, CPU-sized."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"
+  c.data.data_dir = "~/tensorflow_datasets"
+  c.data.num_workers = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.denoiser = "unet"
+  c.model.prediction = "eps"  # what the network outputs; the loss is the ELBO regardless
+  c.model.n_layer = 4  # residual blocks on the way down (n_layer + 1 up)
+  c.model.n_embd = 64  # channels
+  c.model.norm_groups = 32
+  c.model.dropout = 0.1
+  c.model.fourier_features = True
+  c.model.attention_everywhere = False  # self-attention after every block, not only the middle
+  c.model.mlp_hidden = 256  # the MLP denoiser (low-dimensional data)
+  c.model.mlp_layers = 4
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.kind = "learned_linear"
+  c.schedule.gamma_min = -13.3
+  c.schedule.gamma_max = 5.0
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.num_steps = 0  # T; 0 = continuous time
+  c.loss.antithetic = True
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 2e-4
+  c.optim.warmup_steps = 100
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.99
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.01
+  c.optim.grad_clip = 1.0  # global norm; 0 disables
+  c.optim.ema_decay = 0.999
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64  # global, over all devices and hosts
+  c.train.num_steps = 2000
+  c.train.log_every = 50
+  c.train.eval_every = 1000
+  c.train.ckpt_every = 500
+  c.train.max_to_keep = 3
+  c.train.num_samples = 64  # sample grid written at each evaluation (0 disables)
+  c.train.sample_steps = 200
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 256
+  c.eval.split = "test"
+
+  c.distributed = False  # call jax.distributed.initialize() (multi-host)
+  return c
+
+
+def _choice(path: str, value, choices):
+  if value not in choices:
+    raise ValueError(f"config.{path}={value!r} is not one of {list(choices)}.")
+
+
+def _positive(path: str, value, *, allow_zero: bool = False):
+  if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    raise ValueError(f"config.{path} must be a non-negative number, got {value!r}.")
+  if value == 0 and not allow_zero:
+    raise ValueError(f"config.{path} must be positive, got {value!r}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad field of `config`."""
+  from vdm_jax import data  # local: the data layer imports tfds
+
+  _choice("data.name", config.data.name, data.DATASETS)
+  _choice("model.denoiser", config.model.denoiser, DENOISERS)
+  _choice("model.prediction", config.model.prediction, PREDICTIONS)
+  _choice("schedule.kind", config.schedule.kind, SCHEDULES)
+  if not config.schedule.gamma_min < config.schedule.gamma_max:
+    raise ValueError(
+      f"config.schedule.gamma_min ({config.schedule.gamma_min}) must be below "
+      f"config.schedule.gamma_max ({config.schedule.gamma_max})."
+    )
+  for path in ["model.n_layer", "model.n_embd", "model.mlp_hidden", "model.mlp_layers"]:
+    _positive(path, config[path.split(".")[0]][path.split(".")[1]])
+  if config.model.denoiser == "unet" and config.model.n_embd % config.model.norm_groups:
+    raise ValueError(
+      f"config.model.n_embd ({config.model.n_embd}) must be divisible by "
+      f"config.model.norm_groups ({config.model.norm_groups})."
+    )
+  if not 0.0 <= config.model.dropout < 1.0:
+    raise ValueError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}.")
+  _positive("loss.num_steps", config.loss.num_steps, allow_zero=True)
+  if not isinstance(config.loss.num_steps, int):
+    raise ValueError(f"config.loss.num_steps must be an int, got {config.loss.num_steps!r}.")
+  _positive("optim.learning_rate", config.optim.learning_rate)
+  _positive("optim.grad_clip", config.optim.grad_clip, allow_zero=True)
+  if not 0.0 <= config.optim.ema_decay < 1.0:
+    raise ValueError(f"config.optim.ema_decay must be in [0, 1), got {config.optim.ema_decay}.")
+  for path in ["batch_size", "num_steps", "log_every", "eval_every", "ckpt_every", "max_to_keep"]:
+    _positive(f"train.{path}", config.train[path])
+  _positive("train.num_samples", config.train.num_samples, allow_zero=True)
+  _positive("eval.batch_size", config.eval.batch_size)

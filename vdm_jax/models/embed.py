@@ -1,0 +1,48 @@
+"""Conditioning shared by the denoisers: a sinusoidal embedding of gamma and Fourier features."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
+  """Sinusoidal embedding of a scalar per example: `[B] -> [B, dim]`.
+
+  Args:
+    t: `[B]`, typically the normalised gamma in [0, 1] scaled by 1000.
+    dim: an even embedding size.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t[:, None].astype(jnp.float32) * freqs[None, :]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def fourier_features(z, first: int = 6, last: int = 8):
+  """sin/cos(2^n 2 pi z) for n in [first, last): channels `C -> 2 C (last - first)`.
+
+  High frequencies of z let the network resolve the fine structure of nearly clean
+  latents (the VDM paper's Fourier features), which matters for likelihood.
+  """
+  freqs = 2.0 ** jnp.arange(first, last, dtype=jnp.float32) * 2.0 * math.pi
+  h = z[..., None] * freqs.reshape((1,) * z.ndim + (-1,))  # [..., C, F]
+  h = h.reshape(z.shape[:-1] + (-1,))
+  return jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=-1)
+
+
+class GammaEmbedding(nn.Module):
+  """gamma_t -> conditioning vector: normalise to [0, 1], sinusoid, 2-layer MLP."""
+
+  dim: int
+  gamma_min: float
+  gamma_max: float
+
+  @nn.compact
+  def __call__(self, gamma):
+    t = (gamma - self.gamma_min) / (self.gamma_max - self.gamma_min)
+    h = timestep_embedding(1000.0 * t, self.dim)
+    h = nn.swish(nn.Dense(4 * self.dim, name="dense0")(h))
+    return nn.swish(nn.Dense(4 * self.dim, name="dense1")(h))

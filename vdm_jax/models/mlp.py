@@ -1,0 +1,38 @@
+"""An MLP denoiser for low-dimensional data (the 2-D toy sets)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vdm_jax.models.embed import GammaEmbedding, fourier_features
+
+
+class MLPDenoiser(nn.Module):
+  """Predicts eps (or x, v) from z_t `[B, D]` and gamma_t `[B]`; output `[B, D]`.
+
+  Residual MLP: each layer adds the gamma conditioning, swish, and a skip connection;
+  the output layer is zero-initialised.
+  """
+
+  hidden: int = 256
+  num_layers: int = 4
+  fourier_features: bool = True
+  gamma_min: float = -13.3
+  gamma_max: float = 5.0
+
+  @nn.compact
+  def __call__(self, z, gamma, train: bool = False):
+    del train  # no dropout
+    if z.ndim != 2:
+      raise ValueError(f"MLPDenoiser expects z of shape [B, D], got {z.shape}.")
+    cond = GammaEmbedding(self.hidden // 4, self.gamma_min, self.gamma_max, name="embed")(gamma)
+    h = jnp.concatenate([z, fourier_features(z)], axis=-1) if self.fourier_features else z
+    h = nn.Dense(self.hidden, name="dense_in")(h)
+    for i in range(self.num_layers):
+      y = nn.swish(nn.LayerNorm(name=f"norm{i}")(h))
+      y = nn.Dense(self.hidden, name=f"dense{i}a")(y) + nn.Dense(self.hidden, name=f"cond{i}")(cond)
+      y = nn.Dense(self.hidden, name=f"dense{i}b")(nn.swish(y))
+      h = h + y
+    h = nn.swish(nn.LayerNorm(name="norm_out")(h))
+    return nn.Dense(z.shape[-1], kernel_init=nn.initializers.zeros, name="dense_out")(h)

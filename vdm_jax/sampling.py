@@ -1,0 +1,103 @@
+r"""Samplers of the reverse process and image grids.
+
+* Ancestral (the seed's reverse process): z_1 ~ N(0, I), then for t = 1, ..., 1/T,
+  z_s ~ p_theta(z_s | z_t) = N(mu_theta(z_t), sigma_q^2) = q(z_s | z_t, x = x_hat(z_t)),
+  and finally k ~ p(k | z_0) (or its argmax).
+* DDIM (deterministic, eta = 0): z_s = alpha_s x_hat + sigma_s eps_hat.
+
+Both are pure functions of (vdm, params, key); the T-step loop is a `lax.fori_loop`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdm_jax import _checks, elbo, gaussian, schedules
+
+METHODS = ("ancestral", "ddim")
+
+
+def sample(
+  vdm,
+  params,
+  key,
+  num_samples: int,
+  *,
+  num_steps: int = 1000,
+  method: str = "ancestral",
+  decode: str = "sample",
+):
+  """Draws integer samples `[num_samples, *vdm.data_shape]` from the model.
+
+  Args:
+    vdm: a `vdm_jax.vdm.VDM`.
+    params: its params (use the EMA params).
+    key: `jax.random` key.
+    num_samples: how many.
+    num_steps: T, the number of reverse steps.
+    method: "ancestral" or "ddim".
+    decode: "sample" draws k ~ p(k | z_0); "mode" takes its argmax.
+
+  Returns:
+    int32 array `[num_samples, *data_shape]` with values in {0..V-1}.
+  """
+  if method not in METHODS:
+    raise ValueError(f"Unknown sampling method {method!r}; choose one of {list(METHODS)}.")
+  if decode not in ("sample", "mode"):
+    raise ValueError(f"Unknown decode {decode!r}; choose 'sample' or 'mode'.")
+  num_steps = _checks.check_num_steps(num_steps, allow_zero=False)
+  key_init, key_loop, key_dec = jax.random.split(key, 3)
+  shape = (num_samples, *vdm.data_shape)
+  z = jax.random.normal(key_init, shape)
+
+  def body(i, z):
+    # i = 0..T-1 walks t = 1, 1 - 1/T, ..., 1/T.
+    t = 1.0 - i / num_steps
+    s = t - 1.0 / num_steps
+    gamma_t = vdm.gamma(params, jnp.full((num_samples,), t))
+    gamma_s = vdm.gamma(params, jnp.full((num_samples,), s))
+    eps_hat = vdm.eps_hat(params, z, gamma_t)
+    x_hat = elbo.x_from_eps(z, eps_hat, gamma_t)
+    if method == "ddim":
+      alpha_s, sigma_s = schedules.alpha_sigma(_checks.per_example("gamma_s", gamma_s, z))
+      return alpha_s * x_hat + sigma_s * eps_hat
+    mean, var = gaussian.q_posterior(z, x_hat, gamma_s, gamma_t)
+    noise = jax.random.normal(jax.random.fold_in(key_loop, i), shape)
+    return mean + jnp.sqrt(var) * noise
+
+  z_0 = jax.lax.fori_loop(0, num_steps, body, z)
+  gamma_0 = vdm.gamma(params, jnp.zeros(()))
+  logits = elbo.decoder_logits(z_0, gamma_0, vdm.vocab_size)
+  if decode == "mode":
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(key_dec, logits).astype(jnp.int32)
+
+
+def image_grid(images, vocab_size: int, *, scale: int = 1) -> np.ndarray:
+  """Tiles integer images `[N, H, W, C]` into one uint8 image `[rows*H, cols*W, C]`."""
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"image_grid expects [N, H, W, C] images, got shape {images.shape}.")
+  n, h, w, c = images.shape
+  cols = math.ceil(math.sqrt(n))
+  rows = math.ceil(n / cols)
+  pixels = np.round(images.astype(np.float64) * 255.0 / (vocab_size - 1)).astype(np.uint8)
+  grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, np.uint8)
+  for idx in range(n):
+    r, q = divmod(idx, cols)
+    grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = pixels[idx]
+  if scale > 1:
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+  return grid
+
+
+def save_png(path, grid: np.ndarray) -> None:
+  """Writes a uint8 `[H, W, C]` grid (C = 1 or 3) as PNG."""
+  from PIL import Image
+
+  img = grid[..., 0] if grid.shape[-1] == 1 else grid
+  Image.fromarray(img).save(path)
