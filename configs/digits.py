@@ -14,15 +14,16 @@ def get_config():
   c = base_config()
   c.data.name = "digits"
   c.model.n_layer = 2
-  c.model.n_embd = 64
+  c.model.n_embd = 32
+  c.model.norm_groups = 8
   c.model.dropout = 0.1
   c.optim.learning_rate = 1e-3
-  c.optim.ema_decay = 0.999
+  c.optim.ema_decay = 0.995
   c.train.batch_size = 64
-  c.train.num_steps = 3000
-  c.train.eval_every = 1500
+  c.train.num_steps = 2000
+  c.train.eval_every = 1000
   c.train.ckpt_every = 500
   c.train.num_samples = 64
   c.train.sample_steps = 250
-  c.eval.batch_size = 300
+  c.eval.batch_size = 256
   return c

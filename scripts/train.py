@@ -9,7 +9,9 @@ Also installed as `vdm-train`. Relaunching with the same --workdir resumes.
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Path to a config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs, samples).")
 flags.mark_flags_as_required(["config", "workdir"])
 

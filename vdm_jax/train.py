@@ -30,6 +30,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -95,9 +96,7 @@ def create_train_state(vdm: VDM, key, tx: optax.GradientTransformation) -> Train
 def make_mesh() -> jax.sharding.Mesh:
   """A 1-D ("data",) mesh over every device. Auto axis type: jax 0.10's default (Explicit)
   would put shardings into the types and reject Flax's dropout `select`."""
-  return jax.make_mesh(
-    (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
-  )
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def check_batch_size(batch_size: int, what: str = "config.train.batch_size") -> None:
@@ -105,7 +104,7 @@ def check_batch_size(batch_size: int, what: str = "config.train.batch_size") -> 
   if batch_size % n:
     raise ValueError(
       f"{what} ({batch_size}) must be divisible by the number of devices ({n}); "
-      f"try {max(n, batch_size // n * n)}."
+      f"try {-(-batch_size // n) * n}."
     )
 
 
@@ -142,7 +141,7 @@ def train_step(state: TrainState, batch: dict, key, *, vdm: VDM, config):
   ema = optax.incremental_update(new_state.params, state.ema_params, 1.0 - config.optim.ema_decay)
   new_state = new_state.replace(ema_params=ema)
   to_bpd = 1.0 / (vdm.num_dims * math.log(2.0))
-  metrics = {"loss_bpd": loss, "grad_norm": optax.global_norm(grads)}
+  metrics = {"loss_bpd": loss, "grad_norm": optax.tree.norm(grads)}
   metrics |= {f"{name}_bpd": jnp.mean(terms[name]) * to_bpd for name in TERMS}
   metrics["learning_rate"] = learning_rate_schedule(config)(state.step)
   metrics["gamma_0"] = vdm.gamma(state.params, jnp.zeros(()))
@@ -179,7 +178,9 @@ def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
 
 def abstract_state(state_shapes, sharding):
   """ShapeDtypeStructs carrying the current mesh's sharding: an orbax restore target."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state_shapes)
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state_shapes
+  )
 
 
 def save_checkpoint(manager, step: int, state, train_iter, *, force: bool = False) -> None:
@@ -223,7 +224,7 @@ def check_workdir(workdir: str) -> str:
 
 
 class _Writer:
-  """Scalars to TensorBoard event files and stdout; only process 0 writes."""
+  """Scalars to TensorBoard event files, `metrics.jsonl` and stdout; only process 0 writes."""
 
   def __init__(self, workdir: str):
     self.active = jax.process_index() == 0
@@ -232,15 +233,19 @@ class _Writer:
       from tensorboardX import SummaryWriter
 
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      self._jsonl = os.path.join(workdir, "metrics.jsonl")
 
-  def scalars(self, step: int, values: dict, prefix: str = "") -> None:
+  def scalars(self, step: int, values: dict, kind: str) -> None:
     if not self.active:
       return
+    values = {k: float(v) for k, v in values.items()}
     for k, v in values.items():
-      self._tb.add_scalar(f"{prefix}{k}", float(v), step)
-    text = " ".join(f"{k}={float(v):.4g}" for k, v in values.items())
-    logging.info("[%s] step %d: %s", prefix.rstrip("/") or "train", step, text)
-    print(f"[{prefix.rstrip('/') or 'train'}] step {step}: {text}", flush=True)
+      self._tb.add_scalar(f"{kind}/{k}", v, step)
+    with open(self._jsonl, "a") as f:
+      f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+    text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+    logging.info("[%s] step %d: %s", kind, step, text)
+    print(f"[{kind}] step {step}: {text}", flush=True)
 
   def image(self, step: int, name: str, grid: np.ndarray) -> None:
     if self.active:
@@ -293,8 +298,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   workdir = check_workdir(workdir)
   check_batch_size(config.train.batch_size)
   check_batch_size(config.eval.batch_size, "config.eval.batch_size")
+  if jax.process_index() == 0:  # builds the offline datasets once, not once per host
+    data.prepare(config.data)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("vdm_jax: data prepared")
   info = data.dataset_info(config.data)
-  data.prepare(config.data)
   mesh = make_mesh()
   vdm = make_vdm(config, info)
   if jax.process_index() == 0:
@@ -317,7 +325,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = restore_checkpoint(manager, latest, abstract_state(shapes, state_sharding), train_iter)
     print(f"Resumed from {workdir}/checkpoints at step {latest}.", flush=True)
   else:
-    state = jax.jit(lambda k: create_train_state(vdm, k, tx), out_shardings=state_sharding)(init_key)
+    state = jax.jit(lambda k: create_train_state(vdm, k, tx), out_shardings=state_sharding)(
+      init_key
+    )
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   print(
     f"{info.name}: {info.shape} x V={info.vocab_size}; model {num_params:,} params; "
@@ -359,7 +369,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         elapsed = time.perf_counter() - t0
         last_train = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         last_train["steps_per_sec"] = len(fetched) / elapsed
-        writer.scalars(step, last_train, "train/")
+        writer.scalars(step, last_train, "train")
         pending, window_start, t0 = [], step, time.perf_counter()
 
       if saving:
@@ -369,7 +379,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         last_eval = evaluation.evaluate(
           vdm, state.ema_params, config, mesh, split=config.eval.split
         )
-        writer.scalars(step, evaluation.scalar_summary(last_eval), "eval/")
+        writer.scalars(step, evaluation.scalar_summary(last_eval), "eval")
         write_samples(vdm, state.ema_params, config, workdir, step, writer)
         t0 = time.perf_counter()  # evaluation time is not training time
   finally:

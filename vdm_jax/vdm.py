@@ -172,6 +172,7 @@ def make_vdm(config, info) -> VDM:
       attention_everywhere=m.attention_everywhere,
       gamma_min=lo,
       gamma_max=hi,
+      vocab_size=info.vocab_size,
     )
   elif m.denoiser == "mlp":
     if len(info.shape) != 1:
@@ -184,6 +185,7 @@ def make_vdm(config, info) -> VDM:
       fourier_features=m.fourier_features,
       gamma_min=lo,
       gamma_max=hi,
+      vocab_size=info.vocab_size,
     )
   else:
     raise ValueError(f"Unknown config.model.denoiser {m.denoiser!r}.")

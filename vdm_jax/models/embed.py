@@ -21,11 +21,22 @@ def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
+def fourier_exponents(vocab_size: int) -> tuple[int, int]:
+  """(first, last) exponents whose frequencies 2^n cycles per unit bracket the data grid.
+
+  The bin centres of V levels are 2/V apart, i.e. V/2 cycles per unit; for V = 256 this
+  gives n in [6, 8), the VDM paper's choice, and for V = 17 n in [2, 4).
+  """
+  top = max(int(math.floor(math.log2(vocab_size))), 2)
+  return top - 2, top
+
+
 def fourier_features(z, first: int = 6, last: int = 8):
   """sin/cos(2^n 2 pi z) for n in [first, last): channels `C -> 2 C (last - first)`.
 
   High frequencies of z let the network resolve the fine structure of nearly clean
-  latents (the VDM paper's Fourier features), which matters for likelihood.
+  latents (the VDM paper's Fourier features), which matters for likelihood: a nearly
+  clean z_t identifies its bin, hence x and eps exactly.
   """
   freqs = 2.0 ** jnp.arange(first, last, dtype=jnp.float32) * 2.0 * math.pi
   h = z[..., None] * freqs.reshape((1,) * z.ndim + (-1,))  # [..., C, F]

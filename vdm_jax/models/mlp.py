@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vdm_jax.models.embed import GammaEmbedding, fourier_features
+from vdm_jax.models.embed import GammaEmbedding, fourier_exponents, fourier_features
 
 
 class MLPDenoiser(nn.Module):
@@ -20,6 +20,7 @@ class MLPDenoiser(nn.Module):
   fourier_features: bool = True
   gamma_min: float = -13.3
   gamma_max: float = 5.0
+  vocab_size: int = 256  # sets the Fourier frequencies to the data grid
 
   @nn.compact
   def __call__(self, z, gamma, train: bool = False):
@@ -27,7 +28,11 @@ class MLPDenoiser(nn.Module):
     if z.ndim != 2:
       raise ValueError(f"MLPDenoiser expects z of shape [B, D], got {z.shape}.")
     cond = GammaEmbedding(self.hidden // 4, self.gamma_min, self.gamma_max, name="embed")(gamma)
-    h = jnp.concatenate([z, fourier_features(z)], axis=-1) if self.fourier_features else z
+    h = (
+      jnp.concatenate([z, fourier_features(z, *fourier_exponents(self.vocab_size))], axis=-1)
+      if self.fourier_features
+      else z
+    )
     h = nn.Dense(self.hidden, name="dense_in")(h)
     for i in range(self.num_layers):
       y = nn.swish(nn.LayerNorm(name=f"norm{i}")(h))

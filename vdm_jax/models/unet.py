@@ -14,7 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vdm_jax.models.embed import GammaEmbedding, fourier_features
+from vdm_jax.models.embed import GammaEmbedding, fourier_exponents, fourier_features
 
 
 class ResnetBlock(nn.Module):
@@ -57,9 +57,10 @@ class UNet(nn.Module):
     n_embd: channels everywhere.
     norm_groups: GroupNorm groups.
     dropout: dropout rate inside residual blocks (training only).
-    fourier_features: append sin/cos(2^n 2 pi z), n = 6, 7, to the input.
+    fourier_features: append sin/cos(2^n 2 pi z) to the input, n around log2(vocab_size).
     attention_everywhere: self-attention after every residual block.
     gamma_min, gamma_max: range used to normalise gamma for the embedding.
+    vocab_size: V of the data, which sets the Fourier frequencies.
   """
 
   n_layer: int = 4
@@ -70,13 +71,18 @@ class UNet(nn.Module):
   attention_everywhere: bool = False
   gamma_min: float = -13.3
   gamma_max: float = 5.0
+  vocab_size: int = 256  # sets the Fourier frequencies to the data grid
 
   @nn.compact
   def __call__(self, z, gamma, train: bool = False):
     if z.ndim != 4:
       raise ValueError(f"UNet expects z of shape [B, H, W, C], got {z.shape}.")
     cond = GammaEmbedding(self.n_embd, self.gamma_min, self.gamma_max, name="embed")(gamma)
-    h = jnp.concatenate([z, fourier_features(z)], axis=-1) if self.fourier_features else z
+    h = (
+      jnp.concatenate([z, fourier_features(z, *fourier_exponents(self.vocab_size))], axis=-1)
+      if self.fourier_features
+      else z
+    )
     h = nn.Conv(self.n_embd, (3, 3), name="conv_in")(h)
     block = lambda name: ResnetBlock(self.n_embd, self.norm_groups, self.dropout, name=name)
     attn = lambda name: AttentionBlock(self.norm_groups, name=name)

@@ -1,0 +1,388 @@
+"""The input pipeline: tfds array_record data (or in-memory arrays) -> grain -> batches.
+
+Every dataset is read through a random-access source (`tfds.data_source` /
+`builder.as_data_source` over array_record files, or a NumPy array for toy2d) wrapped in a
+grain `MapDataset`. No path imports TensorFlow: images in array_record are decoded with
+PIL, and nothing here ever downloads (`tfds.load` with no network hangs for minutes).
+
+Records are `{"image": int32 array of DatasetInfo.shape}` with values in
+{0, ..., vocab_size - 1}; labels are dropped. Every dataset has the splits "train" and
+"test" (for imagenet32, "test" is tfds's "validation" split, the one papers report).
+
+Training (`make_train_iterator`): each process takes a contiguous, disjoint slice of the
+train split (its `jax.process_index()`-th of `jax.process_count()` near-equal slices),
+shuffles it with a seed derived from `seed`, reshuffles every epoch, repeats forever and
+yields batches of `global_batch_size // jax.process_count()` rows (incomplete batches never
+occur: batches run across epoch boundaries). The iterator is a `grain.DatasetIterator`
+whose position is saved and restored with `get_state`/`set_state`, or inside an orbax
+`CheckpointManager` composite:
+
+  >>> it = make_train_iterator(config.data, global_batch_size=128, seed=0)
+  >>> manager.save(step, args=ocp.args.Composite(
+  ...     state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(it)))
+  >>> manager.restore(step, args=ocp.args.Composite(
+  ...     state=ocp.args.StandardRestore(abstract_state),
+  ...     data=grain.checkpoint.CheckpointRestore(it)))  # `it` continues where it was saved
+
+Evaluation (`eval_batches`): one pass in the stored order, each process a contiguous slice;
+every batch has `global_batch_size // jax.process_count()` rows and a float32 `"mask"`
+(0 for zero padding); all processes yield the same number of batches, so a collective
+step per batch never waits for a process that has run out.
+
+Call `jax.distributed.initialize()` (several hosts) before building iterators: the
+process index and count are read when the pipeline is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Iterator, Mapping
+
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import flags
+
+from vdm_jax.data import digits, toy2d
+
+__all__ = [
+  "DATASETS",
+  "DatasetInfo",
+  "dataset_info",
+  "eval_batches",
+  "make_train_iterator",
+  "prepare",
+]
+
+DATASETS = ("digits", "toy2d", "cifar10", "mnist", "imagenet32")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the rest of the project needs to know about a dataset.
+
+  Attributes:
+    name: one of `DATASETS`.
+    shape: per-example shape, e.g. (8, 8, 1) digits, (32, 32, 3) cifar10, (2,) toy2d.
+    vocab_size: V, the number of integer levels per dimension (17 digits, 256 otherwise).
+    num_examples: split name -> number of examples, e.g. {"train": 1497, "test": 300}.
+  """
+
+  name: str
+  shape: tuple[int, ...]
+  vocab_size: int
+  num_examples: dict[str, int]
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    return tuple(self.num_examples)
+
+  @property
+  def num_dims(self) -> int:
+    """D, the number of data dimensions (H * W * C), for bits/dim = nats / (D ln 2)."""
+    return math.prod(self.shape)
+
+
+# ---------------------------------------------------------------------------
+# Public image datasets: prepared beforehand with the `tfds build` command line.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Public:
+  tfds_name: str
+  shape: tuple[int, ...]
+  tfds_splits: dict[str, str]  # our split name -> the tfds split name
+
+
+_PUBLIC = {
+  "cifar10": _Public("cifar10", (32, 32, 3), {"train": "train", "test": "test"}),
+  "mnist": _Public("mnist", (28, 28, 1), {"train": "train", "test": "test"}),
+  # ImageNet 32x32 of van den Oord et al. (2016) has no test split: its held-out split,
+  # tfds "validation", is the one papers (VDM included) report as test. Calling it "test"
+  # here keeps one pair of split names for every dataset.
+  "imagenet32": _Public(
+    "downsampled_imagenet/32x32", (32, 32, 3), {"train": "train", "test": "validation"}
+  ),
+}
+_SPLITS = {"digits": tuple(digits.NUM_EXAMPLES), "toy2d": tuple(toy2d.NUM_EXAMPLES)} | {
+  name: tuple(public.tfds_splits) for name, public in _PUBLIC.items()
+}
+
+
+def _prepare_command(tfds_name: str, data_dir: str) -> str:
+  return (
+    f"pip install -e '.[prepare]'\n  "
+    f"tfds build {tfds_name} --file_format=array_record --data_dir={data_dir}"
+  )
+
+
+def _public_source(name: str, data_dir: str, split: str):
+  tfds_name = _PUBLIC[name].tfds_name
+  tfds_split = _PUBLIC[name].tfds_splits[split]
+  try:
+    # `download=False`: read what is on disk, never fetch. With no `dataset_info.json`
+    # under data_dir, tfds assumes TFRecord and raises NotImplementedError.
+    return tfds.data_source(tfds_name, split=tfds_split, data_dir=data_dir, download=False)
+  except (NotImplementedError, FileNotFoundError, ValueError) as e:
+    raise FileNotFoundError(
+      f"The {name} dataset (tfds {tfds_name!r}) is not prepared as array_record under "
+      f"data_dir {data_dir!r} ({type(e).__name__}: {str(e).splitlines()[0]}). Prepare it "
+      "once, on a machine with network access (it needs TensorFlow to decode the "
+      f"originals):\n  {_prepare_command(tfds_name, data_dir)}"
+    ) from e
+
+
+# ---------------------------------------------------------------------------
+# Config checks and sources.
+# ---------------------------------------------------------------------------
+
+
+def _name(data_config) -> str:
+  name = getattr(data_config, "name", None)
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset data.name={name!r}; the datasets are {DATASETS}.")
+  return name
+
+
+def _data_dir(data_config) -> str:
+  data_dir = getattr(data_config, "data_dir", None)
+  if not isinstance(data_dir, (str, os.PathLike)) or not os.fspath(data_dir):
+    raise ValueError(
+      f"data.data_dir must name the tfds data directory for dataset {data_config.name!r}, "
+      f"got {data_dir!r}."
+    )
+  return os.path.expanduser(os.fspath(data_dir))
+
+
+def _num_workers(data_config) -> int:
+  num_workers = getattr(data_config, "num_workers", 0)
+  if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+    raise ValueError(
+      f"data.num_workers must be an int >= 0 (0 reads in the main process), got {num_workers!r}."
+    )
+  return num_workers
+
+
+def _check_split(name: str, split: str) -> None:
+  if split not in _SPLITS[name]:
+    raise ValueError(
+      f"Unknown split {split!r} of dataset {name!r}; the splits are {_SPLITS[name]}."
+    )
+
+
+def _source(data_config, split: str):
+  """A random-access source (`len`, `[i]`) of raw examples of one split."""
+  name = _name(data_config)
+  _check_split(name, split)
+  if name == "toy2d":
+    return toy2d.load(split)  # [N, 2] int32; an array is a grain source as it is
+  if name == "digits":
+    return digits.data_source(_data_dir(data_config), split)
+  return _public_source(name, _data_dir(data_config), split)
+
+
+def dataset_info(data_config) -> DatasetInfo:
+  """Shape, vocabulary size and split sizes of `data_config.name`.
+
+  For the public image datasets the split sizes are those of the prepared files, so the
+  data must be prepared (else FileNotFoundError with the command that prepares them).
+
+  Args:
+    data_config: has `name` (one of `DATASETS`) and `data_dir`.
+
+  Returns:
+    a `DatasetInfo`.
+  """
+  name = _name(data_config)
+  if name == "digits":
+    return DatasetInfo(name, digits.SHAPE, digits.VOCAB_SIZE, dict(digits.NUM_EXAMPLES))
+  if name == "toy2d":
+    return DatasetInfo(name, toy2d.SHAPE, toy2d.VOCAB_SIZE, dict(toy2d.NUM_EXAMPLES))
+  public = _PUBLIC[name]
+  data_dir = _data_dir(data_config)
+  num_examples = {split: len(_public_source(name, data_dir, split)) for split in public.tfds_splits}
+  return DatasetInfo(name, public.shape, 256, num_examples)
+
+
+def prepare(data_config) -> None:
+  """Makes `data_config.name` readable; idempotent, offline and quick.
+
+  * digits: builds the array_record files under `data_dir` unless already built (~1 s).
+  * toy2d: nothing to do (generated in memory).
+  * cifar10, mnist, imagenet32: checks that every split is prepared as array_record
+    under `data_dir`; if not, raises FileNotFoundError with the command that prepares it
+    (this library never downloads).
+
+  Args:
+    data_config: has `name` and `data_dir`.
+  """
+  name = _name(data_config)
+  if name == "digits":
+    digits.prepare(_data_dir(data_config))
+  elif name in _PUBLIC:
+    for split in _PUBLIC[name].tfds_splits:
+      _public_source(name, _data_dir(data_config), split)
+
+
+# ---------------------------------------------------------------------------
+# Records, sharding, batching.
+# ---------------------------------------------------------------------------
+
+
+def _to_record(example, *, name: str, shape: tuple[int, ...], vocab_size: int) -> dict:
+  """Raw example -> {"image": int32 `shape`}, checking shape and range (bad data fail early)."""
+  image = np.asarray(example["image"] if isinstance(example, Mapping) else example)
+  if image.shape != shape or not np.issubdtype(image.dtype, np.integer):
+    raise ValueError(
+      f"A {name} example has an image of shape {image.shape} and dtype {image.dtype}; "
+      f"expected integers of shape {shape}. The files under data_dir do not hold this dataset."
+    )
+  if image.min() < 0 or image.max() >= vocab_size:
+    raise ValueError(
+      f"A {name} example has values in [{image.min()}, {image.max()}]; expected "
+      f"{{0, ..., {vocab_size - 1}}}."
+    )
+  return {"image": image.astype(np.int32)}
+
+
+def _records(data_config, split: str, info: DatasetInfo):
+  """Returns the split as a grain `MapDataset` of raw examples, and the record transform."""
+  to_record = functools.partial(
+    _to_record, name=info.name, shape=info.shape, vocab_size=info.vocab_size
+  )
+  return grain.MapDataset.source(_source(data_config, split)), to_record
+
+
+def _static_info(data_config) -> DatasetInfo:
+  """`dataset_info` without opening public data (their sizes come from the sources)."""
+  name = _name(data_config)
+  if name in _PUBLIC:
+    return DatasetInfo(name, _PUBLIC[name].shape, 256, {})
+  return dataset_info(data_config)
+
+
+def _rows_per_process(global_batch_size) -> tuple[int, int, int]:
+  """Returns (rows per process, process index, process count)."""
+  index, count = jax.process_index(), jax.process_count()
+  if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, int):
+    raise ValueError(f"global_batch_size must be a positive int, got {global_batch_size!r}.")
+  if global_batch_size <= 0 or global_batch_size % count:
+    raise ValueError(
+      f"global_batch_size ({global_batch_size}) must be a positive multiple of the number "
+      f"of processes ({count})."
+    )
+  return global_batch_size // count, index, count
+
+
+def _ceil_div(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+def _shard_bounds(num_examples: int, index: int, count: int) -> tuple[int, int]:
+  """Contiguous near-equal slice [start, end) of process `index` out of `count`."""
+  return index * num_examples // count, (index + 1) * num_examples // count
+
+
+def _to_iter_dataset(ds: grain.MapDataset, rows: int, *, drop_remainder: bool, num_workers: int):
+  # Batching the MapDataset (before any prefetch) makes a batch's examples a fixed slice of
+  # the index space, so the batches are the same whatever the number of reading threads
+  # or worker processes (workers take whole batches in turn). Threads assemble batches
+  # in parallel (PNG decoding releases the GIL).
+  ds = ds.batch(rows, drop_remainder=drop_remainder)
+  iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=8))
+  if num_workers:
+    # grain 0.2.18 reads an absl flag in mp_prefetch and fails outside an absl app
+    # (google/grain#1355, fixed after 0.2.18): outside one, flags keep their defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter_ds
+
+
+def make_train_iterator(data_config, *, global_batch_size: int, seed: int) -> grain.DatasetIterator:
+  """Infinite, per-epoch reshuffled, per-process sharded, checkpointable train batches.
+
+  Args:
+    data_config: has `name`, `data_dir` and `num_workers` (grain worker processes; 0 reads
+      in this process with threads).
+    global_batch_size: rows per step over all processes; must be a multiple of
+      `jax.process_count()`.
+    seed: int in [0, 2**32); the same seed gives the same order, epoch after epoch.
+
+  Returns:
+    a `grain.DatasetIterator` of {"image": int32 [global_batch_size // process_count,
+    *shape]}; save its position with `grain.checkpoint.CheckpointSave(iterator)` (orbax) or
+    `iterator.get_state()`.
+  """
+  info = _static_info(data_config)
+  num_workers = _num_workers(data_config)
+  rows, index, count = _rows_per_process(global_batch_size)
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+    raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}.")
+  ds, to_record = _records(data_config, "train", info)
+  if len(ds) < count:  # checked on every process alike, so that all of them fail
+    raise ValueError(
+      f"The {info.name} train split ({len(ds)} examples) is too small to give each of "
+      f"{count} processes an example."
+    )
+  start, end = _shard_bounds(len(ds), index, count)
+  ds = ds[start:end].seed(int(seed)).shuffle().repeat().map(to_record)
+  return iter(_to_iter_dataset(ds, rows, drop_remainder=True, num_workers=num_workers))
+
+
+def eval_batches(data_config, split: str, *, global_batch_size: int) -> Iterator[dict]:
+  """One pass over `split` in its stored order, padded to equal batches on every process.
+
+  Process p of P reads the contiguous slice [p N // P, (p + 1) N // P) of the N examples.
+  Every batch has R = global_batch_size // P rows; the last batch with data is padded with
+  zeros, and processes with fewer examples add all-padding batches, so that every process
+  yields ceil(ceil(N / P) / R) batches. The masked union over batches and processes is the
+  split, each example exactly once.
+
+  Args:
+    data_config: has `name`, `data_dir` and `num_workers`.
+    split: a split of the dataset (`dataset_info(data_config).splits`).
+    global_batch_size: rows per step over all processes; a multiple of the process count.
+
+  Returns:
+    an iterator of {"image": int32 [R, *shape], "mask": float32 [R]} (mask 1.0 for real
+    examples, 0.0 for padding).
+  """
+  info = _static_info(data_config)
+  _check_split(info.name, split)
+  num_workers = _num_workers(data_config)
+  rows, index, count = _rows_per_process(global_batch_size)
+  ds, to_record = _records(data_config, split, info)
+  num_examples = len(ds)
+  start, end = _shard_bounds(num_examples, index, count)
+  num_batches = _ceil_div(_ceil_div(num_examples, count), rows)  # the longest shard's
+  shard = ds[start:end].map(to_record)
+  batches = _to_iter_dataset(shard, rows, drop_remainder=False, num_workers=num_workers)
+  return _padded(batches, num_batches, rows, info.shape)
+
+
+def _padded(batches, num_batches: int, rows: int, shape: tuple[int, ...]) -> Iterator[dict]:
+  produced = 0
+  iterator = iter(batches)
+  try:
+    for batch in iterator:
+      produced += 1
+      yield _pad(batch["image"], rows, shape)
+  finally:
+    iterator.close()  # stops prefetch threads and worker processes, even if not exhausted
+  for _ in range(num_batches - produced):
+    yield {"image": np.zeros((rows, *shape), np.int32), "mask": np.zeros((rows,), np.float32)}
+
+
+def _pad(images: np.ndarray, rows: int, shape: tuple[int, ...]) -> dict:
+  real = images.shape[0]
+  mask = np.zeros((rows,), np.float32)
+  mask[:real] = 1.0
+  if real < rows:
+    images = np.concatenate([images, np.zeros((rows - real, *shape), np.int32)])
+  return {"image": images, "mask": mask}
