@@ -19,6 +19,7 @@ from vdm_jax.data.pipeline import (
   eval_batches,
   make_train_iterator,
   prepare,
+  static_info,
 )
 
 __all__ = [
@@ -29,5 +30,6 @@ __all__ = [
   "eval_batches",
   "make_train_iterator",
   "prepare",
+  "static_info",
   "toy2d",
 ]

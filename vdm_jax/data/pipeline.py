@@ -258,8 +258,9 @@ def _records(data_config, split: str, info: DatasetInfo):
   return grain.MapDataset.source(_source(data_config, split)), to_record
 
 
-def _static_info(data_config) -> DatasetInfo:
-  """`dataset_info` without opening public data (their sizes come from the sources)."""
+def static_info(data_config) -> DatasetInfo:
+  """`dataset_info` without opening any files: shape and V, with empty `num_examples` for
+  the public datasets (whose split sizes come from the prepared files)."""
   name = _name(data_config)
   if name in _PUBLIC:
     return DatasetInfo(name, _PUBLIC[name].shape, 256, {})
@@ -319,7 +320,7 @@ def make_train_iterator(data_config, *, global_batch_size: int, seed: int) -> gr
     *shape]}; save its position with `grain.checkpoint.CheckpointSave(iterator)` (orbax) or
     `iterator.get_state()`.
   """
-  info = _static_info(data_config)
+  info = static_info(data_config)
   num_workers = _num_workers(data_config)
   rows, index, count = _rows_per_process(global_batch_size)
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
@@ -353,7 +354,7 @@ def eval_batches(data_config, split: str, *, global_batch_size: int) -> Iterator
     an iterator of {"image": int32 [R, *shape], "mask": float32 [R]} (mask 1.0 for real
     examples, 0.0 for padding).
   """
-  info = _static_info(data_config)
+  info = static_info(data_config)
   _check_split(info.name, split)
   num_workers = _num_workers(data_config)
   rows, index, count = _rows_per_process(global_batch_size)
