@@ -80,7 +80,7 @@ def test_vdm_initial_loss_matches_analytic():
   params = vdm.init(jax.random.key(0))
   k = jnp.asarray(np.random.default_rng(0).integers(0, 17, (512, 8, 8, 1)))
   terms = vdm.loss_terms(params, k, jax.random.key(1))
-  assert set(terms) == {"recon", "prior", "diffusion", "total", "bpd"}
+  assert set(terms) == {"recon", "prior", "diffusion", "total", "bpd", "t"}
   assert all(v.shape == (512,) for v in terms.values())
   np.testing.assert_allclose(float(terms["diffusion"].mean()), 0.5 * 18.3 * 64, rtol=0.03)
   np.testing.assert_allclose(

@@ -10,30 +10,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import tiny_config
 
 from vdm_jax import train
-from vdm_jax.config import base_config
 
 REPO = pathlib.Path(__file__).parents[1]
-
-
-def tiny_config(data_dir, **train_overrides):
-  c = base_config()
-  c.data.data_dir = str(data_dir)
-  c.model.n_layer, c.model.n_embd, c.model.norm_groups = 1, 16, 8
-  c.model.dropout = 0.1
-  c.optim.learning_rate = 2e-3
-  c.optim.warmup_steps = 5
-  c.train.batch_size = 32
-  c.train.num_steps = 6
-  c.train.log_every = 3
-  c.train.ckpt_every = 3
-  c.train.eval_every = 1000
-  c.train.num_samples = 0
-  c.eval.batch_size = 256
-  for k, v in train_overrides.items():
-    c.train[k] = v
-  return c
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +66,8 @@ def test_resume_reaches_the_same_parameters(data_dir, tmp_path):
 _MULTI_DEVICE = """
 import sys, json, numpy as np, jax
 sys.path.insert(0, {tests!r})
-from test_train import tiny_config, _restore_params
+from helpers import tiny_config
+from test_train import _restore_params
 from vdm_jax import train
 c = tiny_config({data_dir!r}, num_steps=3, ckpt_every=3, log_every=1)
 train.train_and_evaluate(c, {workdir!r})

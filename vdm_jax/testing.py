@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vdm_jax import _checks, gaussian, schedules
 
-__all__ = ["GaussianData", "gaussian_decoder_nll"]
+__all__ = ["GaussianData", "GaussianMixture", "OracleVDM", "gaussian_decoder_nll"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,3 +78,83 @@ def gaussian_decoder_nll(x, z_0, gamma_0):
   log_a2, _ = schedules.log_alpha2_sigma2(g0)
   mean = z_0 * jnp.exp(-0.5 * log_a2)
   return -_checks.sum_except_batch(gaussian.gaussian_log_prob(x, mean, jnp.exp(g0)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GaussianMixture:
+  r"""x ~ sum_j w_j N(mu_j, s^2 I) in D dimensions (equal weights by default).
+
+  Attributes:
+    means: `[J, D]` component means.
+    std: the common isotropic standard deviation s.
+  """
+
+  means: np.ndarray
+  std: float
+
+  def log_prob(self, x):
+    """log p(x) for x `[B, D]` -> `[B]`."""
+    return self._log_marginal(_checks.as_float("x", x), 1.0, self.std**2)
+
+  def _log_marginal(self, z, alpha, var):
+    """log sum_j (1/J) N(z; alpha mu_j, var I) for z `[B, D]` -> `[B]`."""
+    mu = jnp.asarray(self.means, z.dtype)
+    d2 = jnp.sum(jnp.square(z[:, None, :] - alpha * mu[None, :, :]), axis=-1)  # [B, J]
+    dim = z.shape[-1]
+    log_n = -0.5 * (d2 / var + dim * jnp.log(2.0 * math.pi * var))
+    return jax.nn.logsumexp(log_n, axis=-1) - math.log(mu.shape[0])
+
+  def x_hat(self, z_t, gamma_t):
+    r"""Bayes-optimal E[x | z_t] for z_t `[B, D]`, gamma_t scalar or `[B]`.
+
+    With v = alpha^2 s^2 + sigma^2 the responsibilities are r_j(z) propto
+    N(z; alpha mu_j, v I) and E[x | z] = sum_j r_j (mu_j + alpha s^2 (z - alpha mu_j) / v).
+    """
+    z_t = _checks.as_float("z_t", z_t)
+    alpha, sigma = schedules.alpha_sigma(_checks.per_example("gamma_t", gamma_t, z_t))
+    s2 = self.std**2
+    var = alpha**2 * s2 + sigma**2  # [B, 1] or []
+    mu = jnp.asarray(self.means, z_t.dtype)[None]  # [1, J, D]
+    a3 = alpha[..., None] if alpha.ndim else alpha
+    v3 = var[..., None] if var.ndim else var
+    d2 = jnp.sum(jnp.square(z_t[:, None, :] - a3 * mu), axis=-1)  # [B, J]
+    resp = jax.nn.softmax(-0.5 * d2 / var, axis=-1)  # [B, J]; equal variances cancel
+    cond_mean = mu + a3 * s2 * (z_t[:, None, :] - a3 * mu) / v3  # [B, J, D]
+    return jnp.sum(resp[..., None] * cond_mean, axis=1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OracleVDM:
+  """A `vdm_jax.vdm.VDM` look-alike whose denoiser is a closed-form E[x | z_t].
+
+  Samplers and likelihood evaluators written for a trained VDM accept it unchanged
+  (they call `gamma`, `gamma_and_derivative`, `eps_hat`, `x_hat`, `data_shape`,
+  `vocab_size`, `num_dims`); `params` is ignored.
+  """
+
+  schedule: schedules.Schedule
+  data: GaussianData | GaussianMixture
+  data_shape: tuple[int, ...]
+  vocab_size: int = 256
+
+  @property
+  def num_dims(self) -> int:
+    return math.prod(self.data_shape)
+
+  def gamma(self, params, t):
+    del params
+    return self.schedule(t)
+
+  def gamma_and_derivative(self, params, t):
+    del params
+    return schedules.gamma_and_derivative(self.schedule, t)
+
+  def x_hat(self, params, z_t, gamma_t):
+    del params
+    return self.data.x_hat(z_t, gamma_t)
+
+  def eps_hat(self, params, z_t, gamma_t, *, train: bool = False, dropout_key=None):
+    del train, dropout_key
+    from vdm_jax import elbo
+
+    return elbo.eps_from_x(z_t, self.x_hat(params, z_t, gamma_t), gamma_t)

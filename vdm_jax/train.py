@@ -201,6 +201,37 @@ def restore_checkpoint(manager, step: int, target, train_iter=None):
   return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
+def load_ema_params(config, workdir: str, *, step: int | None = None):
+  """Restores a checkpoint's EMA params, replicated over the current devices.
+
+  Works whatever device count trained it: the restore target carries this process's mesh.
+
+  Returns:
+    (vdm, mesh, ema_params, step).
+  """
+  config_lib.validate(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"No checkpoints in {workdir!r} (expected {ckpt_dir!r}).")
+  mesh = make_mesh()
+  vdm = make_vdm(config, data.static_info(config.data))
+  tx = make_optimizer(config)
+  shapes = jax.eval_shape(lambda k: create_train_state(vdm, k, tx), jax.random.key(0))
+  options = ocp.CheckpointManagerOptions(read_only=True)
+  with ocp.CheckpointManager(ckpt_dir, options=options) as manager:
+    steps = manager.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"No finished checkpoint in {ckpt_dir!r}.")
+    step = manager.latest_step() if step is None else step
+    if step not in steps:
+      raise ValueError(
+        f"No checkpoint for step {step} in {ckpt_dir!r}; available: {sorted(steps)}."
+      )
+    state = restore_checkpoint(manager, step, abstract_state(shapes, NamedSharding(mesh, P())))
+  return vdm, mesh, state.ema_params, step
+
+
 # ---------------------------------------------------------------------------
 # 5. The loop.
 # ---------------------------------------------------------------------------
@@ -376,8 +407,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         save_checkpoint(manager, step, state, train_iter)
 
       if evaluating:
-        last_eval = evaluation.evaluate(
-          vdm, state.ema_params, config, mesh, split=config.eval.split
+        last_eval = evaluation.public(
+          evaluation.evaluate(vdm, state.ema_params, config, mesh, split=config.eval.split)
         )
         writer.scalars(step, evaluation.scalar_summary(last_eval), "eval")
         write_samples(vdm, state.ema_params, config, workdir, step, writer)

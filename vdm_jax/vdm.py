@@ -94,7 +94,8 @@ class VDM:
       t: optional explicit times `[B]` (on the grid i/T when T > 0) instead of sampled ones.
 
     Returns:
-      dict with "recon", "prior", "diffusion", "total" (nats, `[B]`) and "bpd" (`[B]`).
+      dict with "recon", "prior", "diffusion", "total" (nats, `[B]`), "bpd" (`[B]`) and the
+      diffusion times "t" (`[B]`).
     """
     num_steps = self.num_steps if num_steps is None else num_steps
     if k.shape[1:] != self.data_shape:
@@ -130,6 +131,7 @@ class VDM:
       "diffusion": diffusion,
       "total": total,
       "bpd": elbo.bits_per_dim(total, self.num_dims),
+      "t": jnp.broadcast_to(t, (batch,)),
     }
 
 
