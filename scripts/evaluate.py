@@ -29,6 +29,7 @@ _PASSES = flags.DEFINE_integer("passes", 1, "Passes over the split (ELBO).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
 _EXACT = flags.DEFINE_bool("exact_time_sum", False, "Sum the diffusion term over all T steps.")
 _NUM_BINS = flags.DEFINE_integer("num_bins", 20, "Bins of t for the decomposition (sampled t).")
+_ODE_TOL = flags.DEFINE_float("ode_tol", 1e-4, "rtol = atol of the ODE solver (--method=ode).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of t, noise and dequantisation.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output (default: in the workdir).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -64,6 +65,8 @@ def main(argv):
       split=_SPLIT.value,
       key=key,
       batch_size=_BATCH_SIZE.value,
+      rtol=_ODE_TOL.value,
+      atol=_ODE_TOL.value,
       progress=True,
     )
   else:

@@ -237,8 +237,8 @@ def evaluate_ode(
   key=None,
   batch_size: int | None = None,
   exact_divergence: bool | None = None,
-  rtol: float = 1e-5,
-  atol: float = 1e-5,
+  rtol: float = 1e-4,
+  atol: float = 1e-4,
   progress: bool = False,
 ) -> dict:
   """Bits/dim of `split` under the probability-flow ODE (uniform dequantisation, see `ode`).

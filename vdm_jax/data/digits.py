@@ -117,6 +117,7 @@ def prepare(data_dir: str) -> None:
   Args:
     data_dir: tfds data directory.
   """
+  data_dir = os.path.expanduser(os.fspath(data_dir))
   builder = _builder(data_dir)
   if not builder.is_prepared():
     builder.download_and_prepare(file_format="array_record")
@@ -132,6 +133,7 @@ def data_source(data_dir: str, split: str):
   Returns:
     a tfds `ArrayRecordDataSource`; records are {"image": uint8 (8, 8, 1), "label": int}.
   """
+  data_dir = os.path.expanduser(os.fspath(data_dir))
   if split not in NUM_EXAMPLES:
     raise ValueError(f"Unknown digits split {split!r}; the splits are {tuple(NUM_EXAMPLES)}.")
   builder = _builder(data_dir)
