@@ -8,21 +8,11 @@ The CIFAR-10 settings (a delta on configs/cifar10.py) with batch 512 and no drop
 in the VDM paper, which reports 3.72 bits/dim; a long multi-accelerator run.
 """
 
-import importlib.util
-import os
-
-
-def _cifar10():
-  spec = importlib.util.spec_from_file_location(
-    "cifar10_config", os.path.join(os.path.dirname(__file__), "cifar10.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from vdm_jax.config import sibling_config
 
 
 def get_config():
-  c = _cifar10()
+  c = sibling_config(__file__, "cifar10.py")
   c.data.name = "imagenet32"
   c.model.dropout = 0.0
   c.train.batch_size = 512

@@ -1,4 +1,4 @@
-"""Test bits/dim of a trained VDM, exactly and with error bars (also installed as `vdm-evaluate`).
+"""Test bits/dim of a trained VDM (or Gaussian VAE), exactly and with error bars (also installed as `vdm-evaluate`).
 
   python scripts/evaluate.py --config=configs/digits.py --workdir=runs/digits
   python scripts/evaluate.py --config=configs/digits.py --workdir=runs/digits \
@@ -46,12 +46,18 @@ def main(argv):
   import jax
 
   from vdm_jax import evaluation, train
-  from vdm_jax.vdm import TERMS
+  from vdm_jax.vdm import VDM
 
   config = _CONFIG.value
   vdm, mesh, params, step = train.load_ema_params(config, _WORKDIR.value, step=_STEP.value)
   key = jax.random.key(_SEED.value)
   num_steps = config.loss.num_steps if _NUM_STEPS.value is None else _NUM_STEPS.value
+  is_vdm = isinstance(vdm, VDM)
+  if not is_vdm and (num_steps or _EXACT.value or _METHOD.value == "ode"):
+    raise app.UsageError(
+      f"config.model.kind={config.model.kind!r} has no diffusion time: --num_steps, "
+      "--exact_time_sum and --method=ode apply to VDMs only."
+    )
   tag = f"{_SPLIT.value}_step{step}_" + (
     "ode" if _METHOD.value == "ode" else f"T{num_steps}" + ("_exact" if _EXACT.value else "")
   )
@@ -83,14 +89,19 @@ def main(argv):
       exact_time_sum=_EXACT.value,
       progress=True,
     )
-    rows = evaluation.diffusion_by_time(result, vdm, params, num_bins=_NUM_BINS.value)
+    rows = (
+      evaluation.diffusion_by_time(result, vdm, params, num_bins=_NUM_BINS.value)
+      if is_vdm
+      else None
+    )
     result = evaluation.public(result)
-  gamma = jax.device_get(vdm.gamma(params, jax.numpy.array([0.0, 1.0])))
+  if is_vdm:
+    gamma = jax.device_get(vdm.gamma(params, jax.numpy.array([0.0, 1.0])))
+    result |= {"gamma_0": float(gamma[0]), "gamma_1": float(gamma[1])}
   result |= {
     "method": _METHOD.value,
+    "model": config.model.kind,
     "checkpoint_step": step,
-    "gamma_0": float(gamma[0]),
-    "gamma_1": float(gamma[1]),
     "data": config.data.name,
     "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
   }
@@ -101,27 +112,27 @@ def main(argv):
     json.dump(result, f, indent=2)
   table = [
     ("data / split", f"{config.data.name} / {_SPLIT.value} ({result['num_examples']} examples)"),
-    ("checkpoint step", str(step)),
+    ("model / checkpoint step", f"{config.model.kind} / {step}"),
     ("method", _METHOD.value),
     ("bits/dim", f"{result['bpd']:.4f} +- {result['bpd_se']:.4f} (standard error)"),
-    ("gamma(0), gamma(1)", f"{result['gamma_0']:.3f}, {result['gamma_1']:.3f}"),
   ]
+  if is_vdm:
+    table.append(("gamma(0), gamma(1)", f"{result['gamma_0']:.3f}, {result['gamma_1']:.3f}"))
   if _METHOD.value == "elbo":
-    table[3:3] = [
-      (
-        "T",
-        f"{num_steps} ({'continuous' if num_steps == 0 else 'discrete'})"
-        + (", diffusion summed over all steps" if _EXACT.value else ""),
-      ),
-      (
-        "passes",
-        f"{result['passes']} (per pass: " + ", ".join(f"{b:.4f}" for b in result["pass_bpd"]) + ")",
-      ),
-    ]
-    table += [(f"{t} bits/dim", f"{result[f'{t}_bpd']:.4f}") for t in TERMS]
-    base = os.path.splitext(output)[0]
-    _write_decomposition(rows, base + "_by_t.csv", base + "_by_t.png", config.data.name, num_steps)
-    table.append(("diffusion by t", f"{base}_by_t.csv, {base}_by_t.png"))
+    per_pass = ", ".join(f"{b:.4f}" for b in result["pass_bpd"])
+    rows_at_3 = [("passes", f"{result['passes']} (per pass: {per_pass})")]
+    if is_vdm:
+      kind = "continuous" if num_steps == 0 else "discrete"
+      exact = ", diffusion summed over all steps" if _EXACT.value else ""
+      rows_at_3.insert(0, ("T", f"{num_steps} ({kind}){exact}"))
+    table[3:3] = rows_at_3
+    table += [(f"{t} bits/dim", f"{result[f'{t}_bpd']:.4f}") for t in result["terms"]]
+    if is_vdm:
+      base = os.path.splitext(output)[0]
+      _write_decomposition(
+        rows, base + "_by_t.csv", base + "_by_t.png", config.data.name, num_steps
+      )
+      table.append(("diffusion by t", f"{base}_by_t.csv, {base}_by_t.png"))
   table.append(("JSON", output))
   print(_table(table))
   print(f"  reproduce: {result['command']}")

@@ -1,4 +1,4 @@
-"""Draw samples from a trained VDM and write a PNG grid and an .npz (also `vdm-sample`).
+"""Draw samples from a trained VDM (or Gaussian VAE) and write a PNG grid and an .npz (also `vdm-sample`).
 
   python scripts/sample.py --config=configs/digits.py --workdir=runs/digits \
       --num_samples=64 --num_steps=1000 --method=ancestral --seed=0
@@ -32,13 +32,17 @@ def main(argv):
   import numpy as np
 
   from vdm_jax import sampling, train
+  from vdm_jax.vdm import VDM
 
   vdm, _, params, step = train.load_ema_params(_CONFIG.value, _WORKDIR.value, step=_STEP.value)
-  fn = jax.jit(
-    lambda p, k: sampling.sample(
-      vdm, p, k, _NUM_SAMPLES.value, num_steps=_NUM_STEPS.value, method=_METHOD.value
+  if isinstance(vdm, VDM):
+    fn = jax.jit(
+      lambda p, k: sampling.sample(
+        vdm, p, k, _NUM_SAMPLES.value, num_steps=_NUM_STEPS.value, method=_METHOD.value
+      )
     )
-  )
+  else:  # the Gaussian VAE: z ~ N(0, I), k ~ p(k | z); --num_steps and --method do not apply
+    fn = jax.jit(lambda p, k: vdm.sample(p, k, _NUM_SAMPLES.value))
   start = time.perf_counter()
   samples = np.asarray(jax.device_get(fn(params, jax.random.key(_SEED.value))))
   seconds = time.perf_counter() - start

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 SCHEDULES = ("linear", "learned_linear", "monotone", "cosine", "ddpm")
+MODELS = ("vdm", "vae")
 DENOISERS = ("unet", "mlp")
 PREDICTIONS = ("eps", "x", "v")
 
@@ -25,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 0
 
   c.model = ml_collections.ConfigDict()
+  c.model.kind = "vdm"  # "vae": the seed's Gaussian VAE baseline (the vae_* fields)
   c.model.denoiser = "unet"
   c.model.prediction = "eps"  # what the network outputs; the loss is the ELBO regardless
   c.model.n_layer = 4  # residual blocks on the way down (n_layer + 1 up)
@@ -35,15 +37,27 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention_everywhere = False  # self-attention after every block, not only the middle
   c.model.mlp_hidden = 256  # the MLP denoiser (low-dimensional data)
   c.model.mlp_layers = 4
+  c.model.vae_latent_dim = 16  # the Gaussian VAE (model.kind = "vae"): MLP encoder/decoder
+  c.model.vae_hidden = 256
+  c.model.vae_layers = 2
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.kind = "learned_linear"
   c.schedule.gamma_min = -13.3
   c.schedule.gamma_max = 5.0
+  # "variance": the learned schedule's shape minimises the diffusion term's variance (the
+  # VDM paper's objective; continuous time), its end points the ELBO. "elbo": all the ELBO.
+  c.schedule.objective = "elbo"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.num_steps = 0  # T; 0 = continuous time
   c.loss.antithetic = True
+  # "importance": t drawn in proportion to a running sqrt(E[L(t)^2]) per bin and the
+  # diffusion term weighted by 1/p(t) (unbiased); "uniform": t ~ U(0, 1] (or U{1..T}).
+  c.loss.time_sampling = "uniform"
+  c.loss.time_bins = 32  # bins of the importance proposal (continuous time; T bins if T > 0)
+  c.loss.time_decay = 0.99  # moving average of the per-bin second moments
+  c.loss.vae_num_samples = 1  # L, draws of z per example in the VAE's reconstruction term
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 2e-4
@@ -73,6 +87,22 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
+  """`get_config()` of the config file `name` beside `config_file`: a base for deltas.
+
+  Config files are loaded by path (not imported as a package), so a variant finds its
+  base this way: `c = sibling_config(__file__, "cifar10.py")`.
+  """
+  import importlib.util
+  import os
+
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+  spec = importlib.util.spec_from_file_location(f"vdm_jax_config_{name[:-3]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def _choice(path: str, value, choices):
   if value not in choices:
     raise ValueError(f"config.{path}={value!r} is not one of {list(choices)}.")
@@ -90,16 +120,46 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from vdm_jax import data  # local: the data layer imports tfds
 
   _choice("data.name", config.data.name, data.DATASETS)
+  _choice("model.kind", config.model.kind, MODELS)
   _choice("model.denoiser", config.model.denoiser, DENOISERS)
   _choice("model.prediction", config.model.prediction, PREDICTIONS)
   _choice("schedule.kind", config.schedule.kind, SCHEDULES)
+  _choice("schedule.objective", config.schedule.objective, ("elbo", "variance"))
+  _choice("loss.time_sampling", config.loss.time_sampling, ("uniform", "importance"))
+  _positive("loss.time_bins", config.loss.time_bins)
+  if not 0.0 <= config.loss.time_decay < 1.0:
+    raise ValueError(f"config.loss.time_decay must be in [0, 1), got {config.loss.time_decay}.")
   if not config.schedule.gamma_min < config.schedule.gamma_max:
     raise ValueError(
       f"config.schedule.gamma_min ({config.schedule.gamma_min}) must be below "
       f"config.schedule.gamma_max ({config.schedule.gamma_max})."
     )
-  for path in ["model.n_layer", "model.n_embd", "model.mlp_hidden", "model.mlp_layers"]:
+  for path in [
+    "model.n_layer",
+    "model.n_embd",
+    "model.mlp_hidden",
+    "model.mlp_layers",
+    "model.vae_latent_dim",
+    "model.vae_hidden",
+    "model.vae_layers",
+    "loss.vae_num_samples",
+  ]:
     _positive(path, config[path.split(".")[0]][path.split(".")[1]])
+  if config.schedule.objective == "variance" and (
+    config.schedule.kind != "monotone" or config.loss.num_steps
+  ):
+    raise ValueError(
+      "config.schedule.objective='variance' learns the shape of a schedule between its end "
+      "points in continuous time: it needs config.schedule.kind='monotone' (got "
+      f"{config.schedule.kind!r}) and config.loss.num_steps=0 (got {config.loss.num_steps})."
+    )
+  if config.model.kind == "vae" and config.loss.time_sampling != "uniform":
+    raise ValueError("config.loss.time_sampling applies to diffusion models, not model.kind='vae'.")
+  if config.model.kind == "vae" and config.loss.num_steps:
+    raise ValueError(
+      f"config.loss.num_steps={config.loss.num_steps} but config.model.kind='vae' has no "
+      "diffusion steps; leave it at 0."
+    )
   if config.model.denoiser == "unet" and config.model.n_embd % config.model.norm_groups:
     raise ValueError(
       f"config.model.n_embd ({config.model.n_embd}) must be divisible by "

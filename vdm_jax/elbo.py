@@ -32,6 +32,7 @@ from vdm_jax import _checks, gaussian, schedules
 
 __all__ = [
   "bits_per_dim",
+  "categorical_nll",
   "decoder_logits",
   "denoising_matching_kl",
   "diffusion_loss_continuous",
@@ -42,8 +43,14 @@ __all__ = [
   "prediction_to_eps",
   "prior_loss",
   "reconstruction_loss",
+  "importance_bin_probs",
+  "importance_sample_times",
+  "init_time_moments",
   "sample_times",
+  "time_bin",
+  "update_time_moments",
   "v_from_x_eps",
+  "vae_elbo",
   "x_from_eps",
   "x_from_v",
 ]
@@ -112,7 +119,24 @@ def reconstruction_loss(k, z_0, gamma_0, vocab_size: int = 256):
   k = _checks.as_int("k", k)
   z_0 = _checks.as_float("z_0", z_0)
   _checks.check_same_shape("k", k, "z_0", z_0)
-  log_probs = jax.nn.log_softmax(decoder_logits(z_0, gamma_0, vocab_size), axis=-1)
+  return categorical_nll(k, decoder_logits(z_0, gamma_0, vocab_size))
+
+
+def categorical_nll(k, logits):
+  r"""$-\sum_d \log \mathrm{softmax}(\text{logits}_d)[k_d]$: a factorised categorical NLL.
+
+  Args:
+    k: integer data `[B, ...]`, values in {0..V-1}.
+    logits: `[B, ..., V]` unnormalised log-probabilities of every level of every dimension.
+
+  Returns:
+    `[B]` nats.
+  """
+  k = _checks.as_int("k", k)
+  logits = _checks.as_float("logits", logits)
+  if logits.shape[:-1] != k.shape:
+    raise ValueError(f"logits of shape {logits.shape} do not match k of shape {k.shape} + (V,).")
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
   log_p_k = jnp.take_along_axis(log_probs, k[..., None].astype(jnp.int32), axis=-1)[..., 0]
   return -_checks.sum_except_batch(log_p_k)
 
@@ -283,6 +307,107 @@ def sample_times(key, batch_size: int, *, num_steps: int = 0, antithetic: bool =
   return i / num_steps
 
 
+def time_bin(t, num_bins: int):
+  """Index b in {0..K-1} of the bin (b/K, (b+1)/K] holding t (t = 0 goes to bin 0).
+
+  With K = T this is the grid step i - 1 of t = i/T.
+  """
+  t = _checks.as_float("t", t)
+  num_bins = _checks.check_num_steps(num_bins, allow_zero=False)
+  return jnp.clip(jnp.ceil(t * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+
+
+def importance_sample_times(
+  key, batch_size: int, bin_probs, *, num_steps: int = 0, antithetic: bool = True
+):
+  r"""t from a piecewise-constant proposal over K bins, with importance weights 1/p(t).
+
+  The proposal puts mass p_b on the bin (b/K, (b+1)/K] (uniform inside it); t is the
+  inverse CDF of the (antithetic, as in `sample_times`) uniforms, so the batch is
+  stratified in the proposal's quantiles. The weight w = 1 / (K p_b) is the ratio of
+  the uniform density to the proposal's, so for any per-t loss L,
+  $\mathbb{E}_{t\sim p}[w\,L(t)] = \mathbb{E}_{t\sim U}[L(t)]$: the diffusion term
+  times w stays an unbiased estimate of the same ELBO. The variance of $w L$ is
+  smallest for $p(t) \propto \sqrt{\mathbb{E}[L(t)^2]}$ (see `importance_bin_probs`).
+  With `num_steps = T > 0`, K must equal T and t = (b + 1)/T is the grid time of step b.
+
+  Args:
+    key: `jax.random` key.
+    batch_size: B.
+    bin_probs: `[K]` positive probabilities (normalised here).
+    num_steps: 0 for continuous time, else T (= K).
+    antithetic: stratify the uniforms.
+
+  Returns:
+    (t `[B]` in (0, 1], weight `[B]`), float32.
+  """
+  num_steps = _checks.check_num_steps(num_steps, allow_zero=True)
+  probs = _checks.as_float("bin_probs", bin_probs)
+  if probs.ndim != 1:
+    raise ValueError(f"`bin_probs` must be a vector [K], got shape {probs.shape}.")
+  num_bins = probs.shape[0]
+  if num_steps and num_bins != num_steps:
+    raise ValueError(
+      f"Discrete time needs one probability per step: K = {num_bins} != T = {num_steps}."
+    )
+  probs = probs / jnp.sum(probs)
+  u = 1.0 - sample_times(key, batch_size, antithetic=antithetic)  # [0, 1)
+  cdf = jnp.cumsum(probs)
+  b = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, num_bins - 1)
+  weight = 1.0 / (num_bins * probs[b])
+  if num_steps:
+    return (b + 1.0) / num_steps, weight
+  frac = jnp.clip((u - (cdf[b] - probs[b])) / probs[b], 0.0, 1.0)
+  return (b + 1.0 - frac) / num_bins, weight  # in (b/K, (b+1)/K]
+
+
+def update_time_moments(moments, t, loss, *, decay: float = 0.99):
+  """Running estimate of E[L(t)^2] per time bin, from one batch of per-t losses.
+
+  Args:
+    moments: {"second_moment": `[K]`, "seen": bool `[K]`}; start from `init_time_moments`.
+    t: times `[B]`.
+    loss: the per-example loss at t, `[B]` (unweighted: not multiplied by 1/p(t)).
+    decay: exponential moving average factor for bins with new samples.
+
+  Returns:
+    The updated moments; a bin seen for the first time takes its batch mean.
+  """
+  m, seen = moments["second_moment"], moments["seen"]
+  num_bins = m.shape[0]
+  b = time_bin(t, num_bins)
+  count = jax.ops.segment_sum(jnp.ones_like(loss), b, num_segments=num_bins)
+  batch_m = jax.ops.segment_sum(jnp.square(loss), b, num_segments=num_bins) / jnp.maximum(count, 1)
+  has = count > 0
+  new_m = jnp.where(has, jnp.where(seen, decay * m + (1.0 - decay) * batch_m, batch_m), m)
+  return {"second_moment": new_m, "seen": seen | has}
+
+
+def init_time_moments(num_bins: int):
+  """Empty per-bin second moments for `update_time_moments`."""
+  num_bins = _checks.check_num_steps(num_bins, allow_zero=False)
+  return {
+    "second_moment": jnp.zeros((num_bins,), jnp.float32),
+    "seen": jnp.zeros((num_bins,), bool),
+  }
+
+
+def importance_bin_probs(moments, *, uniform_mix: float = 0.01):
+  r"""The proposal $p_b \propto \sqrt{\mathbb{E}[L^2]}_b$, mixed with a little uniform mass.
+
+  Uniform until every bin has been seen; the uniform share keeps every weight 1/(K p_b)
+  below 1/uniform_mix.
+  """
+  m, seen = moments["second_moment"], moments["seen"]
+  root = jnp.sqrt(jnp.maximum(m, 0.0))
+  num_bins = m.shape[0]
+  total = jnp.sum(root)
+  ready = jnp.all(seen) & (total > 0)
+  shaped = root / jnp.where(total > 0, total, 1.0)
+  probs = (1.0 - uniform_mix) * shaped + uniform_mix / num_bins
+  return jnp.where(ready, probs, jnp.full_like(m, 1.0 / num_bins))
+
+
 # ---------------------------------------------------------------------------
 # Conversions between predictions of x, epsilon and v.
 # ---------------------------------------------------------------------------
@@ -364,3 +489,48 @@ def bits_per_dim(nats, num_dims: int):
   if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:
     raise ValueError(f"`num_dims` must be a positive int, got {num_dims!r}.")
   return _checks.as_float("nats", nats) / (num_dims * math.log(2.0))
+
+
+# ---------------------------------------------------------------------------
+# The seed's first model: the Gaussian VAE.
+# ---------------------------------------------------------------------------
+
+
+def vae_elbo(key, k, mean, log_var, decode, *, num_samples: int = 1):
+  r"""The two terms of the Gaussian VAE's negative ELBO, per example, in nats.
+
+  $-\mathrm{ELBO} = \mathbb{E}_{q_\phi(z|x)}[-\log p_\theta(k \mid z)]
+  + D_{KL}(q_\phi(z|x) \,\|\, \mathcal{N}(0, I))$ with
+  $q_\phi(z|x) = \mathcal{N}(\mu_\phi(x), \mathrm{diag}\,\sigma^2_\phi(x))$ (the seed's
+  Gaussian VAE). The KL is analytic (`gaussian.gaussian_kl`); the reconstruction is the
+  Monte Carlo average $\frac1L \sum_{l=1}^L -\log p_\theta(k \mid z^{(l)})$ over
+  reparameterised draws $z^{(l)} = \mu_\phi(x) + \sigma_\phi(x) \odot \epsilon^{(l)}$,
+  $\epsilon^{(l)} \sim \mathcal{N}(0, I)$ (the seed writes the sum; the average is the
+  unbiased estimate of the expectation). Gradients flow to the encoder through the draws.
+
+  Args:
+    key: `jax.random` key of the L draws.
+    k: integer data `[B, ...]`, values in {0..V-1}.
+    mean: encoder mean `[B, Dz]`.
+    log_var: encoder log-variance `[B, Dz]`.
+    decode: `z [B, Dz] -> logits [B, ..., V]`, the decoder p_theta(k | z) over V levels.
+    num_samples: L >= 1.
+
+  Returns:
+    {"recon": `[B]`, "kl": `[B]`} nats.
+  """
+  k = _checks.as_int("k", k)
+  mean = _checks.as_float("mean", mean)
+  log_var = _checks.as_float("log_var", log_var)
+  _checks.check_same_shape("mean", mean, "log_var", log_var)
+  if mean.ndim != 2 or mean.shape[0] != k.shape[0]:
+    raise ValueError(
+      f"mean and log_var must be [B, Dz] with B = {k.shape[0]} (from k), got {mean.shape}."
+    )
+  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+    raise ValueError(f"`num_samples` (L) must be a positive int, got {num_samples!r}.")
+  eps = jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)
+  z = mean[None] + jnp.exp(0.5 * log_var)[None] * eps  # [L, B, Dz]
+  recon = jnp.mean(jax.vmap(lambda z_l: categorical_nll(k, decode(z_l)))(z), axis=0)
+  kl = _checks.sum_except_batch(gaussian.gaussian_kl(mean, jnp.exp(log_var), 0.0, 1.0))
+  return {"recon": recon, "kl": kl}

@@ -18,22 +18,26 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vdm_jax import data
-from vdm_jax.vdm import TERMS, VDM
-
-OUTPUTS = (*TERMS, "total", "t")
+from vdm_jax.vdm import VDM
 
 
-def eval_step(params, batch: dict, key, t=None, *, vdm: VDM, num_steps: int):
+def outputs(model) -> tuple[str, ...]:
+  """What `eval_step` returns per example: the model's terms, "total" and (VDM) "t"."""
+  return (*model.terms, "total", *(("t",) if isinstance(model, VDM) else ()))
+
+
+def eval_step(params, batch: dict, key, t=None, *, vdm, num_steps: int):
   """Per-example ELBO terms (nats, `[B]`) and times of a batch. Pure; jit it.
 
   Args:
+    vdm: the model (`VDM` or `vae.GaussianVAE`).
     t: optional explicit diffusion times `[B]` (sampled when None).
   """
   terms = vdm.loss_terms(params, batch["image"], key, train=False, num_steps=num_steps, t=t)
-  return {name: terms[name] for name in OUTPUTS}
+  return {name: terms[name] for name in outputs(vdm)}
 
 
-def jit_eval_step(vdm: VDM, mesh, num_steps: int, *, explicit_t: bool = False):
+def jit_eval_step(vdm, mesh, num_steps: int, *, explicit_t: bool = False):
   data_sharding = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
   if explicit_t:
@@ -50,7 +54,7 @@ def jit_eval_step(vdm: VDM, mesh, num_steps: int, *, explicit_t: bool = False):
 
 
 def per_example_terms(
-  vdm: VDM,
+  vdm,
   params,
   config,
   mesh,
@@ -76,7 +80,7 @@ def per_example_terms(
   batch_size = batch_size or config.eval.batch_size
   key = jax.random.key(config.seed + 1) if key is None else key
   step = jit_eval_step(vdm, mesh, num_steps, explicit_t=exact_time_sum)
-  out = {name: [] for name in OUTPUTS}
+  out = {name: [] for name in outputs(vdm)}
   per_step = np.zeros(max(num_steps, 1))
   batches = data.eval_batches(config.data, split, global_batch_size=batch_size)
   if progress and jax.process_index() == 0:
@@ -107,7 +111,7 @@ def per_example_terms(
       terms = jax.device_get(
         multihost_utils.process_allgather(step(params, glob, bkey), tiled=True)
       )
-    for name in OUTPUTS:
+    for name in out:
       out[name].append(np.asarray(terms[name], np.float64)[mask])
   result = {name: np.concatenate(v) for name, v in out.items()}
   if exact_time_sum:
@@ -116,7 +120,10 @@ def per_example_terms(
 
 
 def summarize(terms: dict, num_dims: int) -> dict:
-  """Mean bits/dim with its standard error over examples, and each term's mean in bits/dim."""
+  """Mean bits/dim with its standard error over examples, and each term's mean in bits/dim.
+
+  `terms` holds "total" and the model's terms, numpy `[N]` nats each.
+  """
   to_bpd = 1.0 / (num_dims * math.log(2.0))
   total = terms["total"] * to_bpd
   n = total.size
@@ -125,13 +132,14 @@ def summarize(terms: dict, num_dims: int) -> dict:
     "bpd_se": float(total.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
     "num_examples": int(n),
   }
-  for name in TERMS:
-    result[f"{name}_bpd"] = float(terms[name].mean() * to_bpd)
+  for name in terms:
+    if name not in ("total", "t"):
+      result[f"{name}_bpd"] = float(terms[name].mean() * to_bpd)
   return result
 
 
 def evaluate(
-  vdm: VDM,
+  vdm,
   params,
   config,
   mesh,
@@ -147,9 +155,10 @@ def evaluate(
   """Bits/dim of `split` with `params` (use the EMA params), averaged over `passes` passes.
 
   Returns:
-    `summarize` of the per-example means over passes, plus "passes", "pass_bpd" (each
-    pass's mean), "num_steps", "split", and, under "_per_example"/"_per_step", the raw
-    arrays (nats) for decompositions (keys starting with "_" are not scalars).
+    `summarize` of the per-example means over passes, plus "terms" (the model's term
+    names), "passes", "pass_bpd" (each pass's mean), "num_steps", "split", and, under
+    "_per_example"/"_per_step" (VDM only), the raw arrays (nats) for decompositions
+    (keys starting with "_" are not scalars).
   """
   if passes < 1:
     raise ValueError(f"passes must be >= 1, got {passes}.")
@@ -170,17 +179,19 @@ def evaluate(
     )
     for p in range(passes)
   ]
-  mean_terms = {name: np.mean([r[name] for r in runs], axis=0) for name in (*TERMS, "total")}
+  mean_terms = {name: np.mean([r[name] for r in runs], axis=0) for name in (*vdm.terms, "total")}
   result = summarize(mean_terms, vdm.num_dims)
   to_bpd = 1.0 / (vdm.num_dims * math.log(2.0))
+  result["terms"] = list(vdm.terms)
   result["passes"] = passes
   result["pass_bpd"] = [float(r["total"].mean() * to_bpd) for r in runs]
   result["num_steps"] = num_steps
   result["split"] = split
-  result["_per_example"] = {
-    "t": np.concatenate([r["t"] for r in runs]),
-    "diffusion": np.concatenate([r["diffusion"] for r in runs]),
-  }
+  if isinstance(vdm, VDM):
+    result["_per_example"] = {
+      "t": np.concatenate([r["t"] for r in runs]),
+      "diffusion": np.concatenate([r["diffusion"] for r in runs]),
+    }
   if exact_time_sum:
     result["_per_step"] = np.mean([r["per_step"] for r in runs], axis=0)
   return result
@@ -193,6 +204,8 @@ def diffusion_by_time(result: dict, vdm: VDM, params, *, num_bins: int = 20) -> 
   share of E_t[L(t)] = int_0^1 L(t) dt; the shares sum to the diffusion term. With
   `exact_time_sum` every one of the T steps is its own row (exact, no sampling).
   """
+  if not isinstance(vdm, VDM):
+    raise ValueError(f"{type(vdm).__name__} has no diffusion term to decompose over t.")
   to_bpd = 1.0 / (vdm.num_dims * math.log(2.0))
   if "_per_step" in result:
     per_step = result["_per_step"]
@@ -224,7 +237,9 @@ def public(result: dict) -> dict:
 
 
 def scalar_summary(result: dict) -> dict:
-  return {k: v for k, v in result.items() if k in ("bpd", "bpd_se", *(f"{t}_bpd" for t in TERMS))}
+  """bpd, its standard error and every term's bpd (the "<term>_bpd" keys)."""
+  names = ("bpd", "bpd_se", *(f"{t}_bpd" for t in result["terms"]))
+  return {k: result[k] for k in names}
 
 
 def evaluate_ode(
@@ -249,6 +264,11 @@ def evaluate_ode(
   from vdm_jax import ode
   from vdm_jax.train import to_global
 
+  if not isinstance(vdm, VDM):
+    raise ValueError(
+      f"The probability-flow ODE needs a diffusion model; this is a {type(vdm).__name__}. "
+      "Use the ELBO (--method=elbo)."
+    )
   if exact_divergence is None:
     exact_divergence = vdm.num_dims <= 8
   batch_size = batch_size or config.eval.batch_size
@@ -282,3 +302,85 @@ def evaluate_ode(
     "rtol": rtol,
     "atol": atol,
   }
+
+
+def time_sampling_variance(
+  vdm: VDM,
+  params,
+  k,
+  key,
+  *,
+  num_steps: int = 0,
+  num_bins: int = 32,
+  reps: int = 32,
+  pilot: int = 16,
+) -> dict:
+  """Variance of the ELBO estimate of a batch under four ways of drawing t.
+
+  Schemes: "uniform" (i.i.d. t), "antithetic" (stratified, as in training),
+  "importance" and "importance_antithetic" (t from the proposal p_b proportional to
+  sqrt(E[L(t)^2]) per bin, estimated from `pilot` uniform draws, diffusion term weighted
+  by 1/p(t)). Each scheme draws t and noise `reps` times for the same examples.
+
+  Args:
+    vdm: a `VDM`; params: its (EMA) params; k: integer data `[B, *data_shape]`.
+    num_steps: T (0 = continuous); in discrete time there are T bins.
+
+  Returns:
+    {scheme: {"bpd", "bpd_se_of_mean", "var_batch_mean", "var_per_example"}} (bits/dim;
+    `var_batch_mean` is the variance over repetitions of the batch's mean bits/dim,
+    `var_per_example` the variance over repetitions of one example's, averaged over
+    examples), plus "proposal" (the bin probabilities) and the settings.
+  """
+  from vdm_jax import elbo
+
+  batch = k.shape[0]
+  num_bins = num_steps or num_bins
+  to_bpd = 1.0 / (vdm.num_dims * math.log(2.0))
+
+  @jax.jit
+  def run(key, t, weight):
+    return vdm.loss_terms(params, k, key, num_steps=num_steps, t=t, t_weight=weight)
+
+  def draw(key, scheme, probs):
+    key_t, key_l = jax.random.split(key)
+    antithetic = scheme.endswith("antithetic")
+    if scheme.startswith("importance"):
+      t, w = elbo.importance_sample_times(
+        key_t, batch, probs, num_steps=num_steps, antithetic=antithetic
+      )
+    else:
+      t = elbo.sample_times(key_t, batch, num_steps=num_steps, antithetic=antithetic)
+      w = jnp.ones_like(t)
+    return run(key_l, t, w)
+
+  # Pilot: per-bin mean of L(t)^2 under uniform t (every bin gets samples: stratified).
+  sums, counts = np.zeros(num_bins), np.zeros(num_bins)
+  for r in range(pilot):
+    terms = jax.device_get(draw(jax.random.fold_in(key, 10_000 + r), "antithetic", None))
+    b = np.asarray(elbo.time_bin(jnp.asarray(terms["t"]), num_bins))
+    sums += np.bincount(b, np.asarray(terms["diffusion"], np.float64) ** 2, num_bins)
+    counts += np.bincount(b, minlength=num_bins)
+  root = np.sqrt(sums / np.maximum(counts, 1))
+  probs = jnp.asarray(0.99 * root / root.sum() + 0.01 / num_bins, jnp.float32)
+
+  result = {"num_examples": batch, "reps": reps, "pilot": pilot, "num_steps": num_steps}
+  for scheme in ("uniform", "antithetic", "importance", "importance_antithetic"):
+    totals = (
+      np.stack(
+        [
+          np.asarray(draw(jax.random.fold_in(key, r), scheme, probs)["total"], np.float64)
+          for r in range(reps)
+        ]
+      )
+      * to_bpd
+    )  # [reps, B]
+    means = totals.mean(axis=1)
+    result[scheme] = {
+      "bpd": float(means.mean()),
+      "bpd_se_of_mean": float(means.std(ddof=1) / math.sqrt(reps)),
+      "var_batch_mean": float(means.var(ddof=1)),
+      "var_per_example": float(totals.var(axis=0, ddof=1).mean()),
+    }
+  result["proposal"] = [float(p) for p in np.asarray(probs)]
+  return result

@@ -14,6 +14,7 @@ inside a scan is ~40x slower (DESIGN §4).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -35,8 +36,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vdm_jax import config as config_lib
-from vdm_jax import data, evaluation, sampling
-from vdm_jax.vdm import TERMS, VDM, make_vdm
+from vdm_jax import data, elbo, evaluation, sampling
+from vdm_jax.vdm import VDM, make_model
 
 # ---------------------------------------------------------------------------
 # 1. Train state and optimiser.
@@ -44,9 +45,11 @@ from vdm_jax.vdm import TERMS, VDM, make_vdm
 
 
 class TrainState(train_state.TrainState):
-  """flax TrainState plus an exponential moving average of the params."""
+  """flax TrainState plus an exponential moving average of the params and, with
+  importance sampling of t, the running per-bin second moments of the diffusion loss."""
 
   ema_params: Any = None
+  time_moments: Any = None
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -56,9 +59,9 @@ def learning_rate_schedule(config) -> optax.Schedule:
 
 
 def weight_decay_mask(params):
-  """Decay only the denoiser's kernels: not biases, norm scales or the schedule's parameters."""
+  """Decay only the networks' kernels: not biases, norm scales or the schedule's parameters."""
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-  mask = {path: path[0] == "denoiser" and path[-1] == "kernel" for path in flat}
+  mask = {path: path[0] != "schedule" and path[-1] == "kernel" for path in flat}
   return flax.traverse_util.unflatten_dict(mask)
 
 
@@ -78,13 +81,20 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
-def create_train_state(vdm: VDM, key, tx: optax.GradientTransformation) -> TrainState:
+def num_time_bins(vdm, config) -> int:
+  """Bins of the importance proposal over t: T in discrete time, else loss.time_bins."""
+  return vdm.num_steps or config.loss.time_bins
+
+
+def create_train_state(vdm, key, tx: optax.GradientTransformation, config=None) -> TrainState:
   params = vdm.init(key)
+  importance = config is not None and config.loss.time_sampling == "importance"
   return TrainState.create(
     apply_fn=None,
     params=params,
     tx=tx,
     ema_params=jax.tree.map(jnp.copy, params),  # its own buffers: the step donates both
+    time_moments=elbo.init_time_moments(num_time_bins(vdm, config)) if importance else None,
   )
 
 
@@ -119,10 +129,11 @@ def to_global(batch: dict, mesh) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def train_step(state: TrainState, batch: dict, key, *, vdm: VDM, config):
+def train_step(state: TrainState, batch: dict, key, *, vdm, config):
   """One optimiser step on the mean bits/dim of the batch. Pure; jit it.
 
   Args:
+    vdm: the model (`VDM` or `vae.GaussianVAE`; static).
     state: the train state (params replicated).
     batch: {"image": int32 [B, *data_shape]} (split over devices).
     key: the run's base key; the step's key is `fold_in(key, state.step)`.
@@ -131,25 +142,41 @@ def train_step(state: TrainState, batch: dict, key, *, vdm: VDM, config):
     (new state, metrics dict of scalars).
   """
   step_key = jax.random.fold_in(key, state.step)
+  t = t_weight = None
+  if state.time_moments is not None:  # importance sampling of t (config.loss.time_sampling)
+    t, t_weight = elbo.importance_sample_times(
+      jax.random.fold_in(step_key, 1),
+      batch["image"].shape[0],
+      elbo.importance_bin_probs(state.time_moments),
+      num_steps=vdm.num_steps,
+      antithetic=vdm.antithetic,
+    )
 
   def loss_fn(params):
-    terms = vdm.loss_terms(params, batch["image"], step_key, train=True)
+    terms = vdm.loss_terms(params, batch["image"], step_key, train=True, t=t, t_weight=t_weight)
     return jnp.mean(terms["bpd"]), terms
 
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads)
+  if state.time_moments is not None:
+    new_state = new_state.replace(
+      time_moments=elbo.update_time_moments(
+        state.time_moments, t, terms["diffusion"] / t_weight, decay=config.loss.time_decay
+      )
+    )
   ema = optax.incremental_update(new_state.params, state.ema_params, 1.0 - config.optim.ema_decay)
   new_state = new_state.replace(ema_params=ema)
   to_bpd = 1.0 / (vdm.num_dims * math.log(2.0))
   metrics = {"loss_bpd": loss, "grad_norm": optax.tree.norm(grads)}
-  metrics |= {f"{name}_bpd": jnp.mean(terms[name]) * to_bpd for name in TERMS}
+  metrics |= {f"{name}_bpd": jnp.mean(terms[name]) * to_bpd for name in vdm.terms}
   metrics["learning_rate"] = learning_rate_schedule(config)(state.step)
-  metrics["gamma_0"] = vdm.gamma(state.params, jnp.zeros(()))
-  metrics["gamma_1"] = vdm.gamma(state.params, jnp.ones(()))
+  if isinstance(vdm, VDM):
+    metrics["gamma_0"] = vdm.gamma(state.params, jnp.zeros(()))
+    metrics["gamma_1"] = vdm.gamma(state.params, jnp.ones(()))
   return new_state, metrics
 
 
-def jit_train_step(vdm: VDM, config, mesh, state_sharding):
+def jit_train_step(vdm, config, mesh, state_sharding):
   replicated = NamedSharding(mesh, P())
   batch_sharding = {"image": NamedSharding(mesh, P("data"))}
   return jax.jit(
@@ -215,9 +242,9 @@ def load_ema_params(config, workdir: str, *, step: int | None = None):
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"No checkpoints in {workdir!r} (expected {ckpt_dir!r}).")
   mesh = make_mesh()
-  vdm = make_vdm(config, data.static_info(config.data))
+  vdm = make_model(config, data.static_info(config.data))
   tx = make_optimizer(config)
-  shapes = jax.eval_shape(lambda k: create_train_state(vdm, k, tx), jax.random.key(0))
+  shapes = jax.eval_shape(lambda k: create_train_state(vdm, k, tx, config), jax.random.key(0))
   options = ocp.CheckpointManagerOptions(read_only=True)
   with ocp.CheckpointManager(ckpt_dir, options=options) as manager:
     steps = manager.all_steps()
@@ -303,11 +330,11 @@ def write_samples(vdm, params, config, workdir: str, step: int, writer=None) -> 
   if config.train.num_samples <= 0 or len(vdm.data_shape) != 3:
     return None
   key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
-  images = jax.jit(
-    lambda p, k: sampling.sample(
-      vdm, p, k, config.train.num_samples, num_steps=config.train.sample_steps
-    )
-  )(params, key)
+  if isinstance(vdm, VDM):
+    draw = functools.partial(sampling.sample, vdm, num_steps=config.train.sample_steps)
+  else:
+    draw = vdm.sample
+  images = jax.jit(lambda p, k: draw(p, k, config.train.num_samples))(params, key)
   grid = sampling.image_grid(jax.device_get(images), vdm.vocab_size, scale=4)
   path = os.path.join(workdir, f"samples_{step:08d}.png")
   if jax.process_index() == 0:
@@ -335,7 +362,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     multihost_utils.sync_global_devices("vdm_jax: data prepared")
   info = data.dataset_info(config.data)
   mesh = make_mesh()
-  vdm = make_vdm(config, info)
+  vdm = make_model(config, info)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -345,7 +372,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   init_key, step_key = jax.random.split(key)
   replicated = NamedSharding(mesh, P())
   tx = make_optimizer(config)
-  shapes = jax.eval_shape(lambda k: create_train_state(vdm, k, tx), init_key)
+  shapes = jax.eval_shape(lambda k: create_train_state(vdm, k, tx, config), init_key)
   state_sharding = replicated  # parameters, optimiser state and EMA on every device
   train_iter = data.make_train_iterator(
     config.data, global_batch_size=config.train.batch_size, seed=config.seed
@@ -356,7 +383,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = restore_checkpoint(manager, latest, abstract_state(shapes, state_sharding), train_iter)
     print(f"Resumed from {workdir}/checkpoints at step {latest}.", flush=True)
   else:
-    state = jax.jit(lambda k: create_train_state(vdm, k, tx), out_shardings=state_sharding)(
+    state = jax.jit(lambda k: create_train_state(vdm, k, tx, config), out_shardings=state_sharding)(
       init_key
     )
   num_params = sum(x.size for x in jax.tree.leaves(state.params))

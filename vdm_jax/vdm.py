@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -36,6 +37,10 @@ class VDM:
     prediction: "eps", "x" or "v".
     num_steps: T of the training loss; 0 = continuous time.
     antithetic: antithetic time sampling.
+    schedule_objective: "elbo" (every parameter minimises the ELBO) or "variance" (the
+      VDM paper's: in continuous time the schedule's shape between its end points gets
+      the gradient of E[L_diffusion^2], which minimises the estimator's variance, while
+      the end points and the denoiser minimise the ELBO; see `loss_terms`).
   """
 
   schedule: nn.Module
@@ -45,10 +50,16 @@ class VDM:
   prediction: str = "eps"
   num_steps: int = 0
   antithetic: bool = True
+  schedule_objective: str = "elbo"
 
   @property
   def num_dims(self) -> int:
     return math.prod(self.data_shape)
+
+  @property
+  def terms(self) -> tuple[str, ...]:
+    """Names of the per-example loss terms that sum to "total"."""
+    return TERMS
 
   def init(self, key):
     """Returns freshly initialised params `{"schedule": ..., "denoiser": ...}`."""
@@ -81,9 +92,26 @@ class VDM:
     return elbo.x_from_eps(z_t, self.eps_hat(params, z_t, gamma_t), gamma_t)
 
   def loss_terms(
-    self, params, k, key, *, train: bool = False, num_steps: int | None = None, t=None
+    self,
+    params,
+    k,
+    key,
+    *,
+    train: bool = False,
+    num_steps: int | None = None,
+    t=None,
+    t_weight=None,
   ):
     """The three ELBO terms of each example, in nats.
+
+    The values never depend on `schedule_objective`; with "variance" (continuous time
+    only) the gradient reaching the schedule through the diffusion term is split: its
+    end points gamma(0), gamma(1) receive the ELBO's gradient, and its normalised shape
+    (gamma(t) - gamma(0)) / (gamma(1) - gamma(0)) receives 2 L_i times it, the gradient
+    of E[L_i^2] (L_i the example's diffusion term), in the same backward pass. The ELBO
+    depends on the shape only through Monte Carlo noise (its expectation is the same
+    integral over gamma for every shape), so this lowers the estimator's variance without
+    changing what is estimated.
 
     Args:
       params: model params.
@@ -92,6 +120,8 @@ class VDM:
       train: dropout on.
       num_steps: T for the diffusion term (default `self.num_steps`; 0 = continuous).
       t: optional explicit times `[B]` (on the grid i/T when T > 0) instead of sampled ones.
+      t_weight: optional importance weights `[B]` multiplying the diffusion term, 1/p(t)
+        for t drawn from a proposal p (`elbo.importance_sample_times`).
 
     Returns:
       dict with "recon", "prior", "diffusion", "total" (nats, `[B]`), "bpd" (`[B]`) and the
@@ -112,17 +142,26 @@ class VDM:
     if t is None:
       t = elbo.sample_times(key_t, batch, num_steps=num_steps, antithetic=self.antithetic)
     eps = jax.random.normal(key_e, x.shape)
-    if num_steps == 0:
-      gamma_t, dgamma_dt = self.gamma_and_derivative(params, t)
+
+    def continuous(denoiser_params, gamma_t, dgamma_dt):
+      z_t = gaussian.q_sample(x, gamma_t, eps)
+      p = {"denoiser": denoiser_params}  # no closure over the params being differentiated
+      eps_hat = self.eps_hat(p, z_t, gamma_t, train=train, dropout_key=key_d)
+      return elbo.diffusion_loss_continuous(eps, eps_hat, dgamma_dt)
+
+    if num_steps == 0 and self.schedule_objective == "variance":
+      elbo_path, var_path = _schedule_paths(lambda u: self.gamma(params, u), t)
+      diffusion = _with_variance_gradient(continuous, params["denoiser"], elbo_path, var_path)
+    elif num_steps == 0:
+      diffusion = continuous(params["denoiser"], *self.gamma_and_derivative(params, t))
     else:
       gamma_t = self.gamma(params, t)
       gamma_s = self.gamma(params, t - 1.0 / num_steps)
-    z_t = gaussian.q_sample(x, gamma_t, eps)
-    eps_hat = self.eps_hat(params, z_t, gamma_t, train=train, dropout_key=key_d)
-    if num_steps == 0:
-      diffusion = elbo.diffusion_loss_continuous(eps, eps_hat, dgamma_dt)
-    else:
+      z_t = gaussian.q_sample(x, gamma_t, eps)
+      eps_hat = self.eps_hat(params, z_t, gamma_t, train=train, dropout_key=key_d)
       diffusion = elbo.diffusion_loss_discrete(eps, eps_hat, gamma_s, gamma_t, num_steps)
+    if t_weight is not None:
+      diffusion = diffusion * t_weight
 
     total = recon + prior + diffusion
     return {
@@ -133,6 +172,50 @@ class VDM:
       "bpd": elbo.bits_per_dim(total, self.num_dims),
       "t": jnp.broadcast_to(t, (batch,)),
     }
+
+
+def _schedule_paths(gamma_fn, t):
+  """(gamma_t, gamma'_t) twice, with equal values: once differentiable only through the
+  end points gamma(0), gamma(1), once only through the normalised shape in between."""
+  sg = jax.lax.stop_gradient
+  g0, g1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
+  g_t, dg_t = schedules.gamma_and_derivative(gamma_fn, t)
+  span = g1 - g0
+  shape, dshape = (g_t - g0) / span, dg_t / span
+  ends = (g0 + span * sg(shape), span * sg(dshape))
+  inner = (sg(g0) + sg(span) * shape, sg(span) * dshape)
+  return ends, inner
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _with_variance_gradient(fn, denoiser_params, elbo_path, var_path):
+  """fn(denoiser_params, gamma_t, gamma'_t) -> L `[B]`, evaluated at the common value of
+  the two paths; the cotangent of `var_path` is multiplied by 2 L per example."""
+  return _combined(fn, denoiser_params, elbo_path, var_path)
+
+
+def _combined(fn, denoiser_params, elbo_path, var_path):
+  sg = jax.lax.stop_gradient
+  (g_e, dg_e), (g_v, dg_v) = elbo_path, var_path
+  return fn(denoiser_params, g_e + g_v - sg(g_v), dg_e + dg_v - sg(dg_v))
+
+
+def _with_variance_gradient_fwd(fn, denoiser_params, elbo_path, var_path):
+  loss, vjp = jax.vjp(lambda p, e, v: _combined(fn, p, e, v), denoiser_params, elbo_path, var_path)
+  return loss, (loss, vjp)
+
+
+def _with_variance_gradient_bwd(fn, residuals, g):
+  del fn
+  loss, vjp = residuals
+  ct_params, ct_elbo, ct_var = vjp(g)
+  # Example i's gamma_t and gamma'_t reach only its own L_i, so scaling their cotangents
+  # by 2 L_i turns d(sum g_i L_i) into d(sum g_i L_i^2) along this path.
+  ct_var = jax.tree.map(lambda c: c * 2.0 * loss, ct_var)
+  return ct_params, ct_elbo, ct_var
+
+
+_with_variance_gradient.defvjp(_with_variance_gradient_fwd, _with_variance_gradient_bwd)
 
 
 def _has_params(module: nn.Module) -> bool:
@@ -153,6 +236,17 @@ def make_schedule(config) -> nn.Module:
   if kind == "monotone":
     return models.MonotoneSchedule(lo, hi)
   raise ValueError(f"Unknown config.schedule.kind {kind!r}.")
+
+
+def make_model(config, info):
+  """The model of `config.model.kind` ("vdm" or the seed's Gaussian VAE, "vae")."""
+  if config.model.kind == "vae":
+    from vdm_jax.vae import make_vae
+
+    return make_vae(config, info)
+  if config.model.kind != "vdm":
+    raise ValueError(f"Unknown config.model.kind {config.model.kind!r}; choose 'vdm' or 'vae'.")
+  return make_vdm(config, info)
 
 
 def make_vdm(config, info) -> VDM:
@@ -199,4 +293,5 @@ def make_vdm(config, info) -> VDM:
     prediction=m.prediction,
     num_steps=config.loss.num_steps,
     antithetic=config.loss.antithetic,
+    schedule_objective=config.schedule.objective,
   )
