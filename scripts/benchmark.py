@@ -136,6 +136,9 @@ def benchmark(config, num_steps: int, warmup: int) -> dict:
 
 
 def main(argv):
+  from vdm_jax._cli import quiet_logging
+
+  quiet_logging()
   del argv
   print(json.dumps(benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value), indent=2))
 

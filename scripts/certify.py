@@ -26,6 +26,9 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/certify", "Where to write 
 
 
 def main(argv):
+  from vdm_jax._cli import quiet_logging
+
+  quiet_logging()
   del argv
   import jax
   import matplotlib

@@ -43,6 +43,9 @@ def _table(rows):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from vdm_jax._cli import quiet_logging
+
+  quiet_logging()
   import jax
 
   from vdm_jax import evaluation, train

@@ -29,6 +29,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from vdm_jax._cli import quiet_logging
+
+  quiet_logging()
   import time
 
   import jax

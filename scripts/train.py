@@ -19,6 +19,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from vdm_jax._cli import quiet_logging
+
+  quiet_logging()
   from vdm_jax import train
 
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -166,6 +166,8 @@ def test_trainer_with_importance_sampling_and_variance_objective(tmp_path):
   assert np.all(state["time_moments"]["seen"]) and np.all(
     state["time_moments"]["second_moment"] > 0
   )
+  config.train.num_steps = 9  # resumes with the moments restored
+  assert train.train_and_evaluate(config, str(tmp_path / "run"))["step"] == 9
 
   # The variance-measuring script on this checkpoint.
   out = tmp_path / "var.json"

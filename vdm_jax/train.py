@@ -210,22 +210,38 @@ def abstract_state(state_shapes, sharding):
   )
 
 
+def _saved_fields(state) -> dict:
+  """The train state's array fields as a dict, leaving out those that are None.
+
+  Checkpoints hold this dict, so a field used only by some configs (`time_moments`, with
+  importance sampling of t) is absent from the others' checkpoints instead of a None that
+  would make older checkpoints unreadable.
+  """
+  names = ("step", "params", "opt_state", "ema_params", "time_moments")
+  return {n: getattr(state, n) for n in names if getattr(state, n) is not None}
+
+
 def save_checkpoint(manager, step: int, state, train_iter, *, force: bool = False) -> None:
   manager.save(
     step,
     args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)
+      state=ocp.args.StandardSave(_saved_fields(state)),
+      data=grain.checkpoint.CheckpointSave(train_iter),
     ),
     force=force,
   )
 
 
 def restore_checkpoint(manager, step: int, target, train_iter=None):
-  """Restores the train state (into `target`'s shardings) and, if given, the data iterator."""
-  items = {"state": ocp.args.StandardRestore(target)}
+  """Restores the train state (into `target`'s shardings) and, if given, the data iterator.
+
+  `target` is a TrainState of ShapeDtypeStructs (`abstract_state`); returns a TrainState.
+  """
+  items = {"state": ocp.args.StandardRestore(_saved_fields(target))}
   if train_iter is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(train_iter)
-  return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+  restored = manager.restore(step, args=ocp.args.Composite(**items))["state"]
+  return target.replace(**restored)
 
 
 def load_ema_params(config, workdir: str, *, step: int | None = None):
