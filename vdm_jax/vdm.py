@@ -39,7 +39,8 @@ class VDM:
     antithetic: antithetic time sampling.
     schedule_objective: "elbo" (every parameter minimises the ELBO) or "variance" (the
       VDM paper's: in continuous time the schedule's shape between its end points gets
-      the gradient of E[L_diffusion^2], which minimises the estimator's variance, while
+      the gradient of E[L_diffusion^2] / (2 E[L_diffusion]), which minimises the
+      estimator's variance, while
       the end points and the denoiser minimise the ELBO; see `loss_terms`).
   """
 
@@ -107,8 +108,9 @@ class VDM:
     The values never depend on `schedule_objective`; with "variance" (continuous time
     only) the gradient reaching the schedule through the diffusion term is split: its
     end points gamma(0), gamma(1) receive the ELBO's gradient, and its normalised shape
-    (gamma(t) - gamma(0)) / (gamma(1) - gamma(0)) receives 2 L_i times it, the gradient
-    of E[L_i^2] (L_i the example's diffusion term), in the same backward pass. The ELBO
+    (gamma(t) - gamma(0)) / (gamma(1) - gamma(0)) receives L_i / mean(L) times it, the
+    gradient of E[L^2] / (2 E[L]) (L_i the example's diffusion term, the mean over the
+    batch), in the same backward pass. The ELBO
     depends on the shape only through Monte Carlo noise (its expectation is the same
     integral over gamma for every shape), so this lowers the estimator's variance without
     changing what is estimated.
@@ -190,7 +192,7 @@ def _schedule_paths(gamma_fn, t):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _with_variance_gradient(fn, denoiser_params, elbo_path, var_path):
   """fn(denoiser_params, gamma_t, gamma'_t) -> L `[B]`, evaluated at the common value of
-  the two paths; the cotangent of `var_path` is multiplied by 2 L per example."""
+  the two paths; the cotangent of `var_path` is multiplied by L / mean(L) per example."""
   return _combined(fn, denoiser_params, elbo_path, var_path)
 
 
@@ -210,8 +212,12 @@ def _with_variance_gradient_bwd(fn, residuals, g):
   loss, vjp = residuals
   ct_params, ct_elbo, ct_var = vjp(g)
   # Example i's gamma_t and gamma'_t reach only its own L_i, so scaling their cotangents
-  # by 2 L_i turns d(sum g_i L_i) into d(sum g_i L_i^2) along this path.
-  ct_var = jax.tree.map(lambda c: c * 2.0 * loss, ct_var)
+  # by L_i / mean(L) turns d(sum g_i L_i) into d(sum g_i L_i^2) / (2 mean(L)) along this
+  # path: the gradient of the second moment, in the loss's own units (mean(L), the ELBO's
+  # diffusion term, does not depend on the shape), so that gradient clipping and the
+  # learning rate treat it like the rest of the loss.
+  scale = loss / jnp.mean(loss)
+  ct_var = jax.tree.map(lambda c: c * scale, ct_var)
   return ct_params, ct_elbo, ct_var
 
 
