@@ -354,15 +354,13 @@ def time_sampling_variance(
       w = jnp.ones_like(t)
     return run(key_l, t, w)
 
-  # Pilot: per-bin mean of L(t)^2 under uniform t (every bin gets samples: stratified).
-  sums, counts = np.zeros(num_bins), np.zeros(num_bins)
+  # Pilot: the per-bin average of L(t)^2 under stratified uniform t (decay r/(r+1) makes
+  # the running estimate an equal-weight mean of the pilot batches), then the proposal.
+  moments = elbo.init_time_moments(num_bins)
   for r in range(pilot):
-    terms = jax.device_get(draw(jax.random.fold_in(key, 10_000 + r), "antithetic", None))
-    b = np.asarray(elbo.time_bin(jnp.asarray(terms["t"]), num_bins))
-    sums += np.bincount(b, np.asarray(terms["diffusion"], np.float64) ** 2, num_bins)
-    counts += np.bincount(b, minlength=num_bins)
-  root = np.sqrt(sums / np.maximum(counts, 1))
-  probs = jnp.asarray(0.99 * root / root.sum() + 0.01 / num_bins, jnp.float32)
+    terms = draw(jax.random.fold_in(key, 10_000 + r), "antithetic", None)
+    moments = elbo.update_time_moments(moments, terms["t"], terms["diffusion"], decay=r / (r + 1))
+  probs = elbo.importance_bin_probs(moments)
 
   result = {"num_examples": batch, "reps": reps, "pilot": pilot, "num_steps": num_steps}
   for scheme in ("uniform", "antithetic", "importance", "importance_antithetic"):
