@@ -81,6 +81,11 @@ def test_importance_proposal_and_weights():
   np.testing.assert_allclose(
     w, 1.0 / (4 * np.asarray(probs)[np.round(np.asarray(t) * 4).astype(int) - 1]), rtol=1e-6
   )
+  # Every grid time i/T falls in its own bin i - 1, also where float32 i/T * T > i.
+  grid = (jnp.arange(1000) + 1.0) / 1000
+  np.testing.assert_array_equal(elbo.time_bin(grid, 1000, discrete=True), np.arange(1000))
+  m = elbo.update_time_moments(elbo.init_time_moments(1000), grid, grid, num_steps=1000)
+  np.testing.assert_allclose(m["second_moment"], np.asarray(grid) ** 2, rtol=1e-6)
   with pytest.raises(ValueError, match="K = 4 != T = 5"):
     elbo.importance_sample_times(jax.random.key(2), 8, probs, num_steps=5)
   with pytest.raises(ValueError, match="bin_probs"):

@@ -307,14 +307,16 @@ def sample_times(key, batch_size: int, *, num_steps: int = 0, antithetic: bool =
   return i / num_steps
 
 
-def time_bin(t, num_bins: int):
+def time_bin(t, num_bins: int, *, discrete: bool = False):
   """Index b in {0..K-1} of the bin (b/K, (b+1)/K] holding t (t = 0 goes to bin 0).
 
-  With K = T this is the grid step i - 1 of t = i/T.
+  With `discrete=True`, t is a grid time i/K and b = i - 1, found by rounding: float32
+  i/K times K is often a hair above i, which `ceil` would put in the next bin.
   """
   t = _checks.as_float("t", t)
   num_bins = _checks.check_num_steps(num_bins, allow_zero=False)
-  return jnp.clip(jnp.ceil(t * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+  upper = jnp.round(t * num_bins) if discrete else jnp.ceil(t * num_bins)
+  return jnp.clip(upper.astype(jnp.int32) - 1, 0, num_bins - 1)
 
 
 def importance_sample_times(
@@ -361,7 +363,7 @@ def importance_sample_times(
   return (b + 1.0 - frac) / num_bins, weight  # in (b/K, (b+1)/K]
 
 
-def update_time_moments(moments, t, loss, *, decay: float = 0.99):
+def update_time_moments(moments, t, loss, *, decay: float = 0.99, num_steps: int = 0):
   """Running estimate of E[L(t)^2] per time bin, from one batch of per-t losses.
 
   Args:
@@ -369,13 +371,14 @@ def update_time_moments(moments, t, loss, *, decay: float = 0.99):
     t: times `[B]`.
     loss: the per-example loss at t, `[B]` (unweighted: not multiplied by 1/p(t)).
     decay: exponential moving average factor for bins with new samples.
+    num_steps: T > 0 when t are grid times i/T (then K = T bins, one per step).
 
   Returns:
     The updated moments; a bin seen for the first time takes its batch mean.
   """
   m, seen = moments["second_moment"], moments["seen"]
   num_bins = m.shape[0]
-  b = time_bin(t, num_bins)
+  b = time_bin(t, num_bins, discrete=num_steps > 0)
   count = jax.ops.segment_sum(jnp.ones_like(loss), b, num_segments=num_bins)
   batch_m = jax.ops.segment_sum(jnp.square(loss), b, num_segments=num_bins) / jnp.maximum(count, 1)
   has = count > 0

@@ -359,7 +359,9 @@ def time_sampling_variance(
   moments = elbo.init_time_moments(num_bins)
   for r in range(pilot):
     terms = draw(jax.random.fold_in(key, 10_000 + r), "antithetic", None)
-    moments = elbo.update_time_moments(moments, terms["t"], terms["diffusion"], decay=r / (r + 1))
+    moments = elbo.update_time_moments(
+      moments, terms["t"], terms["diffusion"], decay=r / (r + 1), num_steps=num_steps
+    )
   probs = elbo.importance_bin_probs(moments)
 
   result = {"num_examples": batch, "reps": reps, "pilot": pilot, "num_steps": num_steps}

@@ -161,7 +161,11 @@ def train_step(state: TrainState, batch: dict, key, *, vdm, config):
   if state.time_moments is not None:
     new_state = new_state.replace(
       time_moments=elbo.update_time_moments(
-        state.time_moments, t, terms["diffusion"] / t_weight, decay=config.loss.time_decay
+        state.time_moments,
+        t,
+        terms["diffusion"] / t_weight,
+        decay=config.loss.time_decay,
+        num_steps=vdm.num_steps,
       )
     )
   ema = optax.incremental_update(new_state.params, state.ema_params, 1.0 - config.optim.ema_decay)
