@@ -265,7 +265,7 @@ def load_ema_params(config, workdir: str, *, step: int | None = None):
   vdm = make_model(config, data.static_info(config.data))
   tx = make_optimizer(config)
   shapes = jax.eval_shape(lambda k: create_train_state(vdm, k, tx, config), jax.random.key(0))
-  options = ocp.CheckpointManagerOptions(read_only=True)
+  options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
   with ocp.CheckpointManager(ckpt_dir, options=options) as manager:
     steps = manager.all_steps()
     if not steps:
