@@ -96,7 +96,8 @@ class GaussianVAE:
     del train
     if num_steps or t is not None or t_weight is not None:
       raise ValueError(
-        f"A Gaussian VAE has no diffusion time; got num_steps={num_steps!r}, t={t!r}."
+        "A Gaussian VAE has no diffusion time; got "
+        f"num_steps={num_steps!r}, t={t!r}, t_weight={t_weight!r}."
       )
     if k.shape[1:] != self.data_shape:
       raise ValueError(f"Data of shape {k.shape} does not match the model's {self.data_shape}.")

@@ -40,8 +40,8 @@ class VDM:
     schedule_objective: "elbo" (every parameter minimises the ELBO) or "variance" (the
       VDM paper's: in continuous time the schedule's shape between its end points gets
       the gradient of E[L_diffusion^2] / (2 E[L_diffusion]), which minimises the
-      estimator's variance, while
-      the end points and the denoiser minimise the ELBO; see `loss_terms`).
+      estimator's variance, while the end points and the denoiser minimise the ELBO;
+      see `loss_terms`).
   """
 
   schedule: nn.Module
@@ -110,10 +110,9 @@ class VDM:
     end points gamma(0), gamma(1) receive the ELBO's gradient, and its normalised shape
     (gamma(t) - gamma(0)) / (gamma(1) - gamma(0)) receives L_i / mean(L) times it, the
     gradient of E[L^2] / (2 E[L]) (L_i the example's diffusion term, the mean over the
-    batch), in the same backward pass. The ELBO
-    depends on the shape only through Monte Carlo noise (its expectation is the same
-    integral over gamma for every shape), so this lowers the estimator's variance without
-    changing what is estimated.
+    batch), in the same backward pass. The ELBO depends on the shape only through Monte
+    Carlo noise (its expectation is the same integral over gamma for every shape), so
+    this lowers the estimator's variance without changing what is estimated.
 
     Args:
       params: model params.
@@ -152,7 +151,7 @@ class VDM:
       return elbo.diffusion_loss_continuous(eps, eps_hat, dgamma_dt)
 
     if num_steps == 0 and self.schedule_objective == "variance":
-      elbo_path, var_path = _schedule_paths(lambda u: self.gamma(params, u), t)
+      elbo_path, var_path = _schedule_paths(lambda u: self.gamma(params, u), t, gamma_0, gamma_1)
       diffusion = _with_variance_gradient(continuous, params["denoiser"], elbo_path, var_path)
     elif num_steps == 0:
       diffusion = continuous(params["denoiser"], *self.gamma_and_derivative(params, t))
@@ -176,11 +175,10 @@ class VDM:
     }
 
 
-def _schedule_paths(gamma_fn, t):
+def _schedule_paths(gamma_fn, t, g0, g1):
   """(gamma_t, gamma'_t) twice, with equal values: once differentiable only through the
-  end points gamma(0), gamma(1), once only through the normalised shape in between."""
+  end points g0 = gamma(0), g1 = gamma(1), once only through the normalised shape."""
   sg = jax.lax.stop_gradient
-  g0, g1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
   g_t, dg_t = schedules.gamma_and_derivative(gamma_fn, t)
   span = g1 - g0
   shape, dshape = (g_t - g0) / span, dg_t / span
