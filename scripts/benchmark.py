@@ -76,12 +76,14 @@ def benchmark(config, num_steps: int, warmup: int) -> dict:
   train_time = _time_steps(one_train_step, num_steps, warmup)
 
   # Framework eval step.
-  eval_fn = evaluation.jit_eval_step(vdm, mesh, config.loss.num_steps)
+  eval_fn = evaluation.jit_eval_step(vdm, mesh, config.loss.num_steps, explicit_t=True)
   params = holder["state"].ema_params
+  eval_batch = train.to_global({**local, "index": np.arange(batch_size, dtype=np.int32)}, mesh)
+  times = train.to_global({"t": rng.uniform(size=batch_size).astype(np.float32)}, mesh)["t"]
   t = time.perf_counter()
-  eval_compiled = eval_fn.lower(params, batch, key).compile()
+  eval_compiled = eval_fn.lower(params, eval_batch, key, times).compile()
   eval_compile = time.perf_counter() - t
-  eval_time = _time_steps(lambda: eval_compiled(params, batch, key), num_steps, warmup)
+  eval_time = _time_steps(lambda: eval_compiled(params, eval_batch, key, times), num_steps, warmup)
 
   # Bare: the same network, eps-MSE, Adam, nothing else.
   net = vdm.denoiser

@@ -61,32 +61,56 @@ def test_cli_bpd_equals_independent_recomputation(trained, tmp_path):
   assert os.path.exists(str(out).replace(".json", "_by_t.csv"))
   assert os.path.exists(str(out).replace(".json", "_by_t.png"))
 
-  # Independently: read the split in order straight from the tfds source, batch it the
-  # same way, and average the library's per-example ELBO.
+  # Independently: read the split in order straight from the tfds source and compute each
+  # example's ELBO alone, with the documented randomness of pass 0: (k_t, k_noise) =
+  # split(fold_in(key(seed), 0)); t from one antithetic draw over the N = 300 examples,
+  # permuted (k_u, k_perm = split(k_t)); example n's noise from fold_in(k_noise, n).
   vdm, _, params, _ = train.load_ema_params(config, workdir)
   source = data.digits.data_source(config.data.data_dir, "test")
   images = np.stack([np.asarray(source[i]["image"], np.int32) for i in range(len(source))])
-  key = jax.random.fold_in(jax.random.key(3), 0)  # pass 0
-  per_example = []
-  for b in range(math.ceil(len(images) / 128)):
-    chunk = images[b * 128 : (b + 1) * 128]
-    padded = np.concatenate([chunk, np.zeros((128 - len(chunk), *chunk.shape[1:]), np.int32)])
-    terms = vdm.loss_terms(params, jnp.asarray(padded), jax.random.fold_in(key, b))
-    per_example.append(np.asarray(terms["bpd"])[: len(chunk)])
-  per_example = np.concatenate(per_example)
+  key_t, key_noise = jax.random.split(jax.random.fold_in(jax.random.key(3), 0))
+  key_u, key_perm = jax.random.split(key_t)
+  u0 = float(jax.random.uniform(key_u, ()))
+  rank = np.asarray(jax.random.permutation(key_perm, 300))
+  t = (1.0 - np.mod(u0 + rank / 300, 1.0)).astype(np.float32)
+  one = jax.jit(lambda k, key, t: vdm.loss_terms(params, k[None], key, t=t[None])["bpd"][0])
+  per_example = np.array(
+    [one(images[n], jax.random.fold_in(key_noise, n), t[n]) for n in range(300)], np.float64
+  )
   np.testing.assert_allclose(result["bpd"], per_example.mean(), rtol=1e-5)
   np.testing.assert_allclose(result["bpd_se"], per_example.std(ddof=1) / math.sqrt(300), rtol=1e-4)
   parts = result["recon_bpd"] + result["prior_bpd"] + result["diffusion_bpd"]
   np.testing.assert_allclose(parts, result["bpd"], rtol=1e-6)
 
 
-def test_passes_standard_error_and_exact_time_sum(trained):
+def test_evaluation_does_not_depend_on_batch_size(trained):
   config, workdir = trained
   vdm, mesh, params, _ = train.load_ema_params(config, workdir)
-  multi = evaluation.evaluate(vdm, params, config, mesh, passes=4, key=jax.random.key(1))
-  single_se = multi["bpd_se"] * 2.0  # 4 passes average the Monte Carlo noise per example
-  spread = np.std(multi["pass_bpd"], ddof=1)
-  assert 0 < spread < 3 * single_se, (multi["pass_bpd"], single_se)
+  results = [
+    evaluation.evaluate(vdm, params, config, mesh, batch_size=b, key=jax.random.key(5))
+    for b in (64, 300, 1000)  # padded last batch, one exact batch, 700 rows of padding
+  ]
+  for r in results[1:]:
+    for name in ("bpd", "bpd_se", "recon_bpd", "prior_bpd", "diffusion_bpd"):
+      np.testing.assert_allclose(r[name], results[0][name], rtol=1e-5)
+    np.testing.assert_allclose(r["_per_example"]["t"], results[0]["_per_example"]["t"])
+  # Times stratified over the split: 300 evenly spaced points of [0, 1), in a random order.
+  t = results[0]["_per_example"]["t"]
+  np.testing.assert_allclose(np.diff(np.sort(t)), 1 / 300, atol=1e-5)
+  assert abs(np.corrcoef(t, np.arange(300))[0, 1]) < 0.25
+
+
+def test_single_pass_standard_error_covers_the_spread_between_passes(trained):
+  config, workdir = trained
+  vdm, mesh, params, _ = train.load_ema_params(config, workdir)
+  passes = 30
+  multi = evaluation.evaluate(vdm, params, config, mesh, passes=passes, key=jax.random.key(1))
+  single = evaluation.evaluate(vdm, params, config, mesh, key=jax.random.key(8))
+  # The pass means differ only by Monte Carlo noise; the single-pass error bar also holds
+  # the spread of the data, so (P - 1) s^2 / SE^2 must not exceed the chi-square(P - 1)
+  # quantile that it would reach if SE were exactly the pass-to-pass deviation.
+  statistic = (passes - 1) * np.var(multi["pass_bpd"], ddof=1) / single["bpd_se"] ** 2
+  assert 0 < statistic < stats.chi2.ppf(0.999, passes - 1), (statistic, single["bpd_se"])
   rows = evaluation.diffusion_by_time(multi, vdm, params, num_bins=10)
   np.testing.assert_allclose(sum(r["bpd"] for r in rows), multi["diffusion_bpd"], rtol=1e-6)
 
@@ -133,11 +157,18 @@ def test_sample_cli_and_missing_checkpoint(trained, tmp_path):
 
 
 _TRAIN_ON_8 = """
-import sys
+import json, sys
+import jax
 sys.path.insert(0, {tests!r})
 from helpers import tiny_config
-from vdm_jax import train
-train.train_and_evaluate(tiny_config({data_dir!r}, num_steps=3, ckpt_every=3), {workdir!r})
+from vdm_jax import evaluation, train
+config = tiny_config({data_dir!r}, num_steps=3, ckpt_every=3)
+train.train_and_evaluate(config, {workdir!r})
+vdm, mesh, params, _ = train.load_ema_params(config, {workdir!r})
+print(json.dumps([
+  evaluation.evaluate(vdm, params, config, mesh, batch_size=b, key=jax.random.key(4))["bpd"]
+  for b in (64, 296, 1000)
+]))
 """
 
 
@@ -152,8 +183,10 @@ def test_checkpoint_from_eight_devices_evaluates_on_one(tmp_path):
   config = tiny_config(tmp_path / "tfds")
   vdm, mesh, params, step = train.load_ema_params(config, str(tmp_path / "run"))
   assert step == 3
-  result = evaluation.evaluate(vdm, params, config, mesh)
+  result = evaluation.evaluate(vdm, params, config, mesh, key=jax.random.key(4))
   assert result["num_examples"] == 300 and np.isfinite(result["bpd"])
+  on_eight = json.loads(proc.stdout.strip().splitlines()[-1])  # batch 64, 296, 1000
+  np.testing.assert_allclose(on_eight, result["bpd"], rtol=1e-5)
 
 
 # --- Closed-form checks on a Gaussian mixture -------------------------------------------

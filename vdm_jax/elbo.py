@@ -48,6 +48,7 @@ __all__ = [
   "init_time_moments",
   "sample_times",
   "time_bin",
+  "times_from_uniform",
   "update_time_moments",
   "v_from_x_eps",
   "vae_elbo",
@@ -301,6 +302,25 @@ def sample_times(key, batch_size: int, *, num_steps: int = 0, antithetic: bool =
     u = jnp.mod(u0 + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
   else:
     u = jax.random.uniform(key, (batch_size,))
+  return times_from_uniform(u, num_steps=num_steps)
+
+
+def times_from_uniform(u, *, num_steps: int = 0):
+  """Diffusion times from uniforms u in [0, 1], elementwise (any shape).
+
+  Continuous time (T = 0): t = 1 - u. Discrete time: the grid step
+  i = min(floor(u T), T - 1) + 1 in {1..T}, returned as t = i/T. Each t depends on its own
+  u only, so a t drawn for one example does not depend on the batch it is evaluated in.
+
+  Args:
+    u: float array of uniforms in [0, 1].
+    num_steps: 0 for continuous time, else T.
+
+  Returns:
+    t, same shape as `u`.
+  """
+  num_steps = _checks.check_num_steps(num_steps, allow_zero=True)
+  u = _checks.as_float("u", u)
   if num_steps == 0:
     return 1.0 - u
   i = jnp.minimum(jnp.floor(u * num_steps), num_steps - 1) + 1.0

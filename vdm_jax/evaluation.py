@@ -1,13 +1,25 @@
-"""Bits/dim of a split, exactly: every example once per pass, fixed order, padded and masked.
+"""Bits/dim of a split, exactly: every example once per pass, padded and masked.
 
-Each example's ELBO is estimated with sampled t and noise (or, for discrete T with
-`exact_time_sum`, with the diffusion term summed over all T steps). With P passes an
-example's estimate is the mean of its P estimates; the reported error bar is the standard
-error of the mean over examples, which contains the Monte Carlo noise of t and eps.
+The result is a function of (params, split, seed, passes) only: it does not depend on the
+evaluation batch size, the padding, the device count or the process count. Each example's
+randomness is keyed by its position in the split (its noise is drawn from
+`fold_in(pass_key, index)`), and its diffusion time comes from one antithetic draw
+stratified over the whole split: t_n = 1 - ((u_0 + r_n / N) mod 1) for a random
+permutation r of 0..N-1 (N the split's size), so every pass covers [0, 1) evenly with N
+points whatever the batching. With `exact_time_sum` (discrete T) the diffusion term is
+summed over all T steps instead.
+
+The reported error bar, `bpd_se`, is the standard error of the mean over examples: the
+spread of the per-example estimates (data and Monte Carlo noise of t and eps together)
+divided by sqrt(N). It is the uncertainty of the split's bits/dim as an estimate of the
+population's; the spread between passes over the same examples contains only the Monte
+Carlo part and is smaller (tests check that it never exceeds `bpd_se` beyond what a
+chi-square test allows).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -17,7 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vdm_jax import data
+from vdm_jax import data, elbo
 from vdm_jax.vdm import VDM
 
 
@@ -29,15 +41,34 @@ def outputs(model) -> tuple[str, ...]:
 def eval_step(params, batch: dict, key, t=None, *, vdm, num_steps: int):
   """Per-example ELBO terms (nats, `[B]`) and times of a batch. Pure; jit it.
 
+  Example n draws its noise from `fold_in(key, batch["index"][n])`, so its terms do not
+  depend on the other examples of the batch.
+
   Args:
+    batch: {"image": int `[B, *data_shape]`, "index": int32 `[B]`, the examples' positions
+      in the split}.
     vdm: the model (`VDM` or `vae.GaussianVAE`).
-    t: optional explicit diffusion times `[B]` (sampled when None).
+    t: optional explicit diffusion times `[B]` (VDM; sampled per example when None).
   """
-  terms = vdm.loss_terms(params, batch["image"], key, train=False, num_steps=num_steps, t=t)
-  return {name: terms[name] for name in outputs(vdm)}
+
+  def one(k, index, t_n):
+    terms = vdm.loss_terms(
+      params,
+      k[None],
+      jax.random.fold_in(key, index),
+      train=False,
+      num_steps=num_steps,
+      t=None if t_n is None else t_n[None],
+    )
+    return {name: terms[name][0] for name in outputs(vdm)}
+
+  return jax.vmap(one)(batch["image"], batch["index"], t)
 
 
+@functools.lru_cache(maxsize=16)
 def jit_eval_step(vdm, mesh, num_steps: int, *, explicit_t: bool = False):
+  """`eval_step` jitted over `mesh`, built once per (model, mesh, T): passes, evaluations
+  during training and repeated calls reuse one compiled function."""
   data_sharding = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
   if explicit_t:
@@ -51,6 +82,39 @@ def jit_eval_step(vdm, mesh, num_steps: int, *, explicit_t: bool = False):
     in_shardings=(replicated, data_sharding, replicated),
     out_shardings=data_sharding,
   )
+
+
+def split_times(key, num_examples: int, *, num_steps: int = 0) -> np.ndarray:
+  """One diffusion time per example of a split, stratified over the whole split.
+
+  An antithetic draw of N times (`elbo.sample_times`) assigned to the examples through a
+  random permutation: every t is marginally uniform (unbiased), and the N times cover
+  [0, 1) evenly. Returns float32 `[N]`, entry n for the example at position n.
+  """
+  key_u, key_perm = jax.random.split(key)
+  times = elbo.sample_times(key_u, num_examples, num_steps=num_steps, antithetic=True)
+  return np.asarray(times[jax.random.permutation(key_perm, num_examples)])
+
+
+def _gather(x) -> np.ndarray:
+  """A process-local array (numpy or jax) -> the global array, rows of process 0 first."""
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _to_global(batch: dict, mesh) -> dict:
+  sharding = NamedSharding(mesh, P("data"))
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def _split_batches(config, split: str, batch_size: int, *, progress: bool, desc: str):
+  """The split's evaluation batches (`data.eval_batches`), with a progress bar on process 0."""
+  batches = data.eval_batches(config.data, split, global_batch_size=batch_size)
+  if progress and jax.process_index() == 0:
+    from tqdm import tqdm
+
+    total = -(-data.dataset_info(config.data).num_examples[split] // batch_size)
+    batches = tqdm(batches, total=total, desc=desc, leave=False)
+  return batches
 
 
 def per_example_terms(
@@ -68,52 +132,62 @@ def per_example_terms(
 ) -> dict:
   """One pass over `split`: per-example terms in nats, numpy `[N]` each, in split order.
 
-  With `exact_time_sum` (discrete T only) the diffusion term of every example is the sum
-  of its T denoising-matching terms, and "per_step" `[T]` holds each step's mean over the
-  split (nats); "t" is then NaN.
-  """
-  from vdm_jax.train import to_global  # local: train imports this module
+  `key` is the pass's key: example n's time is `split_times(k_t, N)[n]` and its noise is
+  drawn from `fold_in(k_noise, n)`, (k_t, k_noise) = split(key); nothing depends on
+  `batch_size`, the padding or the number of devices and processes.
 
+  With `exact_time_sum` (discrete T only) the diffusion term of every example is the sum
+  of its T denoising-matching terms (step i's noise from `fold_in(fold_in(k_noise, i), n)`),
+  and "per_step" `[T]` holds each step's mean over the split (nats); "t" is then NaN.
+  """
   num_steps = config.loss.num_steps if num_steps is None else num_steps
   if exact_time_sum and num_steps == 0:
     raise ValueError("exact_time_sum needs a discrete number of steps T > 0 (got T = 0).")
   batch_size = batch_size or config.eval.batch_size
   key = jax.random.key(config.seed + 1) if key is None else key
-  step = jit_eval_step(vdm, mesh, num_steps, explicit_t=exact_time_sum)
-  out = {name: [] for name in outputs(vdm)}
+  key_t, key_noise = jax.random.split(key)
+  diffusion_model = isinstance(vdm, VDM)
+  num_examples = data.dataset_info(config.data).num_examples[split]
+  times = (
+    split_times(key_t, num_examples, num_steps=num_steps)
+    if diffusion_model and not exact_time_sum
+    else None
+  )
+  step = jit_eval_step(vdm, mesh, num_steps, explicit_t=diffusion_model)
+  out = {name: [] for name in (*outputs(vdm), "index")}
   per_step = np.zeros(max(num_steps, 1))
-  batches = data.eval_batches(config.data, split, global_batch_size=batch_size)
-  if progress and jax.process_index() == 0:
-    from tqdm import tqdm
-
-    total = -(-data.dataset_info(config.data).num_examples[split] // batch_size)
-    batches = tqdm(batches, total=total, desc=f"{split} ({vdm.num_dims} dims)", leave=False)
-  for b, batch in enumerate(batches):
-    mask = np.asarray(multihost_utils.process_allgather(batch.pop("mask"), tiled=True)) > 0
-    glob = to_global(batch, mesh)
-    bkey = jax.random.fold_in(key, b)
+  desc = f"{split} ({vdm.num_dims} dims)"
+  for batch in _split_batches(config, split, batch_size, progress=progress, desc=desc):
+    mask = _gather(batch.pop("mask")) > 0
+    index = _gather(batch["index"])
+    glob = _to_global(batch, mesh)
     if exact_time_sum:
       local_rows = batch["image"].shape[0]
       diffusion = 0.0
       for i in range(1, num_steps + 1):
-        t = to_global({"t": np.full(local_rows, i / num_steps, np.float32)}, mesh)["t"]
-        terms = step(params, glob, jax.random.fold_in(bkey, i), t)
-        d_i = (
-          np.asarray(multihost_utils.process_allgather(terms["diffusion"], tiled=True)) / num_steps
-        )
+        t = _to_global({"t": np.full(local_rows, i / num_steps, np.float32)}, mesh)["t"]
+        terms = step(params, glob, jax.random.fold_in(key_noise, i), t)
+        d_i = _gather(terms["diffusion"]) / num_steps
         diffusion = diffusion + d_i
         per_step[i - 1] += d_i[mask].sum()
       terms = jax.device_get(multihost_utils.process_allgather(terms, tiled=True))
       terms["diffusion"] = diffusion
       terms["t"] = np.full_like(diffusion, np.nan)
       terms["total"] = terms["recon"] + terms["prior"] + diffusion
+    elif diffusion_model:
+      t = _to_global({"t": times[batch["index"]]}, mesh)["t"]
+      terms = jax.device_get(
+        multihost_utils.process_allgather(step(params, glob, key_noise, t), tiled=True)
+      )
     else:
       terms = jax.device_get(
-        multihost_utils.process_allgather(step(params, glob, bkey), tiled=True)
+        multihost_utils.process_allgather(step(params, glob, key_noise), tiled=True)
       )
+    terms["index"] = index
     for name in out:
-      out[name].append(np.asarray(terms[name], np.float64)[mask])
-  result = {name: np.concatenate(v) for name, v in out.items()}
+      out[name].append(np.asarray(terms[name])[mask])
+  order = np.argsort(np.concatenate(out.pop("index")))
+  result = {name: np.concatenate(v).astype(np.float64)[order] for name, v in out.items()}
   if exact_time_sum:
     result["per_step"] = per_step / result["total"].size
   return result
@@ -262,7 +336,6 @@ def evaluate_ode(
   Hutchinson's estimator above. Returns "bpd", "bpd_se", "num_examples" and the settings.
   """
   from vdm_jax import ode
-  from vdm_jax.train import to_global
 
   if not isinstance(vdm, VDM):
     raise ValueError(
@@ -274,25 +347,32 @@ def evaluate_ode(
   batch_size = batch_size or config.eval.batch_size
   key = jax.random.key(config.seed + 2) if key is None else key
   data_sharding = NamedSharding(mesh, P("data"))
+
+  def per_example(p, k, index):
+    # One solve per example (vmapped): the adaptive step sizes, the dequantisation noise
+    # and the probes of example n do not depend on the rest of its batch.
+    return ode.dequantized_bpd(
+      vdm,
+      p,
+      k[None],
+      jax.random.fold_in(key, index),
+      exact_divergence=exact_divergence,
+      rtol=rtol,
+      atol=atol,
+    )[0]
+
   fn = jax.jit(
-    lambda p, k, kk: ode.dequantized_bpd(
-      vdm, p, k, kk, exact_divergence=exact_divergence, rtol=rtol, atol=atol
-    ),
-    in_shardings=(NamedSharding(mesh, P()), data_sharding, NamedSharding(mesh, P())),
+    jax.vmap(per_example, in_axes=(None, 0, 0)),
+    in_shardings=(NamedSharding(mesh, P()), data_sharding, data_sharding),
     out_shardings=data_sharding,
   )
-  batches = data.eval_batches(config.data, split, global_batch_size=batch_size)
-  if progress and jax.process_index() == 0:
-    from tqdm import tqdm
-
-    total = -(-data.dataset_info(config.data).num_examples[split] // batch_size)
-    batches = tqdm(batches, total=total, desc=f"ODE {split}", leave=False)
-  values = []
-  for b, batch in enumerate(batches):
-    mask = np.asarray(multihost_utils.process_allgather(batch.pop("mask"), tiled=True)) > 0
-    bpd = fn(params, to_global(batch, mesh)["image"], jax.random.fold_in(key, b))
-    values.append(np.asarray(multihost_utils.process_allgather(bpd, tiled=True), np.float64)[mask])
-  bpd = np.concatenate(values)
+  values, indices = [], []
+  for batch in _split_batches(config, split, batch_size, progress=progress, desc=f"ODE {split}"):
+    mask = _gather(batch.pop("mask")) > 0
+    glob = _to_global(batch, mesh)
+    values.append(_gather(fn(params, glob["image"], glob["index"])).astype(np.float64)[mask])
+    indices.append(_gather(batch["index"])[mask])
+  bpd = np.concatenate(values)[np.argsort(np.concatenate(indices))]
   return {
     "bpd": float(bpd.mean()),
     "bpd_se": float(bpd.std(ddof=1) / math.sqrt(bpd.size)) if bpd.size > 1 else float("nan"),

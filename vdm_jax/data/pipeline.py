@@ -351,8 +351,10 @@ def eval_batches(data_config, split: str, *, global_batch_size: int) -> Iterator
     global_batch_size: rows per step over all processes; a multiple of the process count.
 
   Returns:
-    an iterator of {"image": int32 [R, *shape], "mask": float32 [R]} (mask 1.0 for real
-    examples, 0.0 for padding).
+    an iterator of {"image": int32 [R, *shape], "mask": float32 [R], "index": int32 [R]}
+    (mask 1.0 for real examples, 0.0 for padding; index: the example's position in the
+    split, 0 for padding), so that per-example randomness can be keyed by the example,
+    not by its batch.
   """
   info = static_info(data_config)
   _check_split(info.name, split)
@@ -364,26 +366,32 @@ def eval_batches(data_config, split: str, *, global_batch_size: int) -> Iterator
   num_batches = _ceil_div(_ceil_div(num_examples, count), rows)  # the longest shard's
   shard = ds[start:end].map(to_record)
   batches = _to_iter_dataset(shard, rows, drop_remainder=False, num_workers=num_workers)
-  return _padded(batches, num_batches, rows, info.shape)
+  return _padded(batches, num_batches, rows, info.shape, start)
 
 
-def _padded(batches, num_batches: int, rows: int, shape: tuple[int, ...]) -> Iterator[dict]:
-  produced = 0
+def _padded(
+  batches, num_batches: int, rows: int, shape: tuple[int, ...], start: int
+) -> Iterator[dict]:
+  produced, next_index = 0, start
   iterator = iter(batches)
   try:
     for batch in iterator:
       produced += 1
-      yield _pad(batch["image"], rows, shape)
+      padded = _pad(batch["image"], rows, shape, next_index)
+      next_index += batch["image"].shape[0]
+      yield padded
   finally:
     iterator.close()  # stops prefetch threads and worker processes, even if not exhausted
   for _ in range(num_batches - produced):
-    yield {"image": np.zeros((rows, *shape), np.int32), "mask": np.zeros((rows,), np.float32)}
+    yield _pad(np.zeros((0, *shape), np.int32), rows, shape, 0)
 
 
-def _pad(images: np.ndarray, rows: int, shape: tuple[int, ...]) -> dict:
+def _pad(images: np.ndarray, rows: int, shape: tuple[int, ...], first_index: int) -> dict:
   real = images.shape[0]
   mask = np.zeros((rows,), np.float32)
   mask[:real] = 1.0
+  index = np.zeros((rows,), np.int32)
+  index[:real] = np.arange(first_index, first_index + real)
   if real < rows:
     images = np.concatenate([images, np.zeros((rows - real, *shape), np.int32)])
-  return {"image": images, "mask": mask}
+  return {"image": images, "mask": mask, "index": index}
