@@ -21,6 +21,8 @@ _METHOD = flags.DEFINE_enum("method", "ancestral", ["ancestral", "ddim"], "Sampl
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output path prefix (default: in the workdir).")
 flags.mark_flags_as_required(["config", "workdir"])
+flags.register_validator("num_samples", lambda n: n > 0, "--num_samples must be a positive int.")
+flags.register_validator("num_steps", lambda n: n > 0, "--num_steps must be a positive int.")
 
 
 def main(argv):

@@ -3,7 +3,10 @@
   python scripts/train.py --config=configs/digits.py --workdir=runs/digits
   python scripts/train.py --config=configs/cifar10.py --workdir=runs/c10 --config.train.batch_size=64
 
-Also installed as `vdm-train`. Relaunching with the same --workdir resumes.
+Also installed as `vdm-train`. Relaunching with the same --workdir resumes. SIGTERM or
+Ctrl-C saves a checkpoint and exits with 128 + the signal's number (143, 130); a problem
+found before or during training (bad config, workdir in use, damaged checkpoints, a failed
+save, a non-finite loss) exits with status 1 and a one-paragraph message.
 """
 
 from absl import app, flags
@@ -22,9 +25,17 @@ def main(argv):
   from vdm_jax._cli import quiet_logging
 
   quiet_logging()
+  import sys
+
   from vdm_jax import train
 
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except train.TrainingInterrupted as e:
+    print(e, file=sys.stderr)
+    sys.exit(128 + e.signum)  # the shell's code for "ended by this signal"
+  except train.USER_ERRORS as e:
+    sys.exit(f"error: {e}")
 
 
 def run():

@@ -78,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.max_to_keep = 3
   c.train.num_samples = 64  # sample grid written at each evaluation (0 disables)
   c.train.sample_steps = 200
+  # Resuming refuses a config that differs from the checkpoint's in fields that change what
+  # it means (model, data, batch size, seed, ...): list here, comma-separated, the fields
+  # you mean to change anyway (e.g. "model.dropout,optim.weight_decay").
+  c.train.allow_config_changes = ""
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
@@ -108,18 +112,35 @@ def _choice(path: str, value, choices):
     raise ValueError(f"config.{path}={value!r} is not one of {list(choices)}.")
 
 
-def _positive(path: str, value, *, allow_zero: bool = False):
-  if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-    raise ValueError(f"config.{path} must be a non-negative number, got {value!r}.")
+def _positive(path: str, value, *, allow_zero: bool = False, integer: bool = False):
+  kind = int if integer else int | float
+  what = "an integer" if integer else "a number"
+  if isinstance(value, bool) or not isinstance(value, kind) or value < 0:
+    raise ValueError(f"config.{path} must be {what} >= 0, got {value!r}.")
   if value == 0 and not allow_zero:
     raise ValueError(f"config.{path} must be positive, got {value!r}.")
 
 
+def _in_unit_interval(path: str, value):
+  """0 <= value < 1 (decay rates, Adam's betas)."""
+  if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+    raise ValueError(f"config.{path} must be in [0, 1), got {value!r}.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first bad field of `config`."""
+  """Raises ValueError naming the first bad field of `config`.
+
+  Everything a run would otherwise discover late (after hours of training) is checked
+  here, before any file is written: choices, ranges, divisibility, the evaluation split.
+  """
   from vdm_jax import data  # local: the data layer imports tfds
 
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+    raise ValueError(f"config.seed must be an int in [0, 2**32), got {config.seed!r}.")
+  if not 0 <= config.seed < 2**32 - 2:  # evaluation uses seed + 1 and seed + 2
+    raise ValueError(f"config.seed must be in [0, 2**32 - 2), got {config.seed}.")
   _choice("data.name", config.data.name, data.DATASETS)
+  _choice("eval.split", config.eval.split, data.splits(config.data.name))
   _choice("model.kind", config.model.kind, MODELS)
   _choice("model.denoiser", config.model.denoiser, DENOISERS)
   _choice("model.prediction", config.model.prediction, PREDICTIONS)
@@ -160,6 +181,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"config.loss.num_steps={config.loss.num_steps} but config.model.kind='vae' has no "
       "diffusion steps; leave it at 0."
     )
+  _positive("model.norm_groups", config.model.norm_groups, integer=True)
   if config.model.denoiser == "unet" and config.model.n_embd % config.model.norm_groups:
     raise ValueError(
       f"config.model.n_embd ({config.model.n_embd}) must be divisible by "
@@ -171,10 +193,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.loss.num_steps, int):
     raise ValueError(f"config.loss.num_steps must be an int, got {config.loss.num_steps!r}.")
   _positive("optim.learning_rate", config.optim.learning_rate)
+  _positive("optim.warmup_steps", config.optim.warmup_steps, allow_zero=True, integer=True)
+  _positive("optim.eps", config.optim.eps)
+  _positive("optim.weight_decay", config.optim.weight_decay, allow_zero=True)
   _positive("optim.grad_clip", config.optim.grad_clip, allow_zero=True)
-  if not 0.0 <= config.optim.ema_decay < 1.0:
-    raise ValueError(f"config.optim.ema_decay must be in [0, 1), got {config.optim.ema_decay}.")
-  for path in ["batch_size", "num_steps", "log_every", "eval_every", "ckpt_every", "max_to_keep"]:
-    _positive(f"train.{path}", config.train[path])
-  _positive("train.num_samples", config.train.num_samples, allow_zero=True)
-  _positive("eval.batch_size", config.eval.batch_size)
+  for path in ["optim.b1", "optim.b2", "optim.ema_decay"]:
+    _in_unit_interval(path, config[path.split(".")[0]][path.split(".")[1]])
+  for path in [
+    "batch_size",
+    "num_steps",
+    "log_every",
+    "eval_every",
+    "ckpt_every",
+    "max_to_keep",
+    "sample_steps",
+  ]:
+    _positive(f"train.{path}", config.train[path], integer=True)
+  _positive("train.num_samples", config.train.num_samples, allow_zero=True, integer=True)
+  _positive("eval.batch_size", config.eval.batch_size, integer=True)
+  if not isinstance(config.train.allow_config_changes, str):
+    raise ValueError(
+      "config.train.allow_config_changes must be a comma-separated string of field names, "
+      f"got {config.train.allow_config_changes!r}."
+    )

@@ -50,6 +50,8 @@ def sample(
   if decode not in ("sample", "mode"):
     raise ValueError(f"Unknown decode {decode!r}; choose 'sample' or 'mode'.")
   num_steps = _checks.check_num_steps(num_steps, allow_zero=False)
+  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+    raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
   key_init, key_loop, key_dec = jax.random.split(key, 3)
   shape = (num_samples, *vdm.data_shape)
   z = jax.random.normal(key_init, shape)

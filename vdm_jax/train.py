@@ -18,8 +18,11 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
+import zlib
 from typing import Any
 
 import flax
@@ -37,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from vdm_jax import config as config_lib
 from vdm_jax import data, elbo, evaluation, sampling
+from vdm_jax import workdir as workdir_lib
 from vdm_jax.vdm import VDM, make_model
 
 # ---------------------------------------------------------------------------
@@ -225,11 +229,33 @@ def _saved_fields(state) -> dict:
   return {n: getattr(state, n) for n in names if getattr(state, n) is not None}
 
 
+def _checksum_path(workdir: str, step: int) -> str:
+  return os.path.join(workdir, "checksums", f"{step}.json")
+
+
+def checksums(tree) -> dict:
+  """{leaf path: "crc32:dtype:shape"} of a pytree of (replicated) arrays, for integrity checks."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    array = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+    crc = zlib.crc32(np.ascontiguousarray(array).tobytes())
+    out[jax.tree_util.keystr(path)] = f"{crc:08x}:{array.dtype}:{array.shape}"
+  return out
+
+
 def save_checkpoint(manager, step: int, state, train_iter, *, force: bool = False) -> None:
+  """Saves the state and the data position at `step` (asynchronously), and, first, the
+  checksum of every array beside it (`<workdir>/checksums/<step>.json`, process 0)."""
+  fields = _saved_fields(state)
+  if jax.process_index() == 0:
+    workdir = os.path.dirname(os.path.abspath(os.fspath(manager.directory)))
+    path = _checksum_path(workdir, step)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    workdir_lib.write_json_atomic(path, json.dumps(checksums(fields), indent=0))
   manager.save(
     step,
     args=ocp.args.Composite(
-      state=ocp.args.StandardSave(_saved_fields(state)),
+      state=ocp.args.StandardSave(fields),
       data=grain.checkpoint.CheckpointSave(train_iter),
     ),
     force=force,
@@ -240,18 +266,106 @@ def restore_checkpoint(manager, step: int, target, train_iter=None):
   """Restores the train state (into `target`'s shardings) and, if given, the data iterator.
 
   `target` is a TrainState of ShapeDtypeStructs (`abstract_state`); returns a TrainState.
+  Raises `CheckpointError` naming the step if the files are damaged (unreadable, or an
+  array whose checksum differs from the one recorded when it was saved).
   """
   items = {"state": ocp.args.StandardRestore(_saved_fields(target))}
   if train_iter is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(train_iter)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))["state"]
+  directory = os.fspath(manager.directory)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))["state"]
+  except Exception as e:  # orbax/tensorstore raise many kinds; all mean "cannot read"
+    raise CheckpointError(
+      f"Checkpoint step {step} in {directory} cannot be read: {type(e).__name__}: {_first_line(e)}"
+    ) from e
+  path = _checksum_path(os.path.dirname(os.path.abspath(directory)), step)
+  if os.path.exists(path):
+    with open(path) as f:
+      expected = json.load(f)
+    actual = checksums(restored)
+    bad = [k for k in actual if expected.get(k) != actual[k]]
+    if bad:
+      raise CheckpointError(
+        f"Checkpoint step {step} in {directory} is damaged: {len(bad)} array(s) differ from "
+        f"the checksums recorded when it was saved ({path}), e.g. {bad[0]}."
+      )
+  else:
+    logging.warning("Checkpoint step %d has no recorded checksums; not verified.", step)
   return target.replace(**restored)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint step that cannot be restored as saved."""
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else ""
+
+
+def restore_latest_intact(manager, target, train_iter=None):
+  """Restores the newest checkpoint that is intact; damaged newer steps are moved aside.
+
+  A damaged step (see `restore_checkpoint`) is reported and the next older one tried; once
+  one restores, the damaged newer steps are moved to `<workdir>/checkpoints_damaged/` (kept
+  for inspection, no longer seen by orbax) so that training can write those steps again.
+  If no step restores, nothing is moved and `CheckpointError` lists every step's problem
+  (e.g. a model config that differs from the checkpoints').
+
+  Returns:
+    (state, step), or (None, None) when there is no checkpoint.
+  """
+  problems = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state = restore_checkpoint(manager, step, target, train_iter)
+    except CheckpointError as e:
+      logging.warning("%s", e)
+      print(f"WARNING: {e} Trying the previous checkpoint.", file=sys.stderr, flush=True)
+      problems.append((step, str(e)))
+      continue
+    if problems:
+      _quarantine(manager, [s for s, _ in problems])
+      print(
+        f"Resuming from step {step}, the newest intact checkpoint; damaged step(s) "
+        f"{[s for s, _ in problems]} moved to checkpoints_damaged/.",
+        file=sys.stderr,
+        flush=True,
+      )
+    return state, step
+  if problems:
+    listing = "\n".join(f"  step {s}: {p}" for s, p in problems)
+    raise CheckpointError(
+      f"No checkpoint in {os.fspath(manager.directory)} could be restored:\n{listing}\n"
+      "If the config's model differs from the one these checkpoints were trained with, "
+      "use the original config or a new --workdir."
+    )
+  return None, None
+
+
+def _quarantine(manager, steps) -> None:
+  directory = os.fspath(manager.directory)
+  if jax.process_index() == 0:
+    damaged = os.path.join(os.path.dirname(os.path.abspath(directory)), "checkpoints_damaged")
+    os.makedirs(damaged, exist_ok=True)
+    for step in steps:
+      source = os.path.join(directory, str(step))
+      if os.path.exists(source):
+        target, n = os.path.join(damaged, str(step)), 1
+        while os.path.exists(target):
+          target, n = os.path.join(damaged, f"{step}.{n}"), n + 1
+        os.replace(source, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("vdm_jax: damaged checkpoints moved")
+  manager.reload()
 
 
 def load_ema_params(config, workdir: str, *, step: int | None = None):
   """Restores a checkpoint's EMA params, replicated over the current devices.
 
   Works whatever device count trained it: the restore target carries this process's mesh.
+  The arrays are verified against the checksums recorded at save time.
 
   Returns:
     (vdm, mesh, ema_params, step).
@@ -275,7 +389,16 @@ def load_ema_params(config, workdir: str, *, step: int | None = None):
       raise ValueError(
         f"No checkpoint for step {step} in {ckpt_dir!r}; available: {sorted(steps)}."
       )
-    state = restore_checkpoint(manager, step, abstract_state(shapes, NamedSharding(mesh, P())))
+    target = abstract_state(shapes, NamedSharding(mesh, P()))
+    try:
+      state = restore_checkpoint(manager, step, target)
+    except CheckpointError as e:
+      older = sorted(s for s in steps if s < step)
+      hint = f" Choose an older one with --step={older[-1]}." if older else ""
+      raise CheckpointError(
+        f"{e}{hint} (If the config's model differs from the training run's, pass the "
+        f"training config: {os.path.join(workdir, 'config.json')} records it.)"
+      ) from e
   return vdm, mesh, state.ema_params, step
 
 
@@ -286,6 +409,21 @@ def load_ema_params(config, workdir: str, *, step: int | None = None):
 
 class NonFiniteLossError(RuntimeError):
   pass
+
+
+class CheckpointSaveError(RuntimeError):
+  """An asynchronous checkpoint save failed (disk full, permissions, ...)."""
+
+
+class TrainingInterrupted(Exception):
+  """SIGTERM or SIGINT stopped training after saving a checkpoint at `step`."""
+
+  def __init__(self, signum: int, step: int, workdir: str):
+    self.signum, self.step = signum, step
+    super().__init__(
+      f"Stopped by {signal.Signals(signum).name} after step {step}; checkpoint {step} saved "
+      f"in {workdir}/checkpoints. Run the same command again to resume."
+    )
 
 
 def check_workdir(workdir: str) -> str:
@@ -302,16 +440,26 @@ def check_workdir(workdir: str) -> str:
 
 
 class _Writer:
-  """Scalars to TensorBoard event files, `metrics.jsonl` and stdout; only process 0 writes."""
+  """Scalars to TensorBoard event files, `metrics.jsonl` and stdout; only process 0 writes.
 
-  def __init__(self, workdir: str):
+  Both files are flushed at every write, so a kill loses nothing already logged. A resumed
+  run first drops the rows logged after its checkpoint (`start_step`), which it replays:
+  from `metrics.jsonl` directly, and from TensorBoard through its purge step.
+  """
+
+  def __init__(self, workdir: str, start_step: int):
     self.active = jax.process_index() == 0
     self._tb = None
     if self.active:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
       self._jsonl = os.path.join(workdir, "metrics.jsonl")
+      dropped = workdir_lib.drop_replayed_rows(self._jsonl, start_step)
+      if dropped:
+        print(f"metrics.jsonl: dropped {dropped} row(s) after step {start_step} (replayed).")
+      self._tb = SummaryWriter(
+        os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None
+      )
 
   def scalars(self, step: int, values: dict, kind: str) -> None:
     if not self.active:
@@ -319,6 +467,7 @@ class _Writer:
     values = {k: float(v) for k, v in values.items()}
     for k, v in values.items():
       self._tb.add_scalar(f"{kind}/{k}", v, step)
+    self._tb.flush()
     with open(self._jsonl, "a") as f:
       f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
     text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
@@ -328,10 +477,65 @@ class _Writer:
   def image(self, step: int, name: str, grid: np.ndarray) -> None:
     if self.active:
       self._tb.add_image(name, grid, step, dataformats="HWC")
+      self._tb.flush()
 
   def close(self):
     if self._tb is not None:
       self._tb.close()
+
+
+class _StopSignals:
+  """SIGTERM (how clusters and TPU VMs preempt) and SIGINT (Ctrl-C) request a clean stop.
+
+  The handler only records the signal; the loop finishes its step, saves and exits. A
+  second signal interrupts at once (KeyboardInterrupt). With several processes, a signal
+  received by any of them stops all at the same step (`requested` is a collective).
+  Handlers are installed only in the main thread, and restored on exit.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    if self.signum is not None:
+      raise KeyboardInterrupt
+    self.signum = signum
+    print(
+      f"\n{signal.Signals(signum).name} received: finishing the current step, saving a "
+      "checkpoint, then exiting (send it again to stop at once).",
+      file=sys.stderr,
+      flush=True,
+    )
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+  def requested(self) -> int | None:
+    """The signal number if any process received one, else None."""
+    if jax.process_count() == 1:
+      return self.signum
+    signums = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    return int(np.max(signums)) or None
+
+
+def _read_final_metrics(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "final_metrics.json")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
 
 
 def _progress(total: int, initial: int):
@@ -367,15 +571,41 @@ def write_samples(vdm, params, config, workdir: str, step: int, writer=None) -> 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
 
+  Everything is checked before the work directory is touched (the config, the devices,
+  the data, a concurrent run, a resume with a config that changes what the checkpoints
+  mean); the config is recorded only once the state is restored. SIGTERM/SIGINT save a
+  checkpoint and raise `TrainingInterrupted`. A run ends with its final evaluation and
+  sample grid (`final_metrics.json`); a rerun of a finished run whose final evaluation
+  did not complete performs it, and one whose evaluation is recorded returns it.
+
   Returns:
-    {"step": final step, "train": last logged train metrics, "eval": last eval result}.
+    {"step": final step, "train": last logged train metrics, "eval": final eval result}.
   """
   config_lib.validate(config)
   if config.distributed:
     jax.distributed.initialize()
-  workdir = check_workdir(workdir)
   check_batch_size(config.train.batch_size)
   check_batch_size(config.eval.batch_size, "config.eval.batch_size")
+  workdir = check_workdir(workdir)
+  lock, error = None, ""
+  if jax.process_index() == 0:
+    try:
+      lock = workdir_lib.RunLock(workdir).__enter__()
+    except workdir_lib.WorkdirLockedError as e:
+      error = str(e)
+  if jax.process_count() > 1:
+    locked = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
+    error = error or ("work directory locked (see process 0)" if int(locked) else "")
+  if error:
+    raise workdir_lib.WorkdirLockedError(error)
+  try:
+    return _train(config, workdir)
+  finally:
+    if lock is not None:
+      lock.__exit__(None, None, None)
+
+
+def _train(config, workdir: str) -> dict:
   if jax.process_index() == 0:  # builds the offline datasets once, not once per host
     data.prepare(config.data)
   if jax.process_count() > 1:
@@ -383,9 +613,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   info = data.dataset_info(config.data)
   mesh = make_mesh()
   vdm = make_model(config, info)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
 
   # State: shapes first, then allocate directly with replicated shardings.
   key = jax.random.key(config.seed)
@@ -398,14 +625,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
     config.data, global_batch_size=config.train.batch_size, seed=config.seed
   )
   manager = make_checkpoint_manager(workdir, config)
-  latest = manager.latest_step()
-  if latest is not None:
-    state = restore_checkpoint(manager, latest, abstract_state(shapes, state_sharding), train_iter)
-    print(f"Resumed from {workdir}/checkpoints at step {latest}.", flush=True)
+  try:
+    changes = workdir_lib.check_resume_config(config, workdir, manager.latest_step())
+    state, restored_step = restore_latest_intact(
+      manager, abstract_state(shapes, state_sharding), train_iter
+    )
+  except Exception:
+    manager.close()
+    raise
+  if state is not None:
+    print(f"Resumed from {workdir}/checkpoints at step {restored_step}.", flush=True)
+    for field, (old, new) in changes.items():
+      print(f"  config.{field}: {old!r} -> {new!r}", flush=True)
   else:
     state = jax.jit(lambda k: create_train_state(vdm, k, tx, config), out_shardings=state_sharding)(
       init_key
     )
+  step = int(state.step)
+  if jax.process_index() == 0:
+    workdir_lib.record_config(config, workdir, step)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   print(
     f"{info.name}: {info.shape} x V={info.vocab_size}; model {num_params:,} params; "
@@ -414,59 +652,111 @@ def train_and_evaluate(config, workdir: str) -> dict:
   )
 
   step_fn = jit_train_step(vdm, config, mesh, state_sharding)
-  writer = _Writer(workdir)
-  step = int(state.step)
+  writer = _Writer(workdir, step)
   total = config.train.num_steps
   pending, window_start, t0 = [], step, time.perf_counter()
-  last_train, last_eval = {}, None
+  last_train, last_saved = {}, restored_step
   progress = _progress(total, step)
   try:
-    while step < total:
-      batch = to_global(next(train_iter), mesh)
-      state, metrics = step_fn(state, batch, step_key)
-      step += 1
-      pending.append(metrics)
-      progress.update(1)
+    with _StopSignals() as stop:
+      while step < total:
+        batch = to_global(next(train_iter), mesh)
+        state, metrics = step_fn(state, batch, step_key)
+        step += 1
+        pending.append(metrics)
+        progress.update(1)
+        _check_saves(manager, last_saved)
 
-      saving = step % config.train.ckpt_every == 0 or step == total
-      evaluating = step % config.train.eval_every == 0 or step == total
-      # Metrics are fetched (and checked) before anything is saved, so no checkpoint
-      # ever holds parameters from after a non-finite loss.
-      if step % config.train.log_every == 0 or saving or evaluating:
-        fetched = jax.device_get(pending)
-        bad = [
-          window_start + i + 1 for i, m in enumerate(fetched) if not np.isfinite(m["loss_bpd"])
-        ]
-        if bad:
-          raise NonFiniteLossError(
-            f"Loss became {fetched[bad[0] - window_start - 1]['loss_bpd']} at step {bad[0]} "
-            f"(first non-finite step in {window_start + 1}..{step}); the last checkpoint "
-            f"in {workdir}/checkpoints is before it. Lower config.optim.learning_rate or "
-            "check the data."
+        signum = stop.requested()
+        saving = step % config.train.ckpt_every == 0 or step == total or signum is not None
+        evaluating = step % config.train.eval_every == 0 and step < total and signum is None
+        # Metrics are fetched (and checked) before anything is saved, so no checkpoint
+        # ever holds parameters from after a non-finite loss.
+        if step % config.train.log_every == 0 or saving or evaluating:
+          fetched = jax.device_get(pending)
+          bad = [
+            window_start + i + 1 for i, m in enumerate(fetched) if not np.isfinite(m["loss_bpd"])
+          ]
+          if bad:
+            where = (
+              f"the latest checkpoint, step {last_saved}, is before it"
+              if last_saved is not None
+              else "no checkpoint had been saved yet"
+            )
+            raise NonFiniteLossError(
+              f"Loss became {fetched[bad[0] - window_start - 1]['loss_bpd']} at step {bad[0]} "
+              f"(first non-finite step in {window_start + 1}..{step}); {where} "
+              f"({workdir}/checkpoints). Lower config.optim.learning_rate or check the data."
+            )
+          elapsed = time.perf_counter() - t0
+          last_train = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+          last_train["steps_per_sec"] = len(fetched) / elapsed
+          writer.scalars(step, last_train, "train")
+          pending, window_start, t0 = [], step, time.perf_counter()
+
+        if saving:
+          save_checkpoint(manager, step, state, train_iter)
+          last_saved = step
+
+        if signum is not None:
+          manager.wait_until_finished()
+          _check_saves(manager, last_saved)
+          raise TrainingInterrupted(signum, step, workdir)
+
+        if evaluating:
+          result = evaluation.public(
+            evaluation.evaluate(vdm, state.ema_params, config, mesh, split=config.eval.split)
           )
-        elapsed = time.perf_counter() - t0
-        last_train = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        last_train["steps_per_sec"] = len(fetched) / elapsed
-        writer.scalars(step, last_train, "train")
-        pending, window_start, t0 = [], step, time.perf_counter()
+          writer.scalars(step, evaluation.scalar_summary(result), "eval")
+          write_samples(vdm, state.ema_params, config, workdir, step, writer)
+          t0 = time.perf_counter()  # evaluation time is not training time
+    progress.close()
+    manager.wait_until_finished()
+    _check_saves(manager, last_saved)
 
-      if saving:
-        save_checkpoint(manager, step, state, train_iter)
-
-      if evaluating:
-        last_eval = evaluation.public(
-          evaluation.evaluate(vdm, state.ema_params, config, mesh, split=config.eval.split)
-        )
-        writer.scalars(step, evaluation.scalar_summary(last_eval), "eval")
-        write_samples(vdm, state.ema_params, config, workdir, step, writer)
-        t0 = time.perf_counter()  # evaluation time is not training time
+    # The final evaluation: done once per finished run (a rerun does it if it was cut off).
+    previous = _read_final_metrics(workdir)
+    if previous and previous.get("step") == step and previous.get("eval") is not None:
+      print(f"Training finished at step {step}; final evaluation already in final_metrics.json.")
+      return previous
+    last_eval = evaluation.public(
+      evaluation.evaluate(vdm, state.ema_params, config, mesh, split=config.eval.split)
+    )
+    writer.scalars(step, evaluation.scalar_summary(last_eval), "eval")
+    write_samples(vdm, state.ema_params, config, workdir, step, writer)
   finally:
     progress.close()
     manager.wait_until_finished()
     manager.close()
     writer.close()
+  if not last_train and previous and previous.get("step") == step:
+    last_train = previous.get("train") or {}
   result = {"step": step, "train": last_train, "eval": last_eval}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-      json.dump(result, f, indent=2, default=float)
+    workdir_lib.write_json_atomic(
+      os.path.join(workdir, "final_metrics.json"), json.dumps(result, indent=2, default=float)
+    )
   return result
+
+
+USER_ERRORS = (
+  ValueError,
+  FileNotFoundError,
+  workdir_lib.WorkdirLockedError,
+  CheckpointError,
+  CheckpointSaveError,
+  NonFiniteLossError,
+)
+"""Errors whose message says what is wrong and what to do (the CLI prints them alone)."""
+
+
+def _check_saves(manager, step: int | None) -> None:
+  """Raises `CheckpointSaveError` if an asynchronous save has failed."""
+  try:
+    manager.check_for_errors()
+  except Exception as e:
+    raise CheckpointSaveError(
+      f"Saving checkpoint step {step} to {os.fspath(manager.directory)} failed: "
+      f"{type(e).__name__}: {_first_line(e)}. Check free disk space and permissions; "
+      "older checkpoints are intact and a rerun resumes from the newest of them."
+    ) from e

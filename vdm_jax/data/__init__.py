@@ -19,6 +19,7 @@ from vdm_jax.data.pipeline import (
   eval_batches,
   make_train_iterator,
   prepare,
+  splits,
   static_info,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
   "eval_batches",
   "make_train_iterator",
   "prepare",
+  "splits",
   "static_info",
   "toy2d",
 ]

@@ -56,6 +56,7 @@ __all__ = [
   "eval_batches",
   "make_train_iterator",
   "prepare",
+  "splits",
 ]
 
 DATASETS = ("digits", "toy2d", "cifar10", "mnist", "imagenet32")
@@ -166,6 +167,13 @@ def _num_workers(data_config) -> int:
       f"data.num_workers must be an int >= 0 (0 reads in the main process), got {num_workers!r}."
     )
   return num_workers
+
+
+def splits(name: str) -> tuple[str, ...]:
+  """The split names of dataset `name` (known without opening any file)."""
+  if name not in _SPLITS:
+    raise ValueError(f"Unknown dataset {name!r}; the datasets are {DATASETS}.")
+  return _SPLITS[name]
 
 
 def _check_split(name: str, split: str) -> None:

@@ -1,0 +1,191 @@
+"""The work directory of a training run: one run at a time, and a record of its configs.
+
+* `RunLock`: an exclusive `fcntl.flock` on `<workdir>/.lock`, holding the pid and host of
+  its owner. The kernel releases it when the owner dies (even by `kill -9`), so a stale
+  lock needs no clean-up: the next run takes it over. A second run while the first is
+  alive is refused at once, naming the owner.
+* `check_resume_config`: a resumed run must mean the same thing as the run that wrote
+  the checkpoints. Fields that only steer how training continues (`RESUME_SAFE`: the
+  number of steps, the learning rate, logging and evaluation settings, where the data
+  live) may change; any other difference is refused with the list of differing fields,
+  unless the user names them in `config.train.allow_config_changes`.
+* `record_config`: `config.json` (the config the checkpoints are now being made with)
+  and `config_history/config.step<N>.json`, one per (re)start at step N, written only
+  after the config has been validated and the state restored.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+
+RESUME_SAFE = frozenset(
+  {
+    "train.num_steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.ckpt_every",
+    "train.max_to_keep",
+    "train.num_samples",
+    "train.sample_steps",
+    "train.allow_config_changes",
+    "optim.learning_rate",
+    "optim.warmup_steps",
+    "optim.grad_clip",
+    "eval.batch_size",
+    "eval.split",
+    "data.data_dir",
+    "data.num_workers",
+    "distributed",
+  }
+)
+
+
+class WorkdirLockedError(RuntimeError):
+  pass
+
+
+class RunLock:
+  """Exclusive lock of a work directory for the lifetime of a training run.
+
+  Usage: `with RunLock(workdir): ...`. Raises `WorkdirLockedError` naming the process
+  that holds it. Relies on `flock`, which local file systems and most network file
+  systems (NFSv4, Lustre with flock enabled) honour; with several hosts only process 0
+  takes it.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, ".lock")
+    self._fd = None
+
+  def __enter__(self) -> RunLock:
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      with open(fd, closefd=True) as f:
+        owner = f.read().strip() or "another process"
+      raise WorkdirLockedError(
+        f"Work directory {os.path.dirname(self.path)!r} is in use by a running training "
+        f"({owner}). Wait for it to finish or stop it (its checkpoints resume), or use "
+        "another --workdir."
+      ) from None
+    # A lock left by a killed run was released by the kernel with its process: take it.
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}".encode())
+    os.fsync(fd)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+
+def _flat(config_dict: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in config_dict.items():
+    if isinstance(v, dict):
+      out |= _flat(v, f"{prefix}{k}.")
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_as_dict(config) -> dict:
+  """The config as plain JSON values (as `config.json` stores it)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def changed_fields(old: dict, new: dict) -> dict:
+  """{field: (old value, new value)} for the fields of both configs that differ."""
+  old, new = _flat(old), _flat(new)
+  return {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k]}
+
+
+def allowed_changes(config) -> set[str]:
+  text = config.train.allow_config_changes or ""
+  return {name.strip().removeprefix("config.") for name in text.split(",") if name.strip()}
+
+
+def check_resume_config(config, workdir: str, latest_step: int | None) -> dict:
+  """Refuses a resume whose config changes what the checkpoints mean.
+
+  Args:
+    config: the validated config of this run.
+    workdir: the work directory (absolute).
+    latest_step: the checkpoint that will be restored (None: nothing to resume, any
+      config may start afresh).
+
+  Returns:
+    {field: (old, new)} of the accepted changes (empty when nothing changed).
+
+  Raises:
+    ValueError naming each refused field, its old and new value, and the ways out.
+  """
+  path = os.path.join(workdir, "config.json")
+  if latest_step is None or not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    old = json.load(f)
+  changes = changed_fields(old, config_as_dict(config))
+  refused = {k: v for k, v in changes.items() if k not in RESUME_SAFE | allowed_changes(config)}
+  if refused:
+    lines = "\n".join(f"  config.{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+    raise ValueError(
+      f"The checkpoints in {workdir!r} (latest step {latest_step}) were made with a "
+      f"different config ({path}):\n{lines}\nThese fields change what the checkpoint "
+      "means, so resuming with them is refused. Use a new --workdir to train this config "
+      "from scratch, or, if the change is what you want (e.g. a different dropout from "
+      "here on), name the fields: --config.train.allow_config_changes="
+      f"{','.join(refused)} (fields that change parameter shapes cannot be restored)."
+    )
+  return changes
+
+
+def write_json_atomic(path: str, text: str) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def record_config(config, workdir: str, step: int) -> str:
+  """Writes `config.json` and `config_history/config.step<step>[.<n>].json`; returns the latter."""
+  text = config.to_json_best_effort(indent=2)
+  history = os.path.join(workdir, "config_history")
+  os.makedirs(history, exist_ok=True)
+  path, n = os.path.join(history, f"config.step{step}.json"), 1
+  while os.path.exists(path):
+    path, n = os.path.join(history, f"config.step{step}.{n}.json"), n + 1
+  write_json_atomic(path, text)
+  write_json_atomic(os.path.join(workdir, "config.json"), text)
+  return path
+
+
+def drop_replayed_rows(path: str, step: int) -> int:
+  """Removes the rows of `metrics.jsonl` logged after `step` (steps a resumed run replays).
+
+  Returns the number of rows removed. The file is rewritten atomically.
+  """
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):
+      pass  # a row cut short by a kill
+  kept = [line if line.endswith("\n") else line + "\n" for line in kept]
+  if len(kept) != len(lines):
+    write_json_atomic(path, "".join(kept))
+  return len(lines) - len(kept)
