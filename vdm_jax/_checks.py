@@ -8,6 +8,7 @@ names the argument, what it is, and what was expected.
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax.experimental import checkify
 
 
 def _describe(x) -> str:
@@ -92,3 +93,19 @@ def check_num_steps(num_steps, *, allow_zero: bool) -> int:
     what = "0 (continuous time) or a positive int" if allow_zero else "a positive int"
     raise ValueError(f"`num_steps` must be {what}, got {num_steps!r}.")
   return num_steps
+
+
+def check_levels(k, vocab_size: int, validate: bool) -> None:
+  """With `validate`, a checkify check that the integers k are in {0..V-1}.
+
+  Eagerly it raises at once; under `jax.jit` the caller wraps the function in
+  `checkify.checkify` (an unfunctionalised check under jit is refused by JAX).
+  """
+  if validate:
+    checkify.check(
+      jnp.all((k >= 0) & (k < vocab_size)),
+      f"`k` must hold integers in [0, {vocab_size - 1}] (vocab_size = {vocab_size}); got "
+      "values in [{lo}, {hi}].",
+      lo=jnp.min(k),
+      hi=jnp.max(k),
+    )

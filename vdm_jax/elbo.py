@@ -27,6 +27,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import checkify
 
 from vdm_jax import _checks, gaussian, schedules
 
@@ -62,18 +63,20 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-def encode(k, vocab_size: int):
+def encode(k, vocab_size: int, *, validate: bool = False):
   """Integers k in {0, ..., V-1} -> bin centres x = (2k + 1)/V - 1 in (-1, 1), float32.
 
   Args:
-    k: integer array, any shape.
+    k: integer array, any shape, values in {0..V-1} (others give x outside (-1, 1)).
     vocab_size: V, the number of levels (256 for 8-bit images, 17 for sklearn digits).
+    validate: check the values of `k` (see `reconstruction_loss`).
 
   Returns:
     float32 array with the shape of `k`.
   """
   k = _checks.as_int("k", k)
   vocab_size = _checks.check_vocab_size(vocab_size)
+  _checks.check_levels(k, vocab_size, validate)
   return (2.0 * k.astype(jnp.float32) + 1.0) / vocab_size - 1.0
 
 
@@ -105,14 +108,21 @@ def decoder_logits(z_0, gamma_0, vocab_size: int):
   return -0.5 * snr_0 * jnp.square(z_rescaled[..., None] - centres)
 
 
-def reconstruction_loss(k, z_0, gamma_0, vocab_size: int = 256):
+def reconstruction_loss(k, z_0, gamma_0, vocab_size: int = 256, *, validate: bool = False):
   r"""$-\log p(k \mid z_0)$ summed over data dimensions, in nats.
+
+  Valid range: k in {0..V-1}. Values outside it are not detected by default (shapes and
+  dtypes always are): k = V gives NaN, k < 0 a finite but meaningless number. With
+  `validate=True` the values are checked with `jax.experimental.checkify`: eagerly a
+  failed check raises at once; under `jax.jit`, wrap the jitted function in
+  `checkify.checkify` and call `err.throw()` on the error it returns.
 
   Args:
     k: integer data `[B, ...]` (any number of axes and channels), values in {0..V-1}.
     z_0: latent `[B, ...]`, same shape as `k`, typically q_sample(encode(k), gamma_0, eps).
     gamma_0: scalar or `[B]`.
     vocab_size: V.
+    validate: check that every k is in {0..V-1}.
 
   Returns:
     `[B]` nats.
@@ -120,6 +130,7 @@ def reconstruction_loss(k, z_0, gamma_0, vocab_size: int = 256):
   k = _checks.as_int("k", k)
   z_0 = _checks.as_float("z_0", z_0)
   _checks.check_same_shape("k", k, "z_0", z_0)
+  _checks.check_levels(k, vocab_size, validate)
   return categorical_nll(k, decoder_logits(z_0, gamma_0, vocab_size))
 
 
@@ -219,7 +230,9 @@ def diffusion_loss_continuous(eps, eps_hat, dgamma_dt):
   return 0.5 * _per_example_vector("dgamma_dt", dgamma_dt, eps) * sq
 
 
-def diffusion_loss_discrete(eps, eps_hat, gamma_s, gamma_t, num_steps: int):
+def diffusion_loss_discrete(
+  eps, eps_hat, gamma_s, gamma_t, num_steps: int, *, validate: bool = False
+):
   r"""T-step diffusion loss for one sampled step per example (t = i/T, s = (i-1)/T).
 
   $T \cdot \tfrac12(\mathrm{SNR}(s) - \mathrm{SNR}(t))\|x - \hat x\|^2
@@ -231,8 +244,11 @@ def diffusion_loss_discrete(eps, eps_hat, gamma_s, gamma_t, num_steps: int):
     eps: the noise used to draw z_t, `[B, ...]`.
     eps_hat: the model's prediction of it, same shape.
     gamma_s: scalar or `[B]`, gamma((i-1)/T).
-    gamma_t: scalar or `[B]`, gamma(i/T).
+    gamma_t: scalar or `[B]`, gamma(i/T); valid range gamma_s < gamma_t (gamma increases
+      with t). Otherwise the "loss" is negative; not detected unless `validate`.
     num_steps: T >= 1.
+    validate: check gamma_s < gamma_t with `jax.experimental.checkify` (see
+      `reconstruction_loss`).
 
   Returns:
     `[B]` nats.
@@ -241,6 +257,13 @@ def diffusion_loss_discrete(eps, eps_hat, gamma_s, gamma_t, num_steps: int):
   eps, sq = _sq_error(eps, eps_hat)
   g_s = _per_example_vector("gamma_s", gamma_s, eps)
   g_t = _per_example_vector("gamma_t", gamma_t, eps)
+  if validate:
+    checkify.check(
+      jnp.all(g_s < g_t),
+      "gamma_s must be below gamma_t (gamma increases with t: s = (i - 1)/T < t = i/T); "
+      "got gamma_s - gamma_t up to {gap}.",
+      gap=jnp.max(g_s - g_t),
+    )
   return 0.5 * num_steps * jnp.expm1(g_t - g_s) * sq
 
 

@@ -1,0 +1,244 @@
+"""Runs that survive and fail early: preemption, one run per workdir, damaged checkpoints,
+resumes with a changed config, a cut-off final evaluation, validation before any write."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import tiny_config
+from jax.experimental import checkify
+
+from vdm_jax import elbo, evaluation, train, workdir
+
+REPO = pathlib.Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("tfds")
+
+
+def _leaves(workdir_path, step):
+  from test_train import _restore_params
+
+  return [np.asarray(x) for x in jax.tree.leaves(_restore_params(str(workdir_path), step))]
+
+
+def _assert_same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b, strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+_LONG_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from helpers import tiny_config
+from vdm_jax import train
+c = tiny_config({data_dir!r}, num_steps={num_steps}, ckpt_every=10_000, log_every=1)
+try:
+  train.train_and_evaluate(c, {workdir!r})
+except train.TrainingInterrupted as e:
+  print(e, file=sys.stderr)
+  sys.exit(128 + e.signum)
+"""
+
+
+def test_sigterm_saves_and_the_rerun_is_bit_identical(data_dir, tmp_path):
+  num_steps = 150
+  run = tmp_path / "run"
+
+  def config():  # as in _LONG_RUN
+    return tiny_config(data_dir, num_steps=num_steps, ckpt_every=10_000, log_every=1)
+
+  code = _LONG_RUN.format(
+    tests=str(REPO / "tests"), data_dir=str(data_dir), workdir=str(run), num_steps=num_steps
+  )
+  proc = subprocess.Popen(
+    [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
+  try:
+    for line in proc.stdout:  # wait until it is training
+      if line.startswith("[train] step 5:"):
+        break
+    # A second run in the same workdir is refused at once, naming the first.
+    start = time.perf_counter()
+    with pytest.raises(workdir.WorkdirLockedError, match=f"pid {proc.pid} on host"):
+      train.train_and_evaluate(config(), str(run))
+    assert time.perf_counter() - start < 30
+    # TensorBoard and metrics.jsonl are on disk while it runs (flushed at each log).
+    assert sum(p.stat().st_size for p in (run / "tb").iterdir()) > 0
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+  saved = int(stderr.split("Stopped by SIGTERM after step ")[1].split(";")[0])
+  assert 5 <= saved < num_steps
+  assert (run / "checkpoints" / str(saved)).is_dir()
+
+  out = train.train_and_evaluate(config(), str(run))
+  assert out["step"] == num_steps and out["eval"]["num_examples"] == 300
+  straight = tmp_path / "straight"
+  train.train_and_evaluate(config(), str(straight))
+  _assert_same(_leaves(run, num_steps), _leaves(straight, num_steps))
+  # The rows of the steps replayed after the resume were dropped: one row per step.
+  rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+  steps = [r["step"] for r in rows if r["kind"] == "train"]
+  assert steps == list(range(1, num_steps + 1))
+  assert sorted(p.name for p in (run / "config_history").iterdir()) == [
+    "config.step0.json",
+    f"config.step{saved}.json",
+  ]
+
+
+def test_cut_off_final_evaluation_is_redone(data_dir, tmp_path, monkeypatch):
+  run = tmp_path / "run"
+  evaluate = evaluation.evaluate
+
+  def dies(*args, **kwargs):
+    raise KeyboardInterrupt  # the process is killed during the final evaluation
+
+  monkeypatch.setattr(evaluation, "evaluate", dies)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(tiny_config(data_dir), str(run))
+  assert not (run / "final_metrics.json").exists()
+  monkeypatch.setattr(evaluation, "evaluate", evaluate)
+  out = train.train_and_evaluate(tiny_config(data_dir), str(run))
+  assert out["step"] == 6 and out["eval"]["num_examples"] == 300
+  recorded = json.loads((run / "final_metrics.json").read_text())
+  assert recorded["eval"]["bpd"] == out["eval"]["bpd"]
+  # A further rerun neither re-evaluates nor loses the evaluation.
+  monkeypatch.setattr(evaluation, "evaluate", dies)
+  assert train.train_and_evaluate(tiny_config(data_dir), str(run))["eval"] == recorded["eval"]
+
+
+def _flip_bytes(step_dir: pathlib.Path) -> pathlib.Path:
+  files = [p for p in step_dir.rglob("*") if p.is_file() and "state" in p.parts]
+  target = max(files, key=lambda p: p.stat().st_size)
+  raw = bytearray(target.read_bytes())
+  for i in range(len(raw) // 2, len(raw) // 2 + 64):
+    raw[i] ^= 0xFF
+  target.write_bytes(bytes(raw))
+  return target
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(data_dir, tmp_path, capsys):
+  straight, run = tmp_path / "straight", tmp_path / "run"
+  train.train_and_evaluate(tiny_config(data_dir), str(straight))
+  train.train_and_evaluate(tiny_config(data_dir), str(run))  # checkpoints 3 and 6
+  _flip_bytes(run / "checkpoints" / "6")
+  (run / "final_metrics.json").unlink()
+  capsys.readouterr()
+  with pytest.raises(train.CheckpointError, match="Checkpoint step 6 .* (damaged|cannot be read)"):
+    train.load_ema_params(tiny_config(data_dir), str(run))
+  out = train.train_and_evaluate(tiny_config(data_dir), str(run))
+  err = capsys.readouterr().err
+  assert "Checkpoint step 6" in err and "Resuming from step 3" in err, err
+  assert (run / "checkpoints_damaged" / "6").is_dir()
+  assert out["step"] == 6
+  _assert_same(_leaves(run, 6), _leaves(straight, 6))
+
+
+def test_resume_with_a_different_meaning_is_refused(data_dir, tmp_path):
+  run = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(data_dir), str(run))
+  recorded = (run / "config.json").read_text()
+  for field, value, shown in [
+    ("model.n_embd", 32, "config.model.n_embd: 16 -> 32"),
+    ("train.batch_size", 16, "config.train.batch_size: 32 -> 16"),
+    ("seed", 1, "config.seed: 0 -> 1"),
+  ]:
+    c = tiny_config(data_dir)
+    section, _, name = field.rpartition(".")
+    (c[section] if section else c)[name] = value
+    with pytest.raises(ValueError, match=shown):
+      train.train_and_evaluate(c, str(run))
+    assert (run / "config.json").read_text() == recorded  # the record is untouched
+  # Safe changes resume; a named change is accepted.
+  assert train.train_and_evaluate(tiny_config(data_dir, num_steps=9), str(run))["step"] == 9
+  c = tiny_config(data_dir, num_steps=12)
+  c.model.dropout, c.train.allow_config_changes = 0.2, "model.dropout"
+  assert train.train_and_evaluate(c, str(run))["step"] == 12
+  assert json.loads((run / "config.json").read_text())["model"]["dropout"] == 0.2
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("model.norm_groups", 0, "config.model.norm_groups must be positive"),
+    ("model.norm_groups", -8, "config.model.norm_groups must be an integer >= 0"),
+    ("optim.b1", 1.5, r"config.optim.b1 must be in \[0, 1\)"),
+    ("optim.warmup_steps", -5, "config.optim.warmup_steps must be an integer >= 0"),
+    ("eval.split", "valid", r"config.eval.split='valid' is not one of \['train', 'test'\]"),
+    ("train.sample_steps", 0, "config.train.sample_steps must be positive"),
+    ("seed", -1, r"config.seed must be in \[0, 2\*\*32 - 2\)"),
+  ],
+)
+def test_bad_values_fail_before_the_workdir_is_touched(data_dir, tmp_path, field, value, message):
+  c = tiny_config(data_dir)
+  section, _, name = field.rpartition(".")
+  (c[section] if section else c)[name] = value
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_stale_lock_is_taken_over(data_dir, tmp_path):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / ".lock").write_text("pid 999999 on host gone")  # left by a killed run: no flock
+  assert train.train_and_evaluate(tiny_config(data_dir, num_steps=3), str(run))["step"] == 3
+
+
+def test_failed_async_save_is_reported_clearly(tmp_path):
+  class Manager:
+    directory = str(tmp_path / "checkpoints")
+
+    def check_for_errors(self):
+      raise OSError(28, "No space left on device")
+
+  with pytest.raises(train.CheckpointSaveError, match="step 25 .* No space left on device"):
+    train._check_saves(Manager(), 25)
+
+
+def test_checked_mode_of_the_pure_terms():
+  k = jnp.array([[0, 17]])
+  z = jnp.zeros((1, 2))
+  assert np.isnan(elbo.reconstruction_loss(k, z, -5.0, 17)).all()  # unchecked: fast, silent
+  with pytest.raises(Exception, match=r"must hold integers in \[0, 16\].*\[0, 17\]"):
+    elbo.reconstruction_loss(k, z, -5.0, 17, validate=True)
+  checked = checkify.checkify(
+    jax.jit(lambda k: elbo.reconstruction_loss(k, z, -5.0, 17, validate=True))
+  )
+  assert "got values in [-1, -1]" in checked(k * 0 - 1)[0].get()
+  assert checked(k * 0)[0].get() is None
+  e = jnp.zeros((2, 3))
+  with pytest.raises(Exception, match="gamma_s must be below gamma_t"):
+    elbo.diffusion_loss_discrete(
+      e, e + 1, jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), 10, validate=True
+    )
+
+
+def test_sample_cli_rejects_a_bad_number_of_samples(tmp_path):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(REPO / "scripts" / "sample.py"),
+      f"--config={REPO / 'configs' / 'digits.py'}",
+      f"--workdir={tmp_path}",
+      "--num_samples=0",
+    ],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+  assert proc.returncode != 0 and "--num_samples must be a positive int" in proc.stderr
