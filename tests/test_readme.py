@@ -6,6 +6,9 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+
+from vdm_jax import elbo
 
 
 def test_readme_example_runs_and_gives_finite_gradients():
@@ -26,3 +29,12 @@ def test_readme_example_runs_and_gives_finite_gradients():
   grads = namespace["grads"]
   assert set(grads) == {"w", "b"}
   assert all(np.isfinite(float(v)) for v in grads.values())
+
+
+def test_readme_checked_mode_example():
+  text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+  block = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "checkify" in b][0]
+  z_0 = jnp.zeros((2, 3))
+  exec(block, {"jax": jax, "elbo": elbo, "k": jnp.array([[0, 1, 255]] * 2), "z_0": z_0})
+  with pytest.raises(Exception, match=r"must hold integers in \[0, 255\].*\[0, 256\]"):
+    exec(block, {"jax": jax, "elbo": elbo, "k": jnp.array([[0, 1, 256]] * 2), "z_0": z_0})
