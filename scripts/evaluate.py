@@ -117,13 +117,15 @@ def main(argv):
     ("data / split", f"{config.data.name} / {_SPLIT.value} ({result['num_examples']} examples)"),
     ("model / checkpoint step", f"{config.model.kind} / {step}"),
     ("method", _METHOD.value),
-    ("bits/dim", f"{result['bpd']:.4f} +- {result['bpd_se']:.4f} (standard error)"),
+    ("bits/dim", f"{result['bpd']:.4f} +- {result['bpd_se']:.4f} (standard error over examples)"),
   ]
   if is_vdm:
     table.append(("gamma(0), gamma(1)", f"{result['gamma_0']:.3f}, {result['gamma_1']:.3f}"))
   if _METHOD.value == "elbo":
     per_pass = ", ".join(f"{b:.4f}" for b in result["pass_bpd"])
     rows_at_3 = [("passes", f"{result['passes']} (per pass: {per_pass})")]
+    if result["passes"] > 1:
+      rows_at_3.append(("Monte Carlo error", f"+- {result['pass_se']:.4f} (pass spread / sqrt(P))"))
     if is_vdm:
       kind = "continuous" if num_steps == 0 else "discrete"
       exact = ", diffusion summed over all steps" if _EXACT.value else ""

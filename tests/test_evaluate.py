@@ -110,6 +110,10 @@ def test_single_pass_standard_error_covers_the_spread_between_passes(trained):
   # the spread of the data, so (P - 1) s^2 / SE^2 must not exceed the chi-square(P - 1)
   # quantile that it would reach if SE were exactly the pass-to-pass deviation.
   statistic = (passes - 1) * np.var(multi["pass_bpd"], ddof=1) / single["bpd_se"] ** 2
+  np.testing.assert_allclose(
+    multi["pass_se"], np.std(multi["pass_bpd"], ddof=1) / np.sqrt(passes), rtol=1e-9
+  )
+  assert np.isnan(single["pass_se"])
   assert 0 < statistic < stats.chi2.ppf(0.999, passes - 1), (statistic, single["bpd_se"])
   rows = evaluation.diffusion_by_time(multi, vdm, params, num_bins=10)
   np.testing.assert_allclose(sum(r["bpd"] for r in rows), multi["diffusion_bpd"], rtol=1e-6)

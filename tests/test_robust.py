@@ -242,3 +242,11 @@ def test_sample_cli_rejects_a_bad_number_of_samples(tmp_path):
     env=dict(os.environ, JAX_PLATFORMS="cpu"),
   )
   assert proc.returncode != 0 and "--num_samples must be a positive int" in proc.stderr
+
+
+def test_checksums_follow_the_kept_checkpoints(data_dir, tmp_path):
+  c = tiny_config(data_dir, num_steps=15, max_to_keep=2)  # saves 3, 6, ..., 15; keeps 2
+  train.train_and_evaluate(c, str(tmp_path))
+  kept = {p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()}
+  recorded = {p.name.removesuffix(".json") for p in (tmp_path / "checksums").iterdir()}
+  assert kept == {"12", "15"} and kept <= recorded and not recorded & {"3", "6"}, recorded

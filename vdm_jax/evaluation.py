@@ -229,8 +229,10 @@ def evaluate(
   """Bits/dim of `split` with `params` (use the EMA params), averaged over `passes` passes.
 
   Returns:
-    `summarize` of the per-example means over passes, plus "terms" (the model's term
-    names), "passes", "pass_bpd" (each pass's mean), "num_steps", "split", and, under
+    `summarize` of the per-example means over passes ("bpd_se": the standard error over
+    examples), plus "terms" (the model's term names), "passes", "pass_bpd" (each pass's
+    mean), "pass_se" (the spread of the pass means / sqrt(P): the Monte Carlo error alone,
+    NaN for one pass), "num_steps", "split", and, under
     "_per_example"/"_per_step" (VDM only), the raw arrays (nats) for decompositions
     (keys starting with "_" are not scalars).
   """
@@ -259,6 +261,10 @@ def evaluate(
   result["terms"] = list(vdm.terms)
   result["passes"] = passes
   result["pass_bpd"] = [float(r["total"].mean() * to_bpd) for r in runs]
+  # The Monte Carlo part alone: how far another P passes over the same examples would move.
+  result["pass_se"] = (
+    float(np.std(result["pass_bpd"], ddof=1) / math.sqrt(passes)) if passes > 1 else float("nan")
+  )
   result["num_steps"] = num_steps
   result["split"] = split
   if isinstance(vdm, VDM):

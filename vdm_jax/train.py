@@ -252,6 +252,11 @@ def save_checkpoint(manager, step: int, state, train_iter, *, force: bool = Fals
     path = _checksum_path(workdir, step)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     workdir_lib.write_json_atomic(path, json.dumps(checksums(fields), indent=0))
+    kept = manager.all_steps()  # those of steps orbax has deleted (max_to_keep) go too
+    for name in os.listdir(os.path.dirname(path)):
+      old = name.removesuffix(".json")
+      if old.isdigit() and kept and int(old) < min(kept):
+        os.remove(os.path.join(os.path.dirname(path), name))
   manager.save(
     step,
     args=ocp.args.Composite(
