@@ -97,7 +97,7 @@ def split_times(key, num_examples: int, *, num_steps: int = 0) -> np.ndarray:
 
 
 def _gather(x) -> np.ndarray:
-  """A process-local array (numpy or jax) -> the global array, rows of process 0 first."""
+  """A global jax.Array -> the whole array as numpy, on every process."""
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -158,9 +158,9 @@ def per_example_terms(
   per_step = np.zeros(max(num_steps, 1))
   desc = f"{split} ({vdm.num_dims} dims)"
   for batch in _split_batches(config, split, batch_size, progress=progress, desc=desc):
-    mask = _gather(batch.pop("mask")) > 0
-    index = _gather(batch["index"])
     glob = _to_global(batch, mesh)
+    # Gathered from the global arrays, in the same row order as the step's outputs.
+    mask, index = _gather(glob.pop("mask")) > 0, _gather(glob["index"])
     if exact_time_sum:
       local_rows = batch["image"].shape[0]
       diffusion = 0.0
@@ -374,10 +374,10 @@ def evaluate_ode(
   )
   values, indices = [], []
   for batch in _split_batches(config, split, batch_size, progress=progress, desc=f"ODE {split}"):
-    mask = _gather(batch.pop("mask")) > 0
     glob = _to_global(batch, mesh)
+    mask = _gather(glob["mask"]) > 0
     values.append(_gather(fn(params, glob["image"], glob["index"])).astype(np.float64)[mask])
-    indices.append(_gather(batch["index"])[mask])
+    indices.append(_gather(glob["index"])[mask])
   bpd = np.concatenate(values)[np.argsort(np.concatenate(indices))]
   return {
     "bpd": float(bpd.mean()),
