@@ -210,18 +210,20 @@ def test_same_seed_same_order_different_seed_different_order(digits_dir):
   assert not np.array_equal(np.concatenate(first), np.concatenate(other))
 
 
-def test_processes_read_disjoint_slices_of_train(digits_dir, num_processes):
-  train = _split_images(digits_dir, "train")
+@pytest.mark.parametrize("count", [2, 3])
+def test_processes_read_their_rows_of_one_global_order(digits_dir, num_processes, count):
+  """P processes' rows of each global batch, concatenated, are the batch one process reads;
+  a start step resumes the same order."""
+  config = _config("digits", digits_dir)
+  num_processes(0, 1)
+  single = _take(data.make_train_iterator(config, global_batch_size=96, seed=5), 40)
   per_process = []
-  for index in range(3):
-    num_processes(index, 3)
-    iterator = data.make_train_iterator(
-      _config("digits", digits_dir), global_batch_size=3 * 499, seed=0
-    )
-    (batch,) = _take(iterator, 1)  # 499 rows: this process's whole slice of 1497
-    assert batch.shape == (499, 8, 8, 1)
-    per_process.append(batch)
-  assert _rows(np.concatenate(per_process)) == _rows(train)
+  for index in range(count):
+    num_processes(index, count)
+    it = data.make_train_iterator(config, global_batch_size=96, seed=5, start_step=20)
+    per_process.append(_take(it, 20))  # global batches 20..39, 96 // count rows each
+  for b in range(20):
+    np.testing.assert_array_equal(np.concatenate([p[b] for p in per_process]), single[20 + b])
 
 
 @pytest.mark.parametrize("name", ["digits", "toy2d"])
@@ -353,10 +355,12 @@ def test_more_processes_than_examples(tmp_path, num_processes):
   with tfds.testing.mock_data(num_examples=2):
     union = _eval_union(config, "test", 3, 3, num_processes)  # process 0 has no example
     assert union.shape == (2, 32, 32, 3)
-    for index in range(3):  # every process fails alike, none waits for the others
+    rows = []
+    for index in range(3):  # one global order: each process still gets its row
       num_processes(index, 3)
-      with pytest.raises(ValueError, match=r"train split \(2 examples\).*3 processes"):
-        data.make_train_iterator(config, global_batch_size=3, seed=0)
+      rows.append(_take(data.make_train_iterator(config, global_batch_size=3, seed=0), 2))
+    epoch = np.concatenate([r[0] for r in rows])  # global batch 0: 3 rows of a 2-example split
+    assert epoch.shape == (3, 32, 32, 3)
 
 
 def test_imagenet32_test_split_is_tfds_validation(tmp_path):

@@ -5,7 +5,8 @@ One readable trainer, top to bottom:
   1. Train state and optimiser (optax AdamW, warm-up, clipping, masked weight decay, EMA).
   2. Mesh and shardings (a 1-D ("data",) mesh of every device of every host).
   3. Pure steps: `train_step(state, batch, key)` and `eval_step(params, batch, key)`.
-  4. Checkpoints (orbax CheckpointManager: train state + data iterator, async, resume).
+  4. Checkpoints (orbax CheckpointManager: the train state, async; the data position is the
+     step; checksums; fallback to the newest intact step).
   5. The loop `train_and_evaluate(config, workdir)`.
 
 The steps are not wrapped in `lax.scan`: on XLA:CPU a convolution's weight gradient
@@ -26,7 +27,6 @@ import zlib
 from typing import Any
 
 import flax
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -243,9 +243,13 @@ def checksums(tree) -> dict:
   return out
 
 
-def save_checkpoint(manager, step: int, state, train_iter, *, force: bool = False) -> None:
-  """Saves the state and the data position at `step` (asynchronously), and, first, the
-  checksum of every array beside it (`<workdir>/checksums/<step>.json`, process 0)."""
+def save_checkpoint(manager, step: int, state, *, force: bool = False) -> None:
+  """Saves the state at `step` (asynchronously), and, first, the checksum of every array
+  beside it (`<workdir>/checksums/<step>.json`, process 0).
+
+  The data position needs no saving: it is the step (`data.make_train_iterator(...,
+  start_step=step)`), the same whatever the number of processes that resume it.
+  """
   fields = _saved_fields(state)
   if jax.process_index() == 0:
     workdir = os.path.dirname(os.path.abspath(os.fspath(manager.directory)))
@@ -259,24 +263,20 @@ def save_checkpoint(manager, step: int, state, train_iter, *, force: bool = Fals
         os.remove(os.path.join(os.path.dirname(path), name))
   manager.save(
     step,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardSave(fields),
-      data=grain.checkpoint.CheckpointSave(train_iter),
-    ),
+    args=ocp.args.Composite(state=ocp.args.StandardSave(fields)),
     force=force,
   )
 
 
-def restore_checkpoint(manager, step: int, target, train_iter=None):
-  """Restores the train state (into `target`'s shardings) and, if given, the data iterator.
+def restore_checkpoint(manager, step: int, target):
+  """Restores the train state into `target`'s shardings (any process or device count).
 
   `target` is a TrainState of ShapeDtypeStructs (`abstract_state`); returns a TrainState.
   Raises `CheckpointError` naming the step if the files are damaged (unreadable, or an
   array whose checksum differs from the one recorded when it was saved).
   """
+  # Checkpoints of earlier versions also hold a per-process "data" item; it is not read.
   items = {"state": ocp.args.StandardRestore(_saved_fields(target))}
-  if train_iter is not None:
-    items["data"] = grain.checkpoint.CheckpointRestore(train_iter)
   directory = os.fspath(manager.directory)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))["state"]
@@ -309,7 +309,7 @@ def _first_line(e: BaseException) -> str:
   return text.splitlines()[0][:300] if text else ""
 
 
-def restore_latest_intact(manager, target, train_iter=None):
+def restore_latest_intact(manager, target):
   """Restores the newest checkpoint that is intact; damaged newer steps are moved aside.
 
   A damaged step (see `restore_checkpoint`) is reported and the next older one tried; once
@@ -324,7 +324,7 @@ def restore_latest_intact(manager, target, train_iter=None):
   problems = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      state = restore_checkpoint(manager, step, target, train_iter)
+      state = restore_checkpoint(manager, step, target)
     except CheckpointError as e:
       logging.warning("%s", e)
       print(f"WARNING: {e} Trying the previous checkpoint.", file=sys.stderr, flush=True)
@@ -626,15 +626,10 @@ def _train(config, workdir: str) -> dict:
   tx = make_optimizer(config)
   shapes = jax.eval_shape(lambda k: create_train_state(vdm, k, tx, config), init_key)
   state_sharding = replicated  # parameters, optimiser state and EMA on every device
-  train_iter = data.make_train_iterator(
-    config.data, global_batch_size=config.train.batch_size, seed=config.seed
-  )
   manager = make_checkpoint_manager(workdir, config)
   try:
     changes = workdir_lib.check_resume_config(config, workdir, manager.latest_step())
-    state, restored_step = restore_latest_intact(
-      manager, abstract_state(shapes, state_sharding), train_iter
-    )
+    state, restored_step = restore_latest_intact(manager, abstract_state(shapes, state_sharding))
   except Exception:
     manager.close()
     raise
@@ -647,6 +642,9 @@ def _train(config, workdir: str) -> dict:
       init_key
     )
   step = int(state.step)
+  train_iter = data.make_train_iterator(
+    config.data, global_batch_size=config.train.batch_size, seed=config.seed, start_step=step
+  )
   if jax.process_index() == 0:
     workdir_lib.record_config(config, workdir, step)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -700,7 +698,7 @@ def _train(config, workdir: str) -> dict:
           pending, window_start, t0 = [], step, time.perf_counter()
 
         if saving:
-          save_checkpoint(manager, step, state, train_iter)
+          save_checkpoint(manager, step, state)
           last_saved = step
 
         if signum is not None:

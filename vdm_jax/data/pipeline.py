@@ -9,20 +9,17 @@ Records are `{"image": int32 array of DatasetInfo.shape}` with values in
 {0, ..., vocab_size - 1}; labels are dropped. Every dataset has the splits "train" and
 "test" (for imagenet32, "test" is tfds's "validation" split, the one papers report).
 
-Training (`make_train_iterator`): each process takes a contiguous, disjoint slice of the
-train split (its `jax.process_index()`-th of `jax.process_count()` near-equal slices),
-shuffles it with a seed derived from `seed`, reshuffles every epoch, repeats forever and
-yields batches of `global_batch_size // jax.process_count()` rows (incomplete batches never
-occur: batches run across epoch boundaries). The iterator is a `grain.DatasetIterator`
-whose position is saved and restored with `get_state`/`set_state`, or inside an orbax
-`CheckpointManager` composite:
+Training (`make_train_iterator`): one global order of the train split, shuffled with
+`seed`, reshuffled every epoch and repeated forever; global batch b is the rows
+[b G, (b + 1) G) of that stream (G = `global_batch_size`, batches run across epoch
+boundaries), and process p of P reads only its slice [b G + p R, b G + (p + 1) R),
+R = G / P. So the sequence of global batches, and the trained parameters, are the same for
+1 process x N devices and P processes x N/P devices. The position in the stream is a
+function of the step alone: a run resumes by building the iterator at `start_step`, on any
+number of processes (no per-process iterator state is saved):
 
-  >>> it = make_train_iterator(config.data, global_batch_size=128, seed=0)
-  >>> manager.save(step, args=ocp.args.Composite(
-  ...     state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(it)))
-  >>> manager.restore(step, args=ocp.args.Composite(
-  ...     state=ocp.args.StandardRestore(abstract_state),
-  ...     data=grain.checkpoint.CheckpointRestore(it)))  # `it` continues where it was saved
+  >>> it = make_train_iterator(config.data, global_batch_size=128, seed=0, start_step=500)
+  >>> batch = next(it)  # this process's rows of global batch 500
 
 Evaluation (`eval_batches`): one pass in the stored order, each process a contiguous slice;
 every batch has `global_batch_size // jax.process_count()` rows and a float32 `"mask"`
@@ -313,8 +310,27 @@ def _to_iter_dataset(ds: grain.MapDataset, rows: int, *, drop_remainder: bool, n
   return iter_ds
 
 
-def make_train_iterator(data_config, *, global_batch_size: int, seed: int) -> grain.DatasetIterator:
-  """Infinite, per-epoch reshuffled, per-process sharded, checkpointable train batches.
+class _ProcessRows:
+  """Row j of process p -> the global stream's row (j // R) G + p R + j % R (picklable, so
+  that grain worker processes can run it)."""
+
+  def __init__(self, stream, rows: int, global_batch_size: int, index: int):
+    self.stream, self.rows, self.global_batch_size, self.index = (
+      stream,
+      rows,
+      global_batch_size,
+      index,
+    )
+
+  def __call__(self, j):
+    b, r = divmod(int(j), self.rows)
+    return self.stream[b * self.global_batch_size + self.index * self.rows + r]
+
+
+def make_train_iterator(
+  data_config, *, global_batch_size: int, seed: int, start_step: int = 0
+) -> grain.DatasetIterator:
+  """Infinite, per-epoch reshuffled train batches: this process's rows of each global batch.
 
   Args:
     data_config: has `name`, `data_dir` and `num_workers` (grain worker processes; 0 reads
@@ -322,26 +338,29 @@ def make_train_iterator(data_config, *, global_batch_size: int, seed: int) -> gr
     global_batch_size: rows per step over all processes; must be a multiple of
       `jax.process_count()`.
     seed: int in [0, 2**32); the same seed gives the same order, epoch after epoch.
+    start_step: the first global batch to yield (a resumed run's step).
 
   Returns:
     a `grain.DatasetIterator` of {"image": int32 [global_batch_size // process_count,
-    *shape]}; save its position with `grain.checkpoint.CheckpointSave(iterator)` (orbax) or
-    `iterator.get_state()`.
+    *shape]}, global batches start_step, start_step + 1, ... The order depends on
+    `seed` and `global_batch_size` only, not on the number of processes.
   """
   info = static_info(data_config)
   num_workers = _num_workers(data_config)
   rows, index, count = _rows_per_process(global_batch_size)
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
     raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}.")
+  if (
+    isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) or start_step < 0
+  ):
+    raise ValueError(f"start_step must be an int >= 0, got {start_step!r}.")
   ds, to_record = _records(data_config, "train", info)
-  if len(ds) < count:  # checked on every process alike, so that all of them fail
-    raise ValueError(
-      f"The {info.name} train split ({len(ds)} examples) is too small to give each of "
-      f"{count} processes an example."
-    )
-  start, end = _shard_bounds(len(ds), index, count)
-  ds = ds[start:end].seed(int(seed)).shuffle().repeat().map(to_record)
-  return iter(_to_iter_dataset(ds, rows, drop_remainder=True, num_workers=num_workers))
+  if len(ds) == 0:
+    raise ValueError(f"The {info.name} train split is empty.")
+  stream = ds.seed(int(seed)).shuffle().repeat()  # the global order
+  local = grain.MapDataset.range(int(start_step) * rows, 2**62)
+  local = local.map(_ProcessRows(stream, rows, global_batch_size, index)).map(to_record)
+  return iter(_to_iter_dataset(local, rows, drop_remainder=True, num_workers=num_workers))
 
 
 def eval_batches(data_config, split: str, *, global_batch_size: int) -> Iterator[dict]:
