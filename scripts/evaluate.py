@@ -32,6 +32,11 @@ _NUM_BINS = flags.DEFINE_integer("num_bins", 20, "Bins of t for the decompositio
 _ODE_TOL = flags.DEFINE_float("ode_tol", 1e-4, "rtol = atol of the ODE solver (--method=ode).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of t, noise and dequantisation.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output (default: in the workdir).")
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "Several processes: host:port of process 0 (all processes)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -43,9 +48,12 @@ def _table(rows):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from vdm_jax._cli import quiet_logging
+  from vdm_jax._cli import initialize_distributed, quiet_logging
 
   quiet_logging()
+  initialize_distributed(
+    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_CONFIG.value.distributed
+  )
   import jax
 
   from vdm_jax import evaluation, train

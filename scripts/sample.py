@@ -20,6 +20,11 @@ _NUM_STEPS = flags.DEFINE_integer("num_steps", 1000, "Reverse steps T.")
 _METHOD = flags.DEFINE_enum("method", "ancestral", ["ancestral", "ddim"], "Sampler.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output path prefix (default: in the workdir).")
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "Several processes: host:port of process 0 (all processes)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 flags.register_validator("num_samples", lambda n: n > 0, "--num_samples must be a positive int.")
 flags.register_validator("num_steps", lambda n: n > 0, "--num_steps must be a positive int.")
@@ -28,9 +33,12 @@ flags.register_validator("num_steps", lambda n: n > 0, "--num_steps must be a po
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from vdm_jax._cli import quiet_logging
+  from vdm_jax._cli import initialize_distributed, quiet_logging
 
   quiet_logging()
+  initialize_distributed(
+    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_CONFIG.value.distributed
+  )
   import time
 
   import jax

@@ -1,7 +1,9 @@
-"""Two processes on loopback (jax.distributed, gloo collectives): the evaluation gives the
-one-process number, and a SIGTERM to one process stops both at the same step, saved."""
+"""Two processes on loopback (jax.distributed, gloo collectives), launched through the CLI
+flags: training and evaluation equal one process's, a checkpoint written by two processes
+resumes on one, and a SIGTERM to one process stops both at the same step, saved."""
 
 import json
+import os
 import pathlib
 import signal
 import socket
@@ -18,59 +20,11 @@ from vdm_jax import evaluation, train
 
 REPO = pathlib.Path(__file__).parents[1]
 
-_PROCESS = """
-import json, sys
-import jax
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(
-  coordinator_address="127.0.0.1:{port}", num_processes=2, process_id={process_id}
-)
-sys.path.insert(0, {tests!r})
-from helpers import tiny_config
-from vdm_jax import evaluation, train
-config = tiny_config({data_dir!r}, num_steps={num_steps}, ckpt_every=10_000, log_every=1)
-if {evaluate!r}:
-  vdm, mesh, params, _ = train.load_ema_params(config, {workdir!r})
-  r = evaluation.evaluate(vdm, params, config, mesh, batch_size=64, key=jax.random.key(4))
-  print("RESULT", json.dumps([jax.process_count(), r["bpd"], r["bpd_se"]]), flush=True)
-else:
-  try:
-    print("DONE", train.train_and_evaluate(config, {workdir!r})["step"], flush=True)
-  except train.TrainingInterrupted as e:
-    print(e, file=sys.stderr, flush=True)
-    sys.exit(128 + e.signum)
-"""
-
 
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
-
-
-def _launch(data_dir, workdir, *, num_steps=6, evaluate=False):
-  port = _free_port()
-  return [
-    subprocess.Popen(
-      [
-        sys.executable,
-        "-c",
-        _PROCESS.format(
-          port=port,
-          process_id=i,
-          tests=str(REPO / "tests"),
-          data_dir=str(data_dir),
-          workdir=str(workdir),
-          num_steps=num_steps,
-          evaluate=evaluate,
-        ),
-      ],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
 
 
 def _finish(procs, timeout=300):
@@ -89,21 +43,10 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("tfds")
 
 
-def test_two_processes_evaluate_like_one(data_dir, tmp_path):
-  config = tiny_config(data_dir)
-  train.train_and_evaluate(config, str(tmp_path / "run"))
-  vdm, mesh, params, _ = train.load_ema_params(config, str(tmp_path / "run"))
-  one = evaluation.evaluate(vdm, params, config, mesh, key=jax.random.key(4))
-  for rc, out, err in _finish(_launch(data_dir, tmp_path / "run", evaluate=True)):
-    assert rc == 0, err[-3000:]
-    count, bpd, se = json.loads(out.split("RESULT ")[1])
-    assert count == 2
-    np.testing.assert_allclose([bpd, se], [one["bpd"], one["bpd_se"]], rtol=1e-5)
-
-
 def test_sigterm_to_one_process_stops_both_at_the_same_step(data_dir, tmp_path):
   run = tmp_path / "run"
-  procs = _launch(data_dir, run, num_steps=400)
+  port = _free_port()
+  procs = [_train_cli(run, data_dir, 400, process=(port, i)) for i in range(2)]
   deadline = time.monotonic() + 180
   while time.monotonic() < deadline:  # wait until the processes are training
     line = procs[0].stdout.readline()
@@ -117,3 +60,90 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(data_dir, tmp_path):
     steps.add(int(err.split("Stopped by SIGTERM after step ")[1].split(";")[0]))
   (step,) = steps
   assert (run / "checkpoints" / str(step)).is_dir() and step < 400
+
+
+def _train_cli(workdir, data_dir, num_steps, *, process=None, devices=1):
+  """`scripts/train.py` on the tiny digits model; `process` = (port, index) of 2."""
+  launch = []
+  if process is not None:
+    port, index = process
+    launch = [
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={index}",
+    ]
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.Popen(
+    [
+      sys.executable,
+      str(REPO / "scripts" / "train.py"),
+      f"--config={REPO / 'configs' / 'digits.py'}",
+      f"--workdir={workdir}",
+      *launch,
+      *TINY_FLAGS,
+      f"--config.data.data_dir={data_dir}",
+      f"--config.train.num_steps={num_steps}",
+    ],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+  )
+
+
+TINY_FLAGS = [
+  "--config.model.n_layer=1",
+  "--config.model.n_embd=16",
+  "--config.model.norm_groups=8",
+  "--config.train.batch_size=32",
+  "--config.train.ckpt_every=5",
+  "--config.train.log_every=1",
+  "--config.train.eval_every=1000",
+  "--config.train.num_samples=0",
+]
+
+
+def test_two_processes_train_like_one_and_resume_on_one(data_dir, tmp_path):
+  num_steps = 20
+  reference = _train_cli(tmp_path / "one", data_dir, num_steps, devices=2)  # 1 process x 2
+  rc, _, err = _finish([reference])[0]
+  assert rc == 0, err[-3000:]
+  port = _free_port()
+  two = [_train_cli(tmp_path / "two", data_dir, num_steps, process=(port, i)) for i in range(2)]
+  for rc, _, err in _finish(two):
+    assert rc == 0, err[-3000:]
+  # The CRC32 of every array of the final state (params, Adam moments, EMA, step),
+  # recorded at save time: equal means bit-identical.
+  expected = json.loads((tmp_path / "one" / "checksums" / f"{num_steps}.json").read_text())
+  assert len(expected) > 20
+  assert json.loads((tmp_path / "two" / "checksums" / f"{num_steps}.json").read_text()) == expected
+  # Their final evaluations (same params, same seed) agree: 2 processes x 1 device vs 1 x 2.
+  final = {
+    run: json.loads((tmp_path / run / "final_metrics.json").read_text())["eval"]
+    for run in ("one", "two")
+  }
+  np.testing.assert_allclose(final["two"]["bpd"], final["one"]["bpd"], rtol=1e-5)
+  np.testing.assert_allclose(final["two"]["bpd_se"], final["one"]["bpd_se"], rtol=1e-5)
+
+  # Two processes killed mid-run; one process (2 devices) resumes their checkpoint.
+  port = _free_port()
+  killed = [_train_cli(tmp_path / "cut", data_dir, num_steps, process=(port, i)) for i in range(2)]
+  try:
+    for line in killed[0].stdout:
+      if line.startswith("[train] step 12:"):
+        break
+  finally:
+    for p in killed:
+      p.kill()
+      p.wait()
+  resumed = _train_cli(tmp_path / "cut", data_dir, num_steps, devices=2)
+  rc, out, err = _finish([resumed])[0]
+  assert rc == 0, err[-3000:]
+  assert "Resumed from" in out and "on 1 process(es)" in out
+  assert json.loads((tmp_path / "cut" / "checksums" / f"{num_steps}.json").read_text()) == expected
+  # And the 2-process checkpoint evaluates on one process with one device, to the same bpd.
+  config = tiny_config(data_dir)
+  vdm, mesh, params, step = train.load_ema_params(config, str(tmp_path / "two"))
+  assert step == num_steps and mesh.size == 1
+  result = evaluation.evaluate(vdm, params, config, mesh, key=jax.random.key(config.seed + 1))
+  np.testing.assert_allclose(result["bpd"], final["two"]["bpd"], rtol=1e-5)

@@ -38,8 +38,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vdm_jax import _cli, data, elbo, evaluation, sampling
 from vdm_jax import config as config_lib
-from vdm_jax import data, elbo, evaluation, sampling
 from vdm_jax import workdir as workdir_lib
 from vdm_jax.vdm import VDM, make_model
 
@@ -587,8 +587,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     {"step": final step, "train": last logged train metrics, "eval": final eval result}.
   """
   config_lib.validate(config)
-  if config.distributed:
-    jax.distributed.initialize()
+  _cli.initialize_distributed(None, None, None, auto=config.distributed)  # if not yet
   check_batch_size(config.train.batch_size)
   check_batch_size(config.eval.batch_size, "config.eval.batch_size")
   workdir = check_workdir(workdir)
