@@ -148,3 +148,39 @@ def test_cli_rejects_config_typos(tmp_path):
   )
   assert proc.returncode != 0
   assert "gama_min" in proc.stderr
+
+
+_SHARDINGS = """
+import sys, json, numpy as np, jax
+sys.path.insert(0, {tests!r})
+from helpers import tiny_config
+from vdm_jax import data, train
+emas, sharded = {{}}, {{}}
+for kind in ("replicated", "fsdp"):
+  c = tiny_config({data_dir!r}, num_steps=3, ckpt_every=3)
+  c.train.sharding, c.train.fsdp_min_size = kind, 1024  # the 3x3 convs have 2,304 weights
+  train.train_and_evaluate(c, {workdir!r} + kind)
+  _, mesh, ema, _ = train.load_ema_params(c, {workdir!r} + kind)
+  emas[kind] = [np.asarray(x) for x in jax.tree.leaves(ema)]
+  vdm = train.make_model(c, data.static_info(c.data))
+  shapes = jax.eval_shape(lambda k: train.create_train_state(
+    vdm, k, train.make_optimizer(c), c), jax.random.key(0))
+  shard = train.state_shardings(shapes, mesh, kind, min_size=1024)
+  leaves = zip(jax.tree.leaves(shapes), jax.tree.leaves(shard))
+  sharded[kind] = sum(x.size for x, s in leaves if not s.is_fully_replicated) / sum(
+    x.size for x in jax.tree.leaves(shapes))
+for a, b in zip(emas["replicated"], emas["fsdp"]):
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+print("SHARDED", json.dumps(sharded))
+"""
+
+
+def test_fully_sharded_state_trains_like_replicated(data_dir, tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  code = _SHARDINGS.format(
+    tests=str(REPO / "tests"), data_dir=str(data_dir), workdir=str(tmp_path / "w_")
+  )
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  sharded = json.loads(proc.stdout.split("SHARDED ")[1])
+  assert sharded["replicated"] == 0 and sharded["fsdp"] > 0.5, sharded

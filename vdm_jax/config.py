@@ -82,6 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
   # it means (model, data, batch size, seed, ...): list here, comma-separated, the fields
   # you mean to change anyway (e.g. "model.dropout,optim.weight_decay").
   c.train.allow_config_changes = ""
+  # "replicated": params, optimiser state and EMA on every device; "fsdp": each large array
+  # split over the devices (about 1/N of the state's memory per device; same results).
+  c.train.sharding = "replicated"
+  c.train.fsdp_min_size = 2**14  # "fsdp" leaves arrays of fewer elements replicated
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
@@ -147,6 +151,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice("schedule.kind", config.schedule.kind, SCHEDULES)
   _choice("schedule.objective", config.schedule.objective, ("elbo", "variance"))
   _choice("loss.time_sampling", config.loss.time_sampling, ("uniform", "importance"))
+  _choice("train.sharding", config.train.sharding, ("replicated", "fsdp"))
   _positive("loss.time_bins", config.loss.time_bins)
   if not 0.0 <= config.loss.time_decay < 1.0:
     raise ValueError(f"config.loss.time_decay must be in [0, 1), got {config.loss.time_decay}.")
@@ -210,6 +215,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   ]:
     _positive(f"train.{path}", config.train[path], integer=True)
   _positive("train.num_samples", config.train.num_samples, allow_zero=True, integer=True)
+  _positive("train.fsdp_min_size", config.train.fsdp_min_size, integer=True)
   _positive("eval.batch_size", config.eval.batch_size, integer=True)
   if not isinstance(config.train.allow_config_changes, str):
     raise ValueError(

@@ -122,6 +122,46 @@ def check_batch_size(batch_size: int, what: str = "config.train.batch_size") -> 
     )
 
 
+def state_shardings(state_shapes, mesh, kind: str = "replicated", *, min_size: int = 2**14):
+  """Shardings of the train state over the mesh's "data" axis.
+
+  "replicated": every array on every device (data parallelism). "fsdp" (fully sharded
+  data parallelism): each array of at least `min_size` elements is split along its
+  largest axis that the device count divides (params, both Adam moments and the EMA
+  alike); smaller ones (whose gathers would cost more than the memory they save), and
+  those with no such axis, stay replicated. XLA then gathers
+  the params where the step needs them and reduce-scatters the gradients, so the
+  per-device memory of the state falls about N-fold for N devices.
+
+  Args:
+    state_shapes: a TrainState (or any pytree) of arrays or ShapeDtypeStructs.
+    mesh: a mesh with a "data" axis.
+    kind: "replicated" or "fsdp".
+    min_size: the smallest array "fsdp" splits (`config.train.fsdp_min_size`).
+
+  Returns:
+    a pytree of `NamedSharding`s with the structure of `state_shapes`.
+  """
+  replicated = NamedSharding(mesh, P())
+  if kind == "replicated":
+    return jax.tree.map(lambda _: replicated, state_shapes)
+  if kind != "fsdp":
+    raise ValueError(f"Unknown sharding {kind!r}; choose 'replicated' or 'fsdp'.")
+  n = mesh.shape["data"]
+
+  def leaf(x):
+    if x.size < min_size:
+      return replicated
+    for axis in sorted(range(x.ndim), key=lambda a: -x.shape[a]):
+      if x.shape[axis] % n == 0:
+        spec = [None] * x.ndim
+        spec[axis] = "data"
+        return NamedSharding(mesh, P(*spec))
+    return replicated
+
+  return jax.tree.map(leaf, state_shapes)
+
+
 def to_global(batch: dict, mesh) -> dict:
   """Process-local numpy batch -> global jax.Arrays split over the "data" axis."""
   sharding = NamedSharding(mesh, P("data"))
@@ -212,9 +252,14 @@ def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
 
 
 def abstract_state(state_shapes, sharding):
-  """ShapeDtypeStructs carrying the current mesh's sharding: an orbax restore target."""
+  """ShapeDtypeStructs carrying shardings of the current mesh: an orbax restore target.
+
+  `sharding` is one sharding for every array, or a pytree of them (`state_shardings`).
+  """
+  if isinstance(sharding, jax.sharding.Sharding):
+    sharding = jax.tree.map(lambda _: sharding, state_shapes)
   return jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state_shapes
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shapes, sharding
   )
 
 
@@ -233,11 +278,23 @@ def _checksum_path(workdir: str, step: int) -> str:
   return os.path.join(workdir, "checksums", f"{step}.json")
 
 
+def _host_array(x) -> np.ndarray:
+  """The whole of a (possibly sharded, possibly multi-process) array, as numpy."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))  # every process calls
+
+
 def checksums(tree) -> dict:
-  """{leaf path: "crc32:dtype:shape"} of a pytree of (replicated) arrays, for integrity checks."""
+  """{leaf path: "crc32:dtype:shape"} of a pytree of arrays, for integrity checks.
+
+  Call on every process (a sharded array spread over processes is gathered collectively).
+  """
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    array = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+    array = _host_array(leaf)
     crc = zlib.crc32(np.ascontiguousarray(array).tobytes())
     out[jax.tree_util.keystr(path)] = f"{crc:08x}:{array.dtype}:{array.shape}"
   return out
@@ -251,11 +308,12 @@ def save_checkpoint(manager, step: int, state, *, force: bool = False) -> None:
   start_step=step)`), the same whatever the number of processes that resume it.
   """
   fields = _saved_fields(state)
+  sums = checksums(fields)
   if jax.process_index() == 0:
     workdir = os.path.dirname(os.path.abspath(os.fspath(manager.directory)))
     path = _checksum_path(workdir, step)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    workdir_lib.write_json_atomic(path, json.dumps(checksums(fields), indent=0))
+    workdir_lib.write_json_atomic(path, json.dumps(sums, indent=0))
     kept = manager.all_steps()  # those of steps orbax has deleted (max_to_keep) go too
     for name in os.listdir(os.path.dirname(path)):
       old = name.removesuffix(".json")
@@ -618,13 +676,15 @@ def _train(config, workdir: str) -> dict:
   mesh = make_mesh()
   vdm = make_model(config, info)
 
-  # State: shapes first, then allocate directly with replicated shardings.
+  # State: shapes first, then allocate directly with their shardings.
   key = jax.random.key(config.seed)
   init_key, step_key = jax.random.split(key)
   replicated = NamedSharding(mesh, P())
   tx = make_optimizer(config)
   shapes = jax.eval_shape(lambda k: create_train_state(vdm, k, tx, config), init_key)
-  state_sharding = replicated  # parameters, optimiser state and EMA on every device
+  state_sharding = state_shardings(
+    shapes, mesh, config.train.sharding, min_size=config.train.fsdp_min_size
+  )
   manager = make_checkpoint_manager(workdir, config)
   try:
     changes = workdir_lib.check_resume_config(config, workdir, manager.latest_step())
@@ -706,11 +766,13 @@ def _train(config, workdir: str) -> dict:
           raise TrainingInterrupted(signum, step, workdir)
 
         if evaluating:
+          ema = jax.device_put(state.ema_params, replicated)  # gathered if fsdp
           result = evaluation.public(
-            evaluation.evaluate(vdm, state.ema_params, config, mesh, split=config.eval.split)
+            evaluation.evaluate(vdm, ema, config, mesh, split=config.eval.split)
           )
           writer.scalars(step, evaluation.scalar_summary(result), "eval")
-          write_samples(vdm, state.ema_params, config, workdir, step, writer)
+          write_samples(vdm, ema, config, workdir, step, writer)
+          del ema
           t0 = time.perf_counter()  # evaluation time is not training time
     progress.close()
     manager.wait_until_finished()
@@ -721,11 +783,12 @@ def _train(config, workdir: str) -> dict:
     if previous and previous.get("step") == step and previous.get("eval") is not None:
       print(f"Training finished at step {step}; final evaluation already in final_metrics.json.")
       return previous
+    ema = jax.device_put(state.ema_params, replicated)
     last_eval = evaluation.public(
-      evaluation.evaluate(vdm, state.ema_params, config, mesh, split=config.eval.split)
+      evaluation.evaluate(vdm, ema, config, mesh, split=config.eval.split)
     )
     writer.scalars(step, evaluation.scalar_summary(last_eval), "eval")
-    write_samples(vdm, state.ema_params, config, workdir, step, writer)
+    write_samples(vdm, ema, config, workdir, step, writer)
   finally:
     progress.close()
     manager.wait_until_finished()

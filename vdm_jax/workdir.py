@@ -31,6 +31,8 @@ RESUME_SAFE = frozenset(
     "train.num_samples",
     "train.sample_steps",
     "train.allow_config_changes",
+    "train.sharding",
+    "train.fsdp_min_size",
     "optim.learning_rate",
     "optim.warmup_steps",
     "optim.grad_clip",
