@@ -20,6 +20,12 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after warm-up).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_MEMORY_ONLY = flags.DEFINE_bool(
+  "memory_only",
+  False,
+  "Only compile the train step (on abstract arrays, nothing allocated) and print its "
+  "per-device memory under config.train.sharding.",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -35,6 +41,53 @@ def _time_steps(fn, num_steps: int, warmup: int):
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - t)
   return statistics.median(times)
+
+
+def memory(config) -> dict:
+  """Compile time and per-device memory of the train step, from abstract arrays."""
+  import jax
+  import numpy as np
+
+  from vdm_jax import data, train
+  from vdm_jax.vdm import make_vdm
+
+  info = data.static_info(config.data)
+  vdm = make_vdm(config, info)
+  train.check_batch_size(config.train.batch_size)
+  mesh = train.make_mesh()
+  tx = train.make_optimizer(config)
+  shapes = jax.eval_shape(lambda k: train.create_train_state(vdm, k, tx), jax.random.key(0))
+  sharding = train.state_shardings(
+    shapes, mesh, config.train.sharding, min_size=config.train.fsdp_min_size
+  )
+  state = train.abstract_state(shapes, sharding)
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  batch = {
+    "image": jax.ShapeDtypeStruct(
+      (config.train.batch_size, *info.shape), np.int32, sharding=batch_sharding
+    )
+  }
+  step_fn = train.jit_train_step(vdm, config, mesh, sharding)
+  t = time.perf_counter()
+  compiled = step_fn.lower(state, batch, jax.random.key(0)).compile()
+  seconds = time.perf_counter() - t
+  stats = compiled.memory_analysis()
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+  return {
+    "config": {
+      "n_layer": config.model.n_layer,
+      "n_embd": config.model.n_embd,
+      "batch_size": config.train.batch_size,
+      "sharding": config.train.sharding,
+      "num_params": int(sum(x.size for x in jax.tree.leaves(shapes.params))),
+    },
+    "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+    "train_compile_s": seconds,
+    "state_bytes_total": int(state_bytes),
+    "per_device_argument_bytes": int(stats.argument_size_in_bytes),
+    "per_device_temp_bytes": int(stats.temp_size_in_bytes),
+    "per_device_output_bytes": int(stats.output_size_in_bytes),
+  }
 
 
 def benchmark(config, num_steps: int, warmup: int) -> dict:
@@ -142,6 +195,9 @@ def main(argv):
 
   quiet_logging()
   del argv
+  if _MEMORY_ONLY.value:
+    print(json.dumps(memory(_CONFIG.value), indent=2))
+    return
   print(json.dumps(benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value), indent=2))
 
 
