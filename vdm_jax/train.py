@@ -592,6 +592,12 @@ class _StopSignals:
     return int(np.max(signums)) or None
 
 
+def _say(message: str) -> None:
+  """Progress messages: printed by process 0 only (warnings and errors by every process)."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
 def _read_final_metrics(workdir: str) -> dict | None:
   path = os.path.join(workdir, "final_metrics.json")
   try:
@@ -668,9 +674,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train(config, workdir: str) -> dict:
-  if jax.process_index() == 0:  # builds the offline datasets once, not once per host
+  # Process 0 builds the offline datasets first; then the others, which find them ready
+  # on a shared data_dir or build their own copy on a host-local one (prepare is
+  # idempotent; for the public datasets it checks that this host has the files).
+  if jax.process_index() == 0:
     data.prepare(config.data)
   if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("vdm_jax: data prepared on process 0")
+    if jax.process_index() != 0:
+      data.prepare(config.data)
     multihost_utils.sync_global_devices("vdm_jax: data prepared")
   info = data.dataset_info(config.data)
   mesh = make_mesh()
@@ -693,9 +705,9 @@ def _train(config, workdir: str) -> dict:
     manager.close()
     raise
   if state is not None:
-    print(f"Resumed from {workdir}/checkpoints at step {restored_step}.", flush=True)
+    _say(f"Resumed from {workdir}/checkpoints at step {restored_step}.")
     for field, (old, new) in changes.items():
-      print(f"  config.{field}: {old!r} -> {new!r}", flush=True)
+      _say(f"  config.{field}: {old!r} -> {new!r}")
   else:
     state = jax.jit(lambda k: create_train_state(vdm, k, tx, config), out_shardings=state_sharding)(
       init_key
@@ -707,10 +719,9 @@ def _train(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     workdir_lib.record_config(config, workdir, step)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  print(
+  _say(
     f"{info.name}: {info.shape} x V={info.vocab_size}; model {num_params:,} params; "
-    f"{jax.device_count()} device(s) on {jax.process_count()} process(es).",
-    flush=True,
+    f"{jax.device_count()} device(s) on {jax.process_count()} process(es)."
   )
 
   step_fn = jit_train_step(vdm, config, mesh, state_sharding)
@@ -781,7 +792,7 @@ def _train(config, workdir: str) -> dict:
     # The final evaluation: done once per finished run (a rerun does it if it was cut off).
     previous = _read_final_metrics(workdir)
     if previous and previous.get("step") == step and previous.get("eval") is not None:
-      print(f"Training finished at step {step}; final evaluation already in final_metrics.json.")
+      _say(f"Training finished at step {step}; final evaluation already in final_metrics.json.")
       return previous
     ema = jax.device_put(state.ema_params, replicated)
     last_eval = evaluation.public(
