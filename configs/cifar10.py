@@ -7,8 +7,8 @@
 U-Net of 32 residual blocks down (33 up), 128 channels, no downsampling, Fourier
 features, dropout 0.1; batch 128, AdamW lr 2e-4, EMA 0.9999, learned linear
 gamma in [-13.3, 5], continuous time. The paper reports 2.65 bits/dim after 10M steps on
-8 TPUv3 (2.49 with data augmentation); on one modern GPU expect roughly 3.0 after ~1M
-steps. On CPU use `--config.model.n_layer=4 --config.model.n_embd=64` for a smoke run.
+8 TPUv3 (2.49 with data augmentation); on one modern GPU roughly 3.0 after ~1M steps is an
+expectation, not measured here. On CPU use `--config.model.n_layer=4 --config.model.n_embd=64` for a smoke run.
 """
 
 from vdm_jax.config import base_config

@@ -19,6 +19,7 @@ from helpers import tiny_config
 from vdm_jax import evaluation, train
 
 REPO = pathlib.Path(__file__).parents[1]
+pytestmark = pytest.mark.multiprocess  # run in CI too; `-m "not multiprocess"` skips them
 
 
 def _free_port() -> int:
