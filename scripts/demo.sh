@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+# The exact versions CI tests (requirements/lock-py311.txt), then vdm_jax itself.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/lock-py311.txt
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 WORKDIR="${WORKDIR:-runs/digits}"
 .venv/bin/python scripts/train.py --config=configs/digits.py --workdir="$WORKDIR" "$@"
 echo
