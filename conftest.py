@@ -9,6 +9,7 @@ The docstring examples of `vdm_jax/` run with `--doctest-modules` (pyproject.tom
 modules in `collect_ignore` are left out, each for the reason given there.
 """
 
+import contextlib
 import os
 import tempfile
 
@@ -33,22 +34,36 @@ jax.config.update(
 collect_ignore = [
   # Its example builds the dataset under /tmp/tfds, a side effect outside the test's tmp dir.
   "vdm_jax/data/digits.py",
+  # Its example is a sketch (`np` and `toy2d` not imported); the module is tested in
+  # tests/test_data.py.
+  "vdm_jax/data/toy2d.py",
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _dtype_promotion(request):
-  """Runs a test module under `pytest.mark.dtype_promotion("standard")` if it has one.
-
-  For modules that train with optax: its Adam bias correction raises a float32 to an int32
-  step count (optax 0.2.8), which strict promotion refuses inside optax, not in this
-  project's code. Module-scoped, so that module-scoped fixtures that train are covered.
-  """
+def _promotion_context(request):
   marker = request.node.get_closest_marker("dtype_promotion")
   if marker is None:
+    return contextlib.nullcontext()
+  return jax.numpy_dtype_promotion(marker.args[0])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_dtype_promotion(request):
+  """Runs a test module marked `pytest.mark.dtype_promotion("standard")` (as
+  `pytestmark`) under standard promotion, module-scoped fixtures included.
+
+  For tests that train with optax: its Adam bias correction raises a float32 to an int32
+  step count (optax 0.2.8 and the newest), which strict promotion refuses inside optax,
+  not in this project's code.
+  """
+  with _promotion_context(request):
     yield
-    return
-  with jax.numpy_dtype_promotion(marker.args[0]):
+
+
+@pytest.fixture(autouse=True)
+def _test_dtype_promotion(request):
+  """The same for a single test marked `pytest.mark.dtype_promotion(...)`."""
+  with _promotion_context(request):
     yield
 
 
