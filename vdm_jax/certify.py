@@ -23,6 +23,8 @@ import numpy as np
 
 from vdm_jax import elbo, gaussian, schedules, testing
 
+__all__ = ["certify"]
+
 
 def _terms(key, data, schedule, x, num_samples: int, num_steps: int):
   """Per-example (recon, prior, diffusion) in nats, each `[N]`, averaged over samples."""

@@ -18,6 +18,8 @@ import numpy as np
 
 from vdm_jax import _checks, elbo, gaussian, schedules
 
+__all__ = ["METHODS", "image_grid", "sample", "save_png"]
+
 METHODS = ("ancestral", "ddim")
 
 

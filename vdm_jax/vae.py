@@ -32,6 +32,8 @@ import jax.numpy as jnp
 from vdm_jax import elbo
 from vdm_jax.models.vae import VAEDecoder, VAEEncoder
 
+__all__ = ["TERMS", "GaussianVAE", "make_vae"]
+
 TERMS = ("recon", "kl")
 
 

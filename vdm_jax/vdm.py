@@ -32,6 +32,8 @@ import jax.numpy as jnp
 
 from vdm_jax import elbo, gaussian, models, schedules
 
+__all__ = ["TERMS", "VDM", "make_model", "make_schedule", "make_vdm"]
+
 TERMS = ("recon", "prior", "diffusion")
 
 
