@@ -30,7 +30,7 @@ find_python() {  # the first interpreter >= $1 on PATH or under pyenv
   local minor="$1" candidate
   for candidate in python3.13 python3.12 $(ls -d "$(pyenv root 2>/dev/null)"/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -rV); do
     if command -v "$candidate" >/dev/null &&
-      "$candidate" -c "import sys; sys.exit(sys.version_info < (3, $minor))"; then
+      "$candidate" -c "import sys; sys.exit(sys.version_info < (3, $minor))" 2>/dev/null; then
       command -v "$candidate"
       return
     fi
