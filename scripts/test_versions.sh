@@ -69,10 +69,11 @@ PY
     # shellcheck disable=SC2086
     "$venv/bin/python" - $mins <<'PY'
 import importlib.metadata as md, sys
+from packaging.version import Version
 for req in sys.argv[1:]:
   name, version = req.split("==")
   got = md.version(name)
-  assert got == version, f"{name} {got} is installed, not the declared minimum {version}"
+  assert Version(got) == Version(version), f"{name} {got} is installed, not the minimum {version}"
 PY
     tests=("${PURE_TESTS[@]}")
     ;;
