@@ -24,8 +24,6 @@ from vdm_jax.data import toy2d
 
 REPO = pathlib.Path(__file__).parents[1]
 
-pytestmark = pytest.mark.dtype_promotion("standard")  # they train with optax (conftest.py)
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

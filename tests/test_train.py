@@ -16,8 +16,6 @@ from vdm_jax import train
 
 REPO = pathlib.Path(__file__).parents[1]
 
-pytestmark = pytest.mark.dtype_promotion("standard")  # they train with optax (conftest.py)
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

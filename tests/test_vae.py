@@ -29,8 +29,6 @@ W = jnp.array(
 )
 C = jnp.array([[0.1, 0.0, -0.4, 0.3, 0.2], [-0.2, 0.5, 0.0, 0.1, -0.3], [0.0, 0.2, 0.1, -0.1, 0.4]])
 
-pytestmark = pytest.mark.dtype_promotion("standard")  # they train with optax (conftest.py)
-
 
 def decode(z):
   return z[:, :, None] * W[None] + jnp.sin(2.0 * z)[:, :, None] * C[None]
