@@ -23,7 +23,7 @@ PURE_TESTS=(
 )
 TRAIN_SMOKE=(
   "tests/test_train.py::test_short_run_loss_decreases_and_writes_outputs"
-  vdm_jax/vdm.py vdm_jax/vae.py
+  tests/test_pipeline_flags.py vdm_jax/vdm.py vdm_jax/vae.py vdm_jax/data/pipeline.py
 )
 
 find_python() {  # the first interpreter >= $1 on PATH or under pyenv
