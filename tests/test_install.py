@@ -149,3 +149,15 @@ def test_modules_have_docstring_examples_that_the_suite_runs(module_name):
   assert f"vdm_jax/{module_name}.py" not in conftest  # not in collect_ignore
   assert "--doctest-modules" in PYPROJECT["tool"]["pytest"]["ini_options"]["addopts"]
   assert "vdm_jax" in PYPROJECT["tool"]["pytest"]["ini_options"]["testpaths"]
+
+
+def test_pure_maths_passes_mypy(tmp_path):
+  """The annotations hold: mypy checks the pure modules ([tool.mypy] in pyproject.toml)."""
+  pytest.importorskip("mypy")
+  proc = subprocess.run(
+    [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy")],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

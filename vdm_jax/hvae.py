@@ -120,6 +120,7 @@ def negative_elbo_denoising(
   Returns:
     `[B]` nats: -log p(x|z_0) + KL(q(z_1|x) || N(0,I)) + sum_j KL(q(z_s|z_t,x) || p(z_s|z_t)).
   """
+  x = _checks.as_float("x", x)
   gammas, z = sample_trajectory(key, x, schedule, num_steps)
   batch = x.shape[0]
   recon = nll_fn(x, z[0], jnp.full((batch,), gammas[0]))
@@ -176,6 +177,7 @@ def negative_elbo_consistency(
   `negative_elbo_denoising`). `bridge=False` evaluates the seed's literal
   $D_{KL}(q(z_j \mid z_{j-1}) \| p(z_j \mid z_{j+1}))$ instead, which is biased (tested).
   """
+  x = _checks.as_float("x", x)
   gammas, z = sample_trajectory(key, x, schedule, num_steps)
   batch = x.shape[0]
   recon = nll_fn(x, z[0], jnp.full((batch,), gammas[0]))
@@ -230,6 +232,7 @@ def negative_elbo_sampled(
   as `negative_elbo_denoising`; the baseline against which the analytic forms reduce
   variance.
   """
+  x = _checks.as_float("x", x)
   gammas, z = sample_trajectory(key, x, schedule, num_steps)
   batch = x.shape[0]
   recon = nll_fn(x, z[0], jnp.full((batch,), gammas[0]))

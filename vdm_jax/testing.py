@@ -57,8 +57,8 @@ class GaussianData:
 
     d = x - mean, rho = SNR(t). Shapes broadcast.
     """
-    d2 = jnp.square(x - self.mean)
-    rho = jnp.exp(-gamma_t)
+    d2 = jnp.square(_checks.as_float("x", x) - self.mean)
+    rho = jnp.exp(-_checks.as_float("gamma_t", gamma_t))
     s2 = self.std**2
     return (d2 + rho * s2 * s2) / jnp.square(1.0 + rho * s2)
 
@@ -152,7 +152,7 @@ class OracleVDM:
 
   def gamma(self, params: object, t: ArrayLike) -> jax.Array:
     del params
-    return self.schedule(t)
+    return self.schedule(jnp.asarray(t))
 
   def gamma_and_derivative(self, params: object, t: ArrayLike) -> tuple[jax.Array, jax.Array]:
     del params
