@@ -14,6 +14,8 @@ if [ -z "$UV" ]; then
   [ -x "$tools/bin/uv" ] || { "${PYTHON:-python3}" -m venv "$tools" && "$tools/bin/pip" install --quiet uv; }
   UV="$tools/bin/uv"
 fi
+# uv reads its own settings, not pip's: pass on an index that pip is configured with.
+[ -n "${PIP_INDEX_URL:-}" ] && export UV_INDEX_URL="${UV_INDEX_URL:-$PIP_INDEX_URL}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 

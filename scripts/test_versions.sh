@@ -9,11 +9,15 @@
 #                                          # Python >= 3.12 (jax >= 0.11 needs it), from PATH or pyenv
 #   bash scripts/test_versions.sh lowest   # the minimum versions of pyproject.toml's core
 #                                          # dependencies (jax, numpy), on Python 3.11
+#   bash scripts/test_versions.sh keep     # a user's environment: the newest jax and flax
+#                                          # first, then `pip install .` of this clone must
+#                                          # change none of them, and the README's
+#                                          # loss-function example must run (Python >= 3.12)
 #
 # Extra arguments go to pytest. PYTHON=/path/to/python picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-job="${1:?usage: bash scripts/test_versions.sh newest|lowest [pytest args]}"
+job="${1:?usage: bash scripts/test_versions.sh newest|lowest|keep [pytest args]}"
 shift
 
 PURE_TESTS=(
@@ -77,8 +81,49 @@ for req in sys.argv[1:]:
 PY
     tests=("${PURE_TESTS[@]}")
     ;;
+  keep)
+    venv=.venv-keep
+    python="${PYTHON:-$(find_python 12)}"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    pip_install --upgrade pip
+    pip_install --upgrade jax jaxlib flax numpy
+    freeze() { "$venv/bin/python" -m pip list --format=freeze --disable-pip-version-check 2>/dev/null |
+      grep -iE '^(jax|jaxlib|flax|numpy|optax|orbax-checkpoint|ml-dtypes|scipy)=='; }
+    before="$(freeze)"
+    pip_install .  # not editable: the example below imports the installed package
+    after="$(freeze)"
+    echo "Before: $(echo $before)"
+    echo "After pip install .: $(echo $after)"
+    [ "$before" = "$after" ] || { echo "pip install . changed the environment above" >&2; exit 1; }
+    repo="$PWD"
+    (cd "${TMPDIR:-/tmp}" && "$repo/$venv/bin/python" - "$repo/README.md" <<'PY'
+import pathlib, re, sys
+import jax, jax.numpy as jnp, numpy as np
+block = re.findall(r"```python\n(.*?)```", pathlib.Path(sys.argv[1]).read_text(), re.S)[0]
+
+def eps_model(params, z_t, gamma_t):  # a stand-in network, as in tests/test_readme.py
+  return params["w"] * z_t + params["b"] * gamma_t[:, None, None, None]
+
+ns = {
+  "params": {"w": jnp.float32(0.5), "b": jnp.float32(0.01)},
+  "k": jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3))),
+  "key": jax.random.key(0),
+  "eps_model": eps_model,
+}
+exec(block, ns)
+import vdm_jax
+assert "site-packages" in vdm_jax.__file__, vdm_jax.__file__
+assert all(np.isfinite(float(g)) for g in ns["grads"].values())
+heavy = [m for m in ("flax", "optax", "orbax", "grain", "tensorflow_datasets") if m in sys.modules]
+print(f"README example ran with jax {jax.__version__} (vdm_jax from {vdm_jax.__file__});",
+      "training stack imported:", heavy or "none")
+PY
+)
+    exit 0
+    ;;
   *)
-    echo "Unknown job $job; choose newest or lowest." >&2
+    echo "Unknown job $job; choose newest, lowest or keep." >&2
     exit 2
     ;;
 esac
