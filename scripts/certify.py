@@ -31,8 +31,10 @@ def main(argv):
   quiet_logging()
   del argv
   import jax
-  import matplotlib
 
+  from vdm_jax import _deps
+
+  matplotlib = _deps.require("matplotlib", extra="plots", feature="scripts/certify.py")
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 

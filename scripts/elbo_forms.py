@@ -294,7 +294,7 @@ def checkpoint_target(config, workdir, *, step, split, num_examples):
 
   def nll_fn(x, z_0, gamma_0):
     k = jnp.round(0.5 * vocab * (x + 1.0) - 0.5).astype(jnp.int32)  # inverse of encode
-    return elbo.reconstruction_loss(k, z_0, gamma_0, vocab)
+    return elbo.reconstruction_loss(k, z_0, gamma_0, vocab_size=vocab)
 
   gamma = np.asarray(vdm.gamma(params, jnp.array([0.0, 1.0])))
   info = {

@@ -142,27 +142,32 @@ def main(argv):
     table += [(f"{t} bits/dim", f"{result[f'{t}_bpd']:.4f}") for t in result["terms"]]
     if is_vdm:
       base = os.path.splitext(output)[0]
-      _write_decomposition(
+      png = _write_decomposition(
         rows, base + "_by_t.csv", base + "_by_t.png", config.data.name, num_steps
       )
-      table.append(("diffusion by t", f"{base}_by_t.csv, {base}_by_t.png"))
+      table.append(("diffusion by t", f"{base}_by_t.csv, {png}"))
   table.append(("JSON", output))
   print(_table(table))
   print(f"  reproduce: {result['command']}")
 
 
-def _write_decomposition(rows, csv_path, png_path, name, num_steps):
+def _write_decomposition(rows, csv_path, png_path, name, num_steps) -> str:
+  """Writes the CSV, and the PNG if matplotlib is installed; returns what became of the PNG."""
   import csv
 
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from vdm_jax import _deps
 
   with open(csv_path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
+  if not _deps.available("matplotlib"):
+    return "no PNG (pip install 'vdm_jax[plots]')"
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(6, 3.5))
   centres = [0.5 * (r["gamma_lo"] + r["gamma_hi"]) for r in rows]
   widths = [r["gamma_hi"] - r["gamma_lo"] for r in rows]
@@ -173,6 +178,7 @@ def _write_decomposition(rows, csv_path, png_path, name, num_steps):
   fig.tight_layout()
   fig.savefig(png_path, dpi=120)
   plt.close(fig)
+  return png_path
 
 
 def run():

@@ -47,7 +47,7 @@ def test_reconstruction_matches_reference(rng, shape, vocab, g0):
   x = (2 * k + 1) / vocab - 1
   eps = rng.normal(size=shape)
   z0 = np.sqrt(_sig(-g0)) * x + np.sqrt(_sig(g0)) * eps
-  got = elbo.reconstruction_loss(jnp.asarray(k), jnp.asarray(z0, jnp.float32), g0, vocab)
+  got = elbo.reconstruction_loss(jnp.asarray(k), jnp.asarray(z0, jnp.float32), g0, vocab_size=vocab)
   assert got.shape == (shape[0],)
   np.testing.assert_allclose(got, _vdm_reference_recon(k, z0, g0, vocab), rtol=2e-4, atol=1e-3)
 
@@ -55,14 +55,14 @@ def test_reconstruction_matches_reference(rng, shape, vocab, g0):
 def test_decoder_probabilities_sum_to_one(rng):
   z0 = jnp.asarray(rng.normal(size=(2, 3, 3, 3)), jnp.float32)
   for vocab, g0 in [(256, -13.3), (17, 0.0), (2, 5.0)]:
-    logits = elbo.decoder_logits(z0, jnp.array([g0, g0 + 1]), vocab)
+    logits = elbo.decoder_logits(z0, jnp.array([g0, g0 + 1]), vocab_size=vocab)
     assert logits.shape == (2, 3, 3, 3, vocab)
     p = jax.nn.softmax(logits, axis=-1)
     np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-5)
     # The loss of each value k is -log p(k): summing exp(-loss) over all k is 1 too.
     per_k = jnp.stack(
       [
-        elbo.reconstruction_loss(jnp.full((1, 1), j), z0[:1, :1, 0, 0], g0, vocab)
+        elbo.reconstruction_loss(jnp.full((1, 1), j), z0[:1, :1, 0, 0], g0, vocab_size=vocab)
         for j in range(vocab)
       ]
     )
@@ -74,10 +74,10 @@ def test_clean_latent_decodes_with_near_zero_loss(rng, channels):
   k = jnp.asarray(rng.integers(0, 256, size=(2, 8, 8, channels)))
   x = elbo.encode(k, 256)
   alpha0, _ = schedules.alpha_sigma(-13.3)
-  loss = elbo.reconstruction_loss(k, alpha0 * x, -13.3, 256)
+  loss = elbo.reconstruction_loss(k, alpha0 * x, -13.3, vocab_size=256)
   assert np.all(np.asarray(loss) < 1e-4 * 64 * channels)
   # A latent shifted by one bin is confidently wrong: the loss is large, not near 0.
-  shifted = elbo.reconstruction_loss(k, alpha0 * (x + 2 / 256), -13.3, 256)
+  shifted = elbo.reconstruction_loss(k, alpha0 * (x + 2 / 256), -13.3, vocab_size=256)
   assert np.all(np.asarray(shifted) > 10 * 64 * channels)
 
 
@@ -111,7 +111,7 @@ def test_denoising_matching_kl_identities(rng):
   np.testing.assert_allclose(kl, 0.5 * (np.exp(-gs) - np.exp(-gt)) * sq, rtol=2e-3)
   # The epsilon form, divided by T.
   eps_hat = elbo.eps_from_x(z_t, x_hat, g_t)
-  disc = elbo.diffusion_loss_discrete(eps, eps_hat, g_s, g_t, num_steps)
+  disc = elbo.diffusion_loss_discrete(eps, eps_hat, g_s, g_t, num_steps=num_steps)
   np.testing.assert_allclose(disc / num_steps, kl, rtol=2e-3)
 
 
@@ -129,7 +129,7 @@ def test_diffusion_loss_continuous_reference_and_limit(rng):
   errs = []
   for num_steps in [10, 100, 1000, 10_000]:
     g_s = schedule(t - 1.0 / num_steps)
-    disc = elbo.diffusion_loss_discrete(eps, eps_hat, g_s, g, num_steps)
+    disc = elbo.diffusion_loss_discrete(eps, eps_hat, g_s, g, num_steps=num_steps)
     errs.append(float(jnp.max(jnp.abs(disc / got - 1))))
   assert errs[-1] < 2e-2, errs
   assert errs[0] > 3 * errs[1] > 9 * errs[2], errs
@@ -154,7 +154,7 @@ def test_vdm_published_formulas_float32():
     elbo.diffusion_loss_continuous(f32(eps), f32(eps_hat), dg), want_diff, rtol=1e-5
   )
   np.testing.assert_allclose(
-    elbo.reconstruction_loss(jnp.asarray(k), f32(z0), g0, 256),
+    elbo.reconstruction_loss(jnp.asarray(k), f32(z0), g0, vocab_size=256),
     _vdm_reference_recon(k, z0, g0, 256),
     rtol=1e-3,
     atol=1e-3,
@@ -199,6 +199,8 @@ def test_prediction_conversions_round_trip(rng):
   np.testing.assert_allclose(elbo.x_from_v(z, v, g), x, atol=1e-5)
   np.testing.assert_allclose(elbo.eps_from_v(z, v, g), eps, atol=1e-5)
   for p, pred in [("eps", eps), ("x", x), ("v", v)]:
-    np.testing.assert_allclose(elbo.prediction_to_eps(pred, z, g, p), eps, atol=2e-3)
+    np.testing.assert_allclose(
+      elbo.prediction_to_eps(pred, z, g, parameterization=p), eps, atol=2e-3
+    )
   with pytest.raises(ValueError, match="Unknown parameterization 'score'"):
-    elbo.prediction_to_eps(x, z, g, "score")
+    elbo.prediction_to_eps(x, z, g, parameterization="score")

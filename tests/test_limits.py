@@ -31,7 +31,7 @@ def _discrete_diffusion_by_library(schedule, num_steps, x):
   def per_step(gs, gt):
     z = gaussian.q_sample(xx, gt, eps)
     eps_hat = elbo.eps_from_x(z, DATA.x_hat(z, gt), gt)
-    return elbo.diffusion_loss_discrete(eps, eps_hat, gs, gt, num_steps) / num_steps
+    return elbo.diffusion_loss_discrete(eps, eps_hat, gs, gt, num_steps=num_steps) / num_steps
 
   per = jax.lax.map(lambda a: per_step(*a), (g_s, g_t), batch_size=256).sum(0)
   return np.asarray(per, np.float64).reshape(len(x), len(NODES)) @ WEIGHTS

@@ -213,18 +213,20 @@ def test_failed_async_save_is_reported_clearly(tmp_path):
 def test_checked_mode_of_the_pure_terms():
   k = jnp.array([[0, 17]])
   z = jnp.zeros((1, 2))
-  assert np.isnan(elbo.reconstruction_loss(k, z, -5.0, 17)).all()  # unchecked: fast, silent
+  assert np.isnan(
+    elbo.reconstruction_loss(k, z, -5.0, vocab_size=17)
+  ).all()  # unchecked: fast, silent
   with pytest.raises(Exception, match=r"must hold integers in \[0, 16\].*\[0, 17\]"):
-    elbo.reconstruction_loss(k, z, -5.0, 17, validate=True)
+    elbo.reconstruction_loss(k, z, -5.0, vocab_size=17, validate=True)
   checked = checkify.checkify(
-    jax.jit(lambda k: elbo.reconstruction_loss(k, z, -5.0, 17, validate=True))
+    jax.jit(lambda k: elbo.reconstruction_loss(k, z, -5.0, vocab_size=17, validate=True))
   )
   assert "got values in [-1, -1]" in checked(k * 0 - 1)[0].get()
   assert checked(k * 0)[0].get() is None
   e = jnp.zeros((2, 3))
   with pytest.raises(Exception, match="gamma_s must be below gamma_t"):
     elbo.diffusion_loss_discrete(
-      e, e + 1, jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), 10, validate=True
+      e, e + 1, jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), num_steps=10, validate=True
     )
 
 

@@ -42,7 +42,7 @@ INTEGRAL = (math.exp(4.0) - 1.0) / 4.0 + 0.6 * (math.sqrt(1.001) - math.sqrt(1e-
 @pytest.mark.parametrize("antithetic", [False, True])
 def test_importance_sampling_is_unbiased_and_lowers_variance(antithetic):
   num_bins, batch, reps = 16, 64, 400
-  centres = (jnp.arange(num_bins) + 0.5) / num_bins
+  centres = (jnp.arange(num_bins, dtype=jnp.float32) + 0.5) / num_bins
   probs = _loss_of_t(centres) / _loss_of_t(centres).sum()  # roughly sqrt(E[L^2]) per bin
 
   def batch_mean(key, importance):
@@ -82,7 +82,7 @@ def test_importance_proposal_and_weights():
     w, 1.0 / (4 * np.asarray(probs)[np.round(np.asarray(t) * 4).astype(int) - 1]), rtol=1e-6
   )
   # Every grid time i/T falls in its own bin i - 1, also where float32 i/T * T > i.
-  grid = (jnp.arange(1000) + 1.0) / 1000
+  grid = (jnp.arange(1000, dtype=jnp.float32) + 1.0) / 1000
   np.testing.assert_array_equal(elbo.time_bin(grid, 1000, discrete=True), np.arange(1000))
   m = elbo.update_time_moments(elbo.init_time_moments(1000), grid, grid, num_steps=1000)
   np.testing.assert_allclose(m["second_moment"], np.asarray(grid) ** 2, rtol=1e-6)

@@ -33,12 +33,16 @@ CASES = {
   "gaussian_kl": (gaussian.gaussian_kl, (X, 0.5, EPS, 2.0), 0),
   "gaussian_log_prob": (gaussian.gaussian_log_prob, (X, EPS, 0.3), 0),
   "encode": (lambda k: elbo.encode(k, 17), (K,), None),
-  "decoder_logits": (lambda z, g: elbo.decoder_logits(z, g, 17), (X, G_S), 1),
-  "reconstruction_loss": (lambda z, g: elbo.reconstruction_loss(K, z, g, 17), (X, G_S), 1),
+  "decoder_logits": (lambda z, g: elbo.decoder_logits(z, g, vocab_size=17), (X, G_S), 1),
+  "reconstruction_loss": (
+    lambda z, g: elbo.reconstruction_loss(K, z, g, vocab_size=17),
+    (X, G_S),
+    1,
+  ),
   "prior_loss": (elbo.prior_loss, (X, G_T), 1),
   "diffusion_loss_continuous": (elbo.diffusion_loss_continuous, (EPS, EPS_HAT, G_T), 1),
   "diffusion_loss_discrete": (
-    lambda *a: elbo.diffusion_loss_discrete(*a, 100),
+    lambda *a: elbo.diffusion_loss_discrete(*a, num_steps=100),
     (EPS, EPS_HAT, G_S, G_T),
     3,
   ),
@@ -99,12 +103,12 @@ def test_stable_over_gamma_range_values_and_gradients():
     z = gaussian.q_sample(x, g, eps)
     eps_hat = eps * 0.9
     out = [
-      elbo.reconstruction_loss(k, z, g, 17),
-      elbo.reconstruction_loss(k, z, g, 256),
+      elbo.reconstruction_loss(k, z, g, vocab_size=17),
+      elbo.reconstruction_loss(k, z, g, vocab_size=256),
       elbo.prior_loss(x, g),
       elbo.diffusion_loss_continuous(eps, eps_hat, jnp.ones_like(g)),
-      elbo.diffusion_loss_discrete(eps, eps_hat, g_s, g, 1),
-      elbo.diffusion_loss_discrete(eps, eps_hat, g - 1e-4, g, 100_000),
+      elbo.diffusion_loss_discrete(eps, eps_hat, g_s, g, num_steps=1),
+      elbo.diffusion_loss_discrete(eps, eps_hat, g - 1e-4, g, num_steps=100_000),
       elbo.denoising_matching_kl(x, elbo.x_from_eps(z, eps_hat, g), z, g_s, g),
       elbo.x_from_eps(z, eps_hat, g).sum((1, 2, 3)),
       elbo.eps_from_x(z, x, g).sum((1, 2, 3)),
@@ -140,12 +144,14 @@ def test_full_loss_at_t_endpoints(schedule, num_steps):
     z = gaussian.q_sample(x, g, eps)
     eps_hat = 0.5 * z
     if num_steps:
-      diff = elbo.diffusion_loss_discrete(eps, eps_hat, schedule(t - 1.0 / num_steps), g, num_steps)
+      diff = elbo.diffusion_loss_discrete(
+        eps, eps_hat, schedule(t - 1.0 / num_steps), g, num_steps=num_steps
+      )
     else:
       diff = elbo.diffusion_loss_continuous(eps, eps_hat, dg)
     g0, g1 = schedule(jnp.zeros(())), schedule(jnp.ones(()))
     z0 = gaussian.q_sample(x, g0, eps)
-    return elbo.reconstruction_loss(k, z0, g0, 17) + elbo.prior_loss(x, g1) + diff
+    return elbo.reconstruction_loss(k, z0, g0, vocab_size=17) + elbo.prior_loss(x, g1) + diff
 
   assert _finite(loss(t))
   assert _finite(jax.grad(lambda t: loss(t).sum())(t))
@@ -161,13 +167,16 @@ def test_discrete_alphas_extremes():
 @pytest.mark.parametrize(
   "call,match",
   [
-    (lambda: elbo.reconstruction_loss(K.astype(jnp.float32), X, 0.0, 17), "`k` must be an integer"),
     (
-      lambda: elbo.reconstruction_loss(K, X[:, :2], 0.0, 17),
+      lambda: elbo.reconstruction_loss(K.astype(jnp.float32), X, 0.0, vocab_size=17),
+      "`k` must be an integer",
+    ),
+    (
+      lambda: elbo.reconstruction_loss(K, X[:, :2], 0.0, vocab_size=17),
       "`k` and `z_0` must have the same shape",
     ),
-    (lambda: elbo.reconstruction_loss(K, X, jnp.zeros(4), 17), r"`gamma_0`.*\(3,\)"),
-    (lambda: elbo.decoder_logits(X, 0.0, 256.0), "vocab_size"),
+    (lambda: elbo.reconstruction_loss(K, X, jnp.zeros(4), vocab_size=17), r"`gamma_0`.*\(3,\)"),
+    (lambda: elbo.decoder_logits(X, 0.0, vocab_size=256.0), "vocab_size"),
     (lambda: elbo.prior_loss(jnp.float32(1.0), 0.0), "`x` must have a leading batch axis"),
     (lambda: elbo.prior_loss(X, jnp.zeros((3, 1))), "`gamma_1` must be a scalar or one value"),
     (lambda: elbo.diffusion_loss_continuous(EPS, EPS_HAT[:2], 1.0), "`eps` and `eps_hat`"),
@@ -175,8 +184,8 @@ def test_discrete_alphas_extremes():
       lambda: elbo.diffusion_loss_continuous(EPS, EPS_HAT.astype(jnp.int32), 1.0),
       "`eps_hat` must be a floating",
     ),
-    (lambda: elbo.diffusion_loss_discrete(EPS, EPS_HAT, G_S, G_T, 0), "num_steps"),
-    (lambda: elbo.diffusion_loss_discrete(EPS, EPS_HAT, G_S, G_T, 10.0), "num_steps"),
+    (lambda: elbo.diffusion_loss_discrete(EPS, EPS_HAT, G_S, G_T, num_steps=0), "num_steps"),
+    (lambda: elbo.diffusion_loss_discrete(EPS, EPS_HAT, G_S, G_T, num_steps=10.0), "num_steps"),
     (
       lambda: elbo.denoising_matching_kl(X, X[:2], EPS, G_S, G_T),
       "`z_t` and `x` must have the same shape",

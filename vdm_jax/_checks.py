@@ -7,16 +7,18 @@ names the argument, what it is, and what was expected.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
+from jax.typing import ArrayLike
 
 
-def _describe(x) -> str:
-  x = jnp.asarray(x) if not hasattr(x, "shape") else x
-  return f"shape {tuple(x.shape)} and dtype {x.dtype}"
+def _describe(x: ArrayLike) -> str:
+  arr = jnp.asarray(x)  # only on the error path
+  return f"shape {tuple(arr.shape)} and dtype {arr.dtype}"
 
 
-def as_float(name: str, x):
+def as_float(name: str, x: ArrayLike) -> jax.Array:
   """Returns `x` as a floating array; integers and bools are refused."""
   if isinstance(x, (int, float)) and not isinstance(x, bool):
     return jnp.asarray(x, dtype=jnp.float32)
@@ -26,7 +28,7 @@ def as_float(name: str, x):
   return x
 
 
-def as_int(name: str, x):
+def as_int(name: str, x: ArrayLike) -> jax.Array:
   """Returns `x` as an integer array; floats are refused (no silent rounding)."""
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.integer):
@@ -36,7 +38,7 @@ def as_int(name: str, x):
   return x
 
 
-def check_batched(name: str, x, min_ndim: int = 1):
+def check_batched(name: str, x: jax.Array, min_ndim: int = 1) -> None:
   if x.ndim < min_ndim:
     raise ValueError(
       f"`{name}` must have a leading batch axis and at least {min_ndim} dimension(s), "
@@ -44,7 +46,7 @@ def check_batched(name: str, x, min_ndim: int = 1):
     )
 
 
-def check_same_shape(name_a: str, a, name_b: str, b):
+def check_same_shape(name_a: str, a: jax.Array, name_b: str, b: jax.Array) -> None:
   if tuple(a.shape) != tuple(b.shape):
     raise ValueError(
       f"`{name_a}` and `{name_b}` must have the same shape, got {tuple(a.shape)} and "
@@ -52,7 +54,7 @@ def check_same_shape(name_a: str, a, name_b: str, b):
     )
 
 
-def per_example(name: str, v, like, *, batch_name: str = "x"):
+def per_example(name: str, v: ArrayLike, like: jax.Array, *, batch_name: str = "x") -> jax.Array:
   """Checks a per-example quantity and expands it over `like`'s trailing axes.
 
   Args:
@@ -76,18 +78,18 @@ def per_example(name: str, v, like, *, batch_name: str = "x"):
   return v.reshape(v.shape + (1,) * (like.ndim - 1))
 
 
-def sum_except_batch(x):
+def sum_except_batch(x: jax.Array) -> jax.Array:
   """Sums over every axis but the first: `[B, ...] -> [B]`."""
   return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
-def check_vocab_size(vocab_size) -> int:
+def check_vocab_size(vocab_size: object) -> int:
   if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
     raise ValueError(f"`vocab_size` must be a Python int >= 2, got {vocab_size!r}.")
   return vocab_size
 
 
-def check_num_steps(num_steps, *, allow_zero: bool) -> int:
+def check_num_steps(num_steps: object, *, allow_zero: bool) -> int:
   low = 0 if allow_zero else 1
   if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < low:
     what = "0 (continuous time) or a positive int" if allow_zero else "a positive int"

@@ -23,6 +23,8 @@ import numpy as np
 
 from vdm_jax import elbo, gaussian, schedules, testing
 
+__all__ = ["certify"]
+
 
 def _terms(key, data, schedule, x, num_samples: int, num_steps: int):
   """Per-example (recon, prior, diffusion) in nats, each `[N]`, averaged over samples."""
@@ -61,7 +63,10 @@ def _terms(key, data, schedule, x, num_samples: int, num_steps: int):
       def one(k):
         eps = jax.random.normal(k, x.shape)
         z = gaussian.q_sample(x, g_t, eps)
-        return elbo.diffusion_loss_discrete(eps, eps_hat(z, g_t), g_s, g_t, num_steps) / num_steps
+        return (
+          elbo.diffusion_loss_discrete(eps, eps_hat(z, g_t), g_s, g_t, num_steps=num_steps)
+          / num_steps
+        )
 
       keys = jax.random.split(jax.random.fold_in(key_d, i), num_samples)
       return jax.lax.map(one, keys).mean(0)

@@ -9,6 +9,16 @@ from __future__ import annotations
 
 import ml_collections
 
+__all__ = [
+  "DENOISERS",
+  "MODELS",
+  "PREDICTIONS",
+  "SCHEDULES",
+  "base_config",
+  "sibling_config",
+  "validate",
+]
+
 SCHEDULES = ("linear", "learned_linear", "monotone", "cosine", "ddpm")
 MODELS = ("vdm", "vae")
 DENOISERS = ("unet", "mlp")

@@ -32,6 +32,21 @@ from jax.sharding import PartitionSpec as P
 from vdm_jax import data, elbo
 from vdm_jax.vdm import VDM
 
+__all__ = [
+  "diffusion_by_time",
+  "eval_step",
+  "evaluate",
+  "evaluate_ode",
+  "jit_eval_step",
+  "outputs",
+  "per_example_terms",
+  "public",
+  "scalar_summary",
+  "split_times",
+  "summarize",
+  "time_sampling_variance",
+]
+
 
 def outputs(model) -> tuple[str, ...]:
   """What `eval_step` returns per example: the model's terms, "total" and (VDM) "t"."""

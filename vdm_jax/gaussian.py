@@ -9,22 +9,26 @@ Example:
   >>> import jax, jax.numpy as jnp
   >>> from vdm_jax import gaussian
   >>> x = jnp.zeros((4, 8, 8, 1)); eps = jax.random.normal(jax.random.key(0), x.shape)
-  >>> z_t = gaussian.q_sample(x, jnp.full((4,), 0.5), eps)
+  >>> z_t = gaussian.q_sample(x, jnp.full((4,), 0.5), eps)  # gamma_t per example: [B]
   >>> mean, var = gaussian.q_posterior(z_t, x, jnp.full((4,), 0.4), jnp.full((4,), 0.5))
+  >>> z_t.shape, mean.shape, var.shape
+  ((4, 8, 8, 1), (4, 8, 8, 1), (4, 8, 8, 1))
 """
 
 from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from vdm_jax import _checks, schedules
 
 __all__ = ["gaussian_kl", "gaussian_log_prob", "q_posterior", "q_sample"]
 
 
-def q_sample(x, gamma_t, eps):
+def q_sample(x: ArrayLike, gamma_t: ArrayLike, eps: ArrayLike) -> jax.Array:
   r"""Reparameterised sample of q(z_t | x) = N(alpha_t x, sigma_t^2 I).
 
   $z_t = \alpha_t x + \sigma_t \epsilon$ (the seed's
@@ -46,7 +50,9 @@ def q_sample(x, gamma_t, eps):
   return alpha * x + sigma * eps
 
 
-def q_posterior(z_t, x, gamma_s, gamma_t):
+def q_posterior(
+  z_t: ArrayLike, x: ArrayLike, gamma_s: ArrayLike, gamma_t: ArrayLike
+) -> tuple[jax.Array, jax.Array]:
   r"""Mean and variance of q(z_s | z_t, x) for s < t (the seed's Step 4).
 
   The seed writes, with $\bar\alpha$ cumulative and $\alpha_t$ per step,
@@ -83,7 +89,9 @@ def q_posterior(z_t, x, gamma_s, gamma_t):
   return mean, jnp.broadcast_to(variance, z_t.shape)
 
 
-def gaussian_kl(mean_q, var_q, mean_p, var_p):
+def gaussian_kl(
+  mean_q: ArrayLike, var_q: ArrayLike, mean_p: ArrayLike, var_p: ArrayLike
+) -> jax.Array:
   r"""Elementwise KL(N(mean_q, var_q) || N(mean_p, var_p)) in nats.
 
   $\frac12\left[\frac{(\mu_q - \mu_p)^2}{\sigma_p^2} + r - 1 - \log r\right]$ with
@@ -95,6 +103,11 @@ def gaussian_kl(mean_q, var_q, mean_p, var_p):
 
   Returns:
     The elementwise KL, with the broadcast shape of the inputs.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> gaussian_kl(jnp.array([0.0, 1.0]), 1.0, 0.0, 1.0).tolist()
+    [0.0, 0.5]
   """
   mean_q = _checks.as_float("mean_q", mean_q)
   var_q = _checks.as_float("var_q", var_q)
@@ -104,8 +117,13 @@ def gaussian_kl(mean_q, var_q, mean_p, var_p):
   return 0.5 * (jnp.square(mean_q - mean_p) / var_p + jnp.expm1(log_ratio) - log_ratio)
 
 
-def gaussian_log_prob(x, mean, var):
-  """Elementwise log N(x; mean, var) in nats; broadcastable inputs, var > 0."""
+def gaussian_log_prob(x: ArrayLike, mean: ArrayLike, var: ArrayLike) -> jax.Array:
+  """Elementwise log N(x; mean, var) in nats; broadcastable inputs, var > 0.
+
+  Example:
+    >>> float(gaussian_log_prob(0.0, 0.0, 1.0))  # -log(2 pi) / 2
+    -0.9189
+  """
   x = _checks.as_float("x", x)
   mean = _checks.as_float("mean", mean)
   var = _checks.as_float("var", var)

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import math
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
-from vdm_jax import _checks, elbo, schedules
+from vdm_jax import _checks, _deps, elbo, schedules
+
+diffrax = _deps.require("diffrax", extra="ode", feature="The probability-flow ODE (vdm_jax.ode)")
+
+__all__ = ["dequantized_bpd", "drift", "log_prob_z0", "nll_continuous"]
 
 
 def drift(vdm, params, t, z):

@@ -18,6 +18,8 @@ import numpy as np
 
 from vdm_jax import _checks, elbo, gaussian, schedules
 
+__all__ = ["METHODS", "image_grid", "sample", "save_png"]
+
 METHODS = ("ancestral", "ddim")
 
 
@@ -73,7 +75,7 @@ def sample(
 
   z_0 = jax.lax.fori_loop(0, num_steps, body, z)
   gamma_0 = vdm.gamma(params, jnp.zeros(()))
-  logits = elbo.decoder_logits(z_0, gamma_0, vdm.vocab_size)
+  logits = elbo.decoder_logits(z_0, gamma_0, vocab_size=vdm.vocab_size)
   if decode == "mode":
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return jax.random.categorical(key_dec, logits).astype(jnp.int32)

@@ -15,9 +15,13 @@ and can be closed over by jitted code or passed as static arguments.
 Example:
   >>> import jax.numpy as jnp
   >>> from vdm_jax import schedules
-  >>> schedule = schedules.LinearSchedule(-13.3, 5.0)
-  >>> gamma, dgamma_dt = schedules.gamma_and_derivative(schedule, jnp.array([0.5]))
+  >>> schedule = schedules.LinearSchedule(gamma_min=-13.3, gamma_max=5.0)
+  >>> gamma, dgamma_dt = schedules.gamma_and_derivative(schedule, jnp.array([0.0, 0.5, 1.0]))
+  >>> gamma.tolist(), dgamma_dt.tolist()
+  ([-13.3, -4.15, 5.0], [18.3, 18.3, 18.3])
   >>> alpha, sigma = schedules.alpha_sigma(gamma)
+  >>> (alpha**2 + sigma**2).tolist()
+  [1.0, 1.0, 1.0]
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from vdm_jax import _checks
 
 Schedule = Callable[[jax.Array], jax.Array]
+"""A noise schedule: times t (any shape) -> gamma(t) = -log SNR(t), same shape."""
 
 __all__ = [
   "CosineSchedule",
@@ -47,7 +53,7 @@ __all__ = [
 ]
 
 
-def _check_range(gamma_min: float, gamma_max: float):
+def _check_range(gamma_min: float, gamma_max: float) -> None:
   if not (math.isfinite(gamma_min) and math.isfinite(gamma_max) and gamma_min < gamma_max):
     raise ValueError(
       f"Need finite gamma_min < gamma_max, got gamma_min={gamma_min}, gamma_max={gamma_max}."
@@ -66,10 +72,10 @@ class LinearSchedule:
   gamma_min: float = -13.3
   gamma_max: float = 5.0
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     _check_range(self.gamma_min, self.gamma_max)
 
-  def __call__(self, t):
+  def __call__(self, t: ArrayLike) -> jax.Array:
     """Args: t: array of any shape, values in [0, 1]. Returns: gamma(t), same shape."""
     t = _checks.as_float("t", t)
     return self.gamma_min + (self.gamma_max - self.gamma_min) * t
@@ -101,7 +107,7 @@ class CosineSchedule:
   gamma_max: float = 5.0
   s: float = 0.008
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     _check_range(self.gamma_min, self.gamma_max)
     if not 0.0 <= self.s < 1.0:
       raise ValueError(f"CosineSchedule offset s must be in [0, 1), got s={self.s}.")
@@ -114,7 +120,7 @@ class CosineSchedule:
     phi = math.acos(math.sqrt(abar) * math.cos(phi0))
     return phi / c - self.s
 
-  def __call__(self, t):
+  def __call__(self, t: ArrayLike) -> jax.Array:
     """Args: t: array of any shape, values in [0, 1]. Returns: gamma(t), same shape."""
     t = _checks.as_float("t", t)
     c = math.pi / (2.0 * (1.0 + self.s))
@@ -157,7 +163,7 @@ class DDPMLinearSchedule:
   beta_end: float = 0.02
   num_steps: int = 1000
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     if not isinstance(self.num_steps, int) or self.num_steps < 2:
       raise ValueError(f"DDPMLinearSchedule needs num_steps >= 2, got {self.num_steps!r}.")
     if not 0.0 < self.beta_start <= self.beta_end < 1.0:
@@ -176,7 +182,7 @@ class DDPMLinearSchedule:
     g = np.log(-np.expm1(log_abar)) - log_abar
     return np.concatenate([[2.0 * g[0] - g[1]], g])
 
-  def __call__(self, t):
+  def __call__(self, t: ArrayLike) -> jax.Array:
     """Args: t: array of any shape, values in [0, 1]. Returns: gamma(t), same shape."""
     t = _checks.as_float("t", t)
     grid = jnp.asarray(self.grid_gammas(), dtype=t.dtype)
@@ -188,7 +194,7 @@ class DDPMLinearSchedule:
     return g0 + (u - i) * (g1 - g0)
 
 
-def gamma_and_derivative(schedule: Schedule, t):
+def gamma_and_derivative(schedule: Schedule, t: ArrayLike) -> tuple[jax.Array, jax.Array]:
   """gamma(t) and d gamma / dt, elementwise, through one forward-mode pass.
 
   Args:
@@ -197,18 +203,37 @@ def gamma_and_derivative(schedule: Schedule, t):
 
   Returns:
     (gamma, dgamma_dt), each with the shape of `t`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> gamma, dgamma_dt = gamma_and_derivative(CosineSchedule(), jnp.array([0.0, 1.0]))
+    >>> gamma.tolist()
+    [-13.3, 5.0]
   """
   t = _checks.as_float("t", t)
   return jax.jvp(schedule, (t,), (jnp.ones_like(t),))
 
 
-def log_alpha2_sigma2(gamma):
-  """(log alpha^2, log sigma^2) = (log_sigmoid(-gamma), log_sigmoid(gamma)); stable for any gamma."""
+def log_alpha2_sigma2(gamma: ArrayLike) -> tuple[jax.Array, jax.Array]:
+  """(log alpha^2, log sigma^2) = (log_sigmoid(-gamma), log_sigmoid(gamma)); stable for any gamma.
+
+  Args:
+    gamma: -log SNR, any shape.
+
+  Returns:
+    (log alpha^2, log sigma^2), each with the shape of `gamma`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> log_a2, log_s2 = log_alpha2_sigma2(jnp.array([0.0, 100.0]))
+    >>> log_a2.tolist(), log_s2.tolist()
+    ([-0.6931, -100.0], [-0.6931, 0.0])
+  """
   gamma = _checks.as_float("gamma", gamma)
   return jax.nn.log_sigmoid(-gamma), jax.nn.log_sigmoid(gamma)
 
 
-def alpha_sigma(gamma):
+def alpha_sigma(gamma: ArrayLike) -> tuple[jax.Array, jax.Array]:
   r"""alpha = sqrt(sigmoid(-gamma)), sigma = sqrt(sigmoid(gamma)).
 
   `alpha` is VDM's alpha_t, i.e. the seed's $\sqrt{\bar\alpha_t}$; alpha^2 + sigma^2 = 1.
@@ -220,17 +245,30 @@ def alpha_sigma(gamma):
 
   Returns:
     (alpha, sigma), each with the shape of `gamma`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> alpha, sigma = alpha_sigma(jnp.array([0.0]))
+    >>> alpha.tolist(), sigma.tolist()
+    ([0.7071], [0.7071])
   """
   log_a2, log_s2 = log_alpha2_sigma2(gamma)
   return jnp.exp(0.5 * log_a2), jnp.exp(0.5 * log_s2)
 
 
-def snr(gamma):
-  """Signal-to-noise ratio alpha^2 / sigma^2 = exp(-gamma), any shape."""
+def snr(gamma: ArrayLike) -> jax.Array:
+  """Signal-to-noise ratio alpha^2 / sigma^2 = exp(-gamma), with the shape of `gamma`.
+
+  Example:
+    >>> import math
+    >>> import jax.numpy as jnp
+    >>> snr(jnp.array([0.0, math.log(4.0)])).tolist()
+    [1.0, 0.25]
+  """
   return jnp.exp(-_checks.as_float("gamma", gamma))
 
 
-def discrete_alphas(schedule: Schedule, num_steps: int):
+def discrete_alphas(schedule: Schedule, num_steps: int) -> tuple[jax.Array, jax.Array]:
   r"""The seed's per-step $\alpha_i$ and cumulative $\bar\alpha_i$ for i = 1..T.
 
   With t_i = i/T:  $\bar\alpha_i = \alpha^2_{t_i} = \mathrm{sigmoid}(-\gamma(t_i))$ and
@@ -246,6 +284,11 @@ def discrete_alphas(schedule: Schedule, num_steps: int):
 
   Returns:
     (alpha, alpha_bar), float32 arrays of shape [T].
+
+  Example:
+    >>> alpha, alpha_bar = discrete_alphas(LinearSchedule(), 4)
+    >>> alpha.shape, alpha_bar.tolist()
+    ((4,), [0.9998, 0.9845, 0.3953, 0.0067])
   """
   num_steps = _checks.check_num_steps(num_steps, allow_zero=False)
   t = jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps

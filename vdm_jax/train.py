@@ -43,6 +43,36 @@ from vdm_jax import config as config_lib
 from vdm_jax import workdir as workdir_lib
 from vdm_jax.vdm import VDM, make_model
 
+__all__ = [
+  "CheckpointError",
+  "CheckpointSaveError",
+  "NonFiniteLossError",
+  "TrainState",
+  "TrainingInterrupted",
+  "USER_ERRORS",
+  "abstract_state",
+  "check_batch_size",
+  "check_workdir",
+  "checksums",
+  "create_train_state",
+  "jit_train_step",
+  "learning_rate_schedule",
+  "load_ema_params",
+  "make_checkpoint_manager",
+  "make_mesh",
+  "make_optimizer",
+  "num_time_bins",
+  "restore_checkpoint",
+  "restore_latest_intact",
+  "save_checkpoint",
+  "state_shardings",
+  "to_global",
+  "train_and_evaluate",
+  "train_step",
+  "weight_decay_mask",
+  "write_samples",
+]
+
 # ---------------------------------------------------------------------------
 # 1. Train state and optimiser.
 # ---------------------------------------------------------------------------
@@ -514,23 +544,33 @@ class _Writer:
     self.active = jax.process_index() == 0
     self._tb = None
     if self.active:
-      from tensorboardX import SummaryWriter
-
       self._jsonl = os.path.join(workdir, "metrics.jsonl")
       dropped = workdir_lib.drop_replayed_rows(self._jsonl, start_step)
       if dropped:
         print(f"metrics.jsonl: dropped {dropped} row(s) after step {start_step} (replayed).")
-      self._tb = SummaryWriter(
-        os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None
-      )
+      from vdm_jax import _deps
+
+      if _deps.available("tensorboardX"):  # the optional `tensorboard` extra
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(
+          os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None
+        )
+      else:
+        logging.warning(
+          "tensorboardX is not installed: metrics go to metrics.jsonl and stdout only "
+          "(pip install 'vdm_jax[tensorboard]' for TensorBoard event files)."
+        )
 
   def scalars(self, step: int, values: dict, kind: str) -> None:
     if not self.active:
       return
     values = {k: float(v) for k, v in values.items()}
     for k, v in values.items():
-      self._tb.add_scalar(f"{kind}/{k}", v, step)
-    self._tb.flush()
+      if self._tb is not None:
+        self._tb.add_scalar(f"{kind}/{k}", v, step)
+    if self._tb is not None:
+      self._tb.flush()
     with open(self._jsonl, "a") as f:
       f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
     text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
@@ -538,7 +578,7 @@ class _Writer:
     print(f"[{kind}] step {step}: {text}", flush=True)
 
   def image(self, step: int, name: str, grid: np.ndarray) -> None:
-    if self.active:
+    if self._tb is not None:
       self._tb.add_image(name, grid, step, dataformats="HWC")
       self._tb.flush()
 

@@ -5,10 +5,20 @@ Trained by the same trainer and evaluated by the same evaluation command: like `
 `{"encoder": ..., "decoder": ...}`, and `loss_terms` returns per-example nats, with the
 terms "recon" and "kl" of `elbo.vae_elbo` instead of the VDM's three.
 
-Example:
+Example (the digits VAE of configs/vae_digits.py, smaller; no data files are read):
+  >>> import jax, jax.numpy as jnp
+  >>> from vdm_jax import data
+  >>> from vdm_jax.config import base_config
+  >>> config = base_config()
+  >>> config.model.kind, config.model.vae_latent_dim, config.model.vae_hidden = "vae", 4, 32
   >>> vae = make_vae(config, data.dataset_info(config.data))
   >>> params = vae.init(jax.random.key(0))
-  >>> terms = vae.loss_terms(params, k, jax.random.key(1))   # recon, kl, total, bpd: [B]
+  >>> k = jnp.zeros((3, *vae.data_shape), jnp.int32)            # integer images [B, 8, 8, 1]
+  >>> terms = vae.loss_terms(params, k, jax.random.key(1))
+  >>> sorted(terms), terms["total"].shape                       # nats (bpd: bits/dim), [B]
+  (['bpd', 'kl', 'recon', 'total'], (3,))
+  >>> vae.sample(params, jax.random.key(2), 5).shape
+  (5, 8, 8, 1)
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ import jax.numpy as jnp
 
 from vdm_jax import elbo
 from vdm_jax.models.vae import VAEDecoder, VAEEncoder
+
+__all__ = ["TERMS", "GaussianVAE", "make_vae"]
 
 TERMS = ("recon", "kl")
 

@@ -21,6 +21,18 @@ import json
 import os
 import socket
 
+__all__ = [
+  "RESUME_SAFE",
+  "RunLock",
+  "WorkdirLockedError",
+  "changed_fields",
+  "check_resume_config",
+  "config_as_dict",
+  "drop_replayed_rows",
+  "record_config",
+  "write_json_atomic",
+]
+
 RESUME_SAFE = frozenset(
   {
     "train.num_steps",

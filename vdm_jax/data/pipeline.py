@@ -18,8 +18,16 @@ R = G / P. So the sequence of global batches, and the trained parameters, are th
 function of the step alone: a run resumes by building the iterator at `start_step`, on any
 number of processes (no per-process iterator state is saved):
 
-  >>> it = make_train_iterator(config.data, global_batch_size=128, seed=0, start_step=500)
-  >>> batch = next(it)  # this process's rows of global batch 500
+  >>> import numpy as np
+  >>> from vdm_jax.data import make_train_iterator
+  >>> data_config = type("DataConfig", (), {"name": "toy2d", "data_dir": "", "num_workers": 0})
+  >>> it = make_train_iterator(data_config, global_batch_size=128, seed=0)
+  >>> first, second = next(it)["image"], next(it)["image"]
+  >>> first.shape, first.dtype     # int32 [B, *shape]
+  ((128, 2), dtype('int32'))
+  >>> resumed = make_train_iterator(data_config, global_batch_size=128, seed=0, start_step=1)
+  >>> bool(np.array_equal(next(resumed)["image"], second))   # the position is the step
+  True
 
 Evaluation (`eval_batches`): one pass in the stored order, each process a contiguous slice;
 every batch has `global_batch_size // jax.process_count()` rows and a float32 `"mask"`
@@ -302,12 +310,30 @@ def _to_iter_dataset(ds: grain.MapDataset, rows: int, *, drop_remainder: bool, n
   ds = ds.batch(rows, drop_remainder=drop_remainder)
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=8))
   if num_workers:
-    # grain 0.2.18 reads an absl flag in mp_prefetch and fails outside an absl app
-    # (google/grain#1355, fixed after 0.2.18): outside one, flags keep their defaults.
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
+    _make_grain_flags_readable()
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter_ds
+
+
+# grain flags that grain (0.2.18, the newest at the time of writing) reads with
+# `FlagHolder.value` when worker processes start: outside an absl app, whose flags are
+# never parsed, that raises UnparsedFlagAccessError (google/grain#1355).
+_GRAIN_FLAGS_READ_UNPARSED = ("grain_enable_multiprocess_worker_profiling",)
+
+
+def _make_grain_flags_readable() -> None:
+  """Lets grain read its own flags at their defaults when no absl app parsed the flags.
+
+  absl lets a flag be read before parsing when the flag is marked present, which is how
+  grain itself sets its flags in its worker processes. Only grain's flags are marked,
+  and only while the command line is unparsed: the program's other flags, and whether
+  they count as parsed, are left alone (a later `app.run` still parses every flag).
+  """
+  if flags.FLAGS.is_parsed():
+    return
+  for name in _GRAIN_FLAGS_READ_UNPARSED:
+    if name in flags.FLAGS and not flags.FLAGS[name].present:
+      flags.FLAGS[name].present = 1
 
 
 class _ProcessRows:

@@ -7,6 +7,8 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+__all__ = ["GammaEmbedding", "fourier_exponents", "fourier_features", "timestep_embedding"]
+
 
 def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
   """Sinusoidal embedding of a scalar per example: `[B] -> [B, dim]`.

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 
 from vdm_jax.models.embed import GammaEmbedding, fourier_exponents, fourier_features
 
+__all__ = ["MLPDenoiser"]
+
 
 class MLPDenoiser(nn.Module):
   """Predicts eps (or x, v) from z_t `[B, D]` and gamma_t `[B]`; output `[B, D]`.

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = ["FixedSchedule", "LearnedLinearSchedule", "MonotoneSchedule"]
+
 
 class FixedSchedule(nn.Module):
   """A parameter-free schedule from `vdm_jax.schedules` (linear, cosine, DDPM)."""

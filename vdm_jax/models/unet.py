@@ -16,6 +16,8 @@ import jax.numpy as jnp
 
 from vdm_jax.models.embed import GammaEmbedding, fourier_exponents, fourier_features
 
+__all__ = ["AttentionBlock", "ResnetBlock", "UNet"]
+
 
 class ResnetBlock(nn.Module):
   channels: int

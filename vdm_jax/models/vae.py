@@ -7,6 +7,8 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+__all__ = ["VAEDecoder", "VAEEncoder"]
+
 
 class VAEEncoder(nn.Module):
   """q_phi(z | x) = N(mean, diag exp(log_var)) from data x `[B, ...]` in (-1, 1).
