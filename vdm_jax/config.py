@@ -119,7 +119,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad field of `config`."""
   from vdm_jax import data  # local: the data layer imports tfds
 
-  _choice("data.name", config.data.name, data.DATASETS)
+  data.lookup(config.data)  # a registered dataset, or one imported into data.data_dir
   _choice("model.kind", config.model.kind, MODELS)
   _choice("model.denoiser", config.model.denoiser, DENOISERS)
   _choice("model.prediction", config.model.prediction, PREDICTIONS)
