@@ -311,6 +311,33 @@ def test_import_cli(image_folder, tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+def test_register_a_dataset_of_your_own():
+  rng = np.random.default_rng(0)
+  arrays = {"train": rng.integers(0, 4, (10, 2, 2, 1)), "test": rng.integers(0, 4, (3, 2, 2, 1))}
+  dataset = data.Dataset(
+    "tiny_in_memory",
+    ("train", "test"),
+    lambda data_dir, split: arrays[split],
+    lambda data_dir: None,
+    (2, 2, 1),
+    vocab_size=4,
+    num_examples={"train": 10, "test": 3},
+    uses_data_dir=False,
+  )
+  data.register(dataset)
+  try:
+    config = _config("tiny_in_memory", "")
+    assert data.dataset_info(config) == data.DatasetInfo(
+      "tiny_in_memory", (2, 2, 1), 4, {"train": 10, "test": 3}
+    )
+    np.testing.assert_array_equal(_split(config, "test"), arrays["test"])
+    with pytest.raises(ValueError, match="already registered"):
+      data.register(dataset)
+    data.register(dataset, replace=True)
+  finally:
+    del data.DATASETS["tiny_in_memory"]
+
+
 # ---------------------------------------------------------------------------
 # Codecs and simple models.
 # ---------------------------------------------------------------------------

@@ -13,8 +13,9 @@ is registered in code, so the dataset is usable from any process.
   and folders are skipped, other files are ignored (and counted). JPEG EXIF orientation is
   applied.
 * Examples (`mode`): "crop" (default) takes each image's centred square of side
-  min(height, width) and resizes it to resolution x resolution (PIL's box filter, i.e.
-  pixel-area averaging; images are never enlarged); "patches" cuts each image into
+  min(height, width) and resizes it to resolution x resolution with PIL's box filter
+  (output pixel i is the mean of the input pixels whose centres lie in (i s, (i + 1) s],
+  s = side / resolution); images are never enlarged. "patches" cuts each image into
   non-overlapping resolution x resolution patches on a grid from its top-left corner (the
   right and bottom remainders are dropped), pixels unchanged.
 * Channels: greyscale files give C = 1, colour files C = 3; a folder with both is an error
