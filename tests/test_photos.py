@@ -285,6 +285,7 @@ def test_import_options_names_and_overwrite(image_folder, tmp_path):
   with pytest.raises(folder.ImageFolderError, match="not written by vdm-import-images"):
     folder.import_images(images, name="not_ours", data_dir=data_dir, overwrite=True)
   assert folder.imported_names(data_dir) == ["cats"]
+  assert data.splits("cats", str(data_dir)) == ("train", "test") == data.splits("photos")
   with pytest.raises(ValueError, match=r"Unknown dataset data.name='dogs'.*\('cats',\)"):
     data.dataset_info(_config("dogs", data_dir))
 

@@ -28,6 +28,7 @@ from vdm_jax.data.pipeline import (
   make_train_iterator,
   prepare,
   register,
+  splits,
   static_info,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
   "photos",
   "prepare",
   "register",
+  "splits",
   "static_info",
   "toy2d",
 ]

@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import math
 import os
+import types
 from collections.abc import Callable, Iterator, Mapping
 
 import grain
@@ -59,6 +60,7 @@ __all__ = [
   "make_train_iterator",
   "prepare",
   "register",
+  "splits",
 ]
 
 
@@ -294,6 +296,16 @@ def lookup(data_config) -> Dataset:
     + ". A folder of your own images becomes a dataset with `vdm-import-images "
     "--images=DIR --name=NAME --data_dir=DATA_DIR` (then data.name=NAME)."
   )
+
+
+def splits(name: str, data_dir: str | None = None) -> tuple[str, ...]:
+  """The split names of dataset `name`, known without opening data files.
+
+  Args:
+    name: a key of `DATASETS`, or a dataset imported into `data_dir`.
+    data_dir: where imported datasets are looked up (None: registered datasets only).
+  """
+  return lookup(types.SimpleNamespace(name=name, data_dir=data_dir)).splits
 
 
 def _check_split(name: str, split: str) -> None:
