@@ -435,6 +435,7 @@ def test_train_and_evaluate_cli_on_photo_patches(photos_dir, tmp_path):
   assert result["eval"]["num_examples"] == 524
   grid = np.asarray(PIL.Image.open(workdir / "samples_00000003.png"))
   assert grid.ndim == 3 and grid.shape[-1] == 3  # an RGB grid
+  assert np.abs(np.diff(grid.astype(int), axis=-1)).max() > 0  # whose channels differ
   vdm, _, _, _ = train.load_ema_params(config, str(workdir))
   assert vdm.vocab_size == 256 and vdm.data_shape == (32, 32, 3)
 
