@@ -32,8 +32,10 @@ jax.config.update(
 )
 
 collect_ignore = [
-  # Its example builds the dataset under /tmp/tfds, a side effect outside the test's tmp dir.
+  # Their examples build the dataset under /tmp/tfds, a side effect outside the test's tmp
+  # dir (both builders are tested in tests/test_data.py and tests/test_photos.py).
   "vdm_jax/data/digits.py",
+  "vdm_jax/data/photos.py",
   # Its example is a sketch (`np` and `toy2d` not imported); the module is tested in
   # tests/test_data.py.
   "vdm_jax/data/toy2d.py",

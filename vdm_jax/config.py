@@ -153,8 +153,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.seed must be an int in [0, 2**32), got {config.seed!r}.")
   if not 0 <= config.seed < 2**32 - 2:  # evaluation uses seed + 1 and seed + 2
     raise ValueError(f"config.seed must be in [0, 2**32 - 2), got {config.seed}.")
-  _choice("data.name", config.data.name, data.DATASETS)
-  _choice("eval.split", config.eval.split, data.splits(config.data.name))
+  dataset = data.lookup(config.data)  # a registered dataset, or one imported into data_dir
+  _choice("eval.split", config.eval.split, dataset.splits)
   _choice("model.kind", config.model.kind, MODELS)
   _choice("model.denoiser", config.model.denoiser, DENOISERS)
   _choice("model.prediction", config.model.prediction, PREDICTIONS)

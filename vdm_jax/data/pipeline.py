@@ -44,7 +44,8 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Iterator, Mapping
+import types
+from collections.abc import Callable, Iterator, Mapping
 
 import grain
 import jax
@@ -52,19 +53,20 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
-from vdm_jax.data import digits, toy2d
+from vdm_jax.data import digits, photos, toy2d
 
 __all__ = [
   "DATASETS",
+  "Dataset",
   "DatasetInfo",
   "dataset_info",
   "eval_batches",
+  "lookup",
   "make_train_iterator",
   "prepare",
+  "register",
   "splits",
 ]
-
-DATASETS = ("digits", "toy2d", "cifar10", "mnist", "imagenet32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +74,7 @@ class DatasetInfo:
   """What the rest of the project needs to know about a dataset.
 
   Attributes:
-    name: one of `DATASETS`.
+    name: `data.name`: a key of `DATASETS` or a dataset imported into `data.data_dir`.
     shape: per-example shape, e.g. (8, 8, 1) digits, (32, 32, 3) cifar10, (2,) toy2d.
     vocab_size: V, the number of integer levels per dimension (17 digits, 256 otherwise).
     num_examples: split name -> number of examples, e.g. {"train": 1497, "test": 300}.
@@ -115,9 +117,6 @@ _PUBLIC = {
     "downsampled_imagenet/32x32", (32, 32, 3), {"train": "train", "test": "validation"}
   ),
 }
-_SPLITS = {"digits": tuple(digits.NUM_EXAMPLES), "toy2d": tuple(toy2d.NUM_EXAMPLES)} | {
-  name: tuple(public.tfds_splits) for name, public in _PUBLIC.items()
-}
 
 
 def _prepare_command(tfds_name: str, data_dir: str) -> str:
@@ -148,13 +147,6 @@ def _public_source(name: str, data_dir: str, split: str):
 # ---------------------------------------------------------------------------
 
 
-def _name(data_config) -> str:
-  name = getattr(data_config, "name", None)
-  if name not in DATASETS:
-    raise ValueError(f"Unknown dataset data.name={name!r}; the datasets are {DATASETS}.")
-  return name
-
-
 def _data_dir(data_config) -> str:
   data_dir = getattr(data_config, "data_dir", None)
   if not isinstance(data_dir, (str, os.PathLike)) or not os.fspath(data_dir):
@@ -174,29 +166,164 @@ def _num_workers(data_config) -> int:
   return num_workers
 
 
-def splits(name: str) -> tuple[str, ...]:
-  """The split names of dataset `name` (known without opening any file)."""
-  if name not in _SPLITS:
-    raise ValueError(f"Unknown dataset {name!r}; the datasets are {DATASETS}.")
-  return _SPLITS[name]
+# ---------------------------------------------------------------------------
+# The registry: data.name -> how to prepare and read the dataset.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """How the pipeline prepares and reads one dataset: an entry of `DATASETS`.
+
+  Attributes:
+    name: the `data.name` that selects it.
+    splits: its split names, e.g. ("train", "test").
+    source: `(data_dir, split) -> random-access source` (`len`, `[i]`) of records that
+      are {"image": integer array} (or integer arrays); data_dir is None when
+      `uses_data_dir` is False.
+    prepare: `data_dir -> None`, idempotent: builds offline data or checks that they exist.
+    shape: per-example shape.
+    vocab_size: V, integer levels per dimension.
+    num_examples: split -> size, or None when only the prepared files know it.
+    uses_data_dir: whether it lives under `data.data_dir` (False: generated in memory).
+  """
+
+  name: str
+  splits: tuple[str, ...]
+  source: Callable[[str | None, str], object]
+  prepare: Callable[[str | None], None]
+  shape: tuple[int, ...]
+  vocab_size: int = 256
+  num_examples: Mapping[str, int] | None = None
+  uses_data_dir: bool = True
+
+
+DATASETS: dict[str, Dataset] = {}
+
+
+def register(dataset: Dataset, *, replace: bool = False) -> Dataset:
+  """Adds `dataset` to `DATASETS`, so that `data.name=dataset.name` selects it.
+
+  Folders of images need no code: `vdm-import-images` writes them into a data_dir, where
+  `lookup` finds them by name.
+
+  Args:
+    dataset: the entry.
+    replace: allow replacing an entry of the same name.
+
+  Returns:
+    `dataset`.
+  """
+  if not isinstance(dataset, Dataset):
+    raise ValueError(f"register expects a data.Dataset, got {type(dataset).__name__}.")
+  if dataset.name in DATASETS and not replace:
+    raise ValueError(
+      f"A dataset named {dataset.name!r} is already registered; pass replace=True to replace it."
+    )
+  DATASETS[dataset.name] = dataset
+  return dataset
+
+
+def _check_public(name: str, data_dir: str) -> None:
+  for split in _PUBLIC[name].tfds_splits:
+    _public_source(name, data_dir, split)
+
+
+register(
+  Dataset(
+    "digits",
+    tuple(digits.NUM_EXAMPLES),
+    digits.data_source,
+    digits.prepare,
+    digits.SHAPE,
+    digits.VOCAB_SIZE,
+    dict(digits.NUM_EXAMPLES),
+  )
+)
+register(
+  Dataset(
+    "toy2d",
+    tuple(toy2d.NUM_EXAMPLES),
+    lambda data_dir, split: toy2d.load(split),  # [N, 2] int32; an array is a grain source
+    lambda data_dir: None,  # generated in memory
+    toy2d.SHAPE,
+    toy2d.VOCAB_SIZE,
+    dict(toy2d.NUM_EXAMPLES),
+    uses_data_dir=False,
+  )
+)
+for _public_name in _PUBLIC:
+  register(
+    Dataset(
+      _public_name,
+      tuple(_PUBLIC[_public_name].tfds_splits),
+      functools.partial(_public_source, _public_name),
+      functools.partial(_check_public, _public_name),
+      _PUBLIC[_public_name].shape,
+    )
+  )
+register(
+  Dataset(
+    "photos",
+    tuple(photos.NUM_EXAMPLES),
+    photos.data_source,
+    photos.prepare,
+    photos.SHAPE,
+    photos.VOCAB_SIZE,
+    dict(photos.NUM_EXAMPLES),
+  )
+)
+del _public_name
+
+
+def lookup(data_config) -> Dataset:
+  """The dataset `data_config.name` selects: registered, or imported into `data_dir`.
+
+  Raises:
+    ValueError naming the unknown name, the registered datasets and those imported into
+    `data_config.data_dir` (by `vdm-import-images`).
+  """
+  name = getattr(data_config, "name", None)
+  if name in DATASETS:
+    return DATASETS[name]
+  from vdm_jax.data import folder  # local: folder imports this module
+
+  data_dir = getattr(data_config, "data_dir", None)
+  data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else None
+  if isinstance(name, str) and data_dir:
+    dataset = folder.find(data_dir, name)
+    if dataset is not None:
+      return dataset
+  imported = folder.imported_names(data_dir) if data_dir else ()
+  raise ValueError(
+    f"Unknown dataset data.name={name!r}; the datasets are {tuple(DATASETS)}"
+    + (f" and, imported into data_dir {data_dir!r}, {tuple(imported)}" if imported else "")
+    + ". A folder of your own images becomes a dataset with `vdm-import-images "
+    "--images=DIR --name=NAME --data_dir=DATA_DIR` (then data.name=NAME)."
+  )
+
+
+def splits(name: str, data_dir: str | None = None) -> tuple[str, ...]:
+  """The split names of dataset `name`, known without opening data files.
+
+  Args:
+    name: a key of `DATASETS`, or a dataset imported into `data_dir`.
+    data_dir: where imported datasets are looked up (None: registered datasets only).
+  """
+  return lookup(types.SimpleNamespace(name=name, data_dir=data_dir)).splits
 
 
 def _check_split(name: str, split: str) -> None:
-  if split not in _SPLITS[name]:
-    raise ValueError(
-      f"Unknown split {split!r} of dataset {name!r}; the splits are {_SPLITS[name]}."
-    )
+  splits = DATASETS[name].splits if name in DATASETS else ("train", "test")  # imported
+  if split not in splits:
+    raise ValueError(f"Unknown split {split!r} of dataset {name!r}; the splits are {splits}.")
 
 
 def _source(data_config, split: str):
   """A random-access source (`len`, `[i]`) of raw examples of one split."""
-  name = _name(data_config)
-  _check_split(name, split)
-  if name == "toy2d":
-    return toy2d.load(split)  # [N, 2] int32; an array is a grain source as it is
-  if name == "digits":
-    return digits.data_source(_data_dir(data_config), split)
-  return _public_source(name, _data_dir(data_config), split)
+  dataset = lookup(data_config)
+  _check_split(dataset.name, split)
+  return dataset.source(_data_dir(data_config) if dataset.uses_data_dir else None, split)
 
 
 def dataset_info(data_config) -> DatasetInfo:
@@ -206,40 +333,34 @@ def dataset_info(data_config) -> DatasetInfo:
   data must be prepared (else FileNotFoundError with the command that prepares them).
 
   Args:
-    data_config: has `name` (one of `DATASETS`) and `data_dir`.
+    data_config: has `name` (a key of `DATASETS`, or a dataset imported into `data_dir`)
+      and `data_dir`.
 
   Returns:
     a `DatasetInfo`.
   """
-  name = _name(data_config)
-  if name == "digits":
-    return DatasetInfo(name, digits.SHAPE, digits.VOCAB_SIZE, dict(digits.NUM_EXAMPLES))
-  if name == "toy2d":
-    return DatasetInfo(name, toy2d.SHAPE, toy2d.VOCAB_SIZE, dict(toy2d.NUM_EXAMPLES))
-  public = _PUBLIC[name]
-  data_dir = _data_dir(data_config)
-  num_examples = {split: len(_public_source(name, data_dir, split)) for split in public.tfds_splits}
-  return DatasetInfo(name, public.shape, 256, num_examples)
+  dataset = lookup(data_config)
+  num_examples = dataset.num_examples
+  if num_examples is None:
+    num_examples = {split: len(_source(data_config, split)) for split in dataset.splits}
+  return DatasetInfo(dataset.name, dataset.shape, dataset.vocab_size, dict(num_examples))
 
 
 def prepare(data_config) -> None:
   """Makes `data_config.name` readable; idempotent, offline and quick.
 
-  * digits: builds the array_record files under `data_dir` unless already built (~1 s).
+  * digits, photos: build the array_record files under `data_dir` unless already built
+    (digits ~1 s, photos a few seconds).
   * toy2d: nothing to do (generated in memory).
-  * cifar10, mnist, imagenet32: checks that every split is prepared as array_record
-    under `data_dir`; if not, raises FileNotFoundError with the command that prepares it
-    (this library never downloads).
+  * cifar10, mnist, imagenet32, and datasets imported by `vdm-import-images`: check that
+    every split is prepared as array_record under `data_dir`; if not, raise
+    FileNotFoundError with the command that prepares it (this library never downloads).
 
   Args:
     data_config: has `name` and `data_dir`.
   """
-  name = _name(data_config)
-  if name == "digits":
-    digits.prepare(_data_dir(data_config))
-  elif name in _PUBLIC:
-    for split in _PUBLIC[name].tfds_splits:
-      _public_source(name, _data_dir(data_config), split)
+  dataset = lookup(data_config)
+  dataset.prepare(_data_dir(data_config) if dataset.uses_data_dir else None)
 
 
 # ---------------------------------------------------------------------------
@@ -272,12 +393,11 @@ def _records(data_config, split: str, info: DatasetInfo):
 
 
 def static_info(data_config) -> DatasetInfo:
-  """`dataset_info` without opening any files: shape and V, with empty `num_examples` for
-  the public datasets (whose split sizes come from the prepared files)."""
-  name = _name(data_config)
-  if name in _PUBLIC:
-    return DatasetInfo(name, _PUBLIC[name].shape, 256, {})
-  return dataset_info(data_config)
+  """`dataset_info` without opening the data files: shape and V, with empty `num_examples`
+  for the public datasets (whose split sizes come from the prepared files)."""
+  dataset = lookup(data_config)
+  num_examples = dict(dataset.num_examples) if dataset.num_examples is not None else {}
+  return DatasetInfo(dataset.name, dataset.shape, dataset.vocab_size, num_examples)
 
 
 def _rows_per_process(global_batch_size) -> tuple[int, int, int]:

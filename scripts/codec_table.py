@@ -1,0 +1,91 @@
+"""A model's test bits/dim beside lossless codecs and simple models on the same images.
+
+  python scripts/codec_table.py --name=photos \
+      --eval_json=runs/photos/eval_test_step500_T0.json
+
+Loads the dataset's train and test splits (building the offline ones if needed), and
+prints a Markdown table: the model rows from `scripts/evaluate.py` JSON files
+(--eval_json, any number), uniform log2 V, independent categoricals fitted on train,
+and PNG and lossless WebP (Pillow) on every test image alone and on the test set as one
+mosaic (`vdm_jax.codecs`). Lower is better; all rows are bits per dimension of the same
+test images.
+"""
+
+import json
+import time
+
+from absl import app, flags
+
+_NAME = flags.DEFINE_string("name", "photos", "Dataset (data.name): registered or imported.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "tfds data directory.")
+_SPLIT = flags.DEFINE_string("split", "test", "Split the table is about.")
+_EVAL_JSON = flags.DEFINE_multi_string("eval_json", [], "scripts/evaluate.py JSON outputs.")
+_ALPHA = flags.DEFINE_float("alpha", 1.0, "Add-alpha smoothing of the categoricals.")
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
+
+
+def _split(data, config, split):
+  import numpy as np
+
+  batches = data.eval_batches(config, split, global_batch_size=256)
+  return np.concatenate([b["image"][b["mask"] > 0] for b in batches])
+
+
+def _model_row(path, name, num_examples):
+  with open(path) as f:
+    result = json.load(f)
+  if result.get("data") != name or result.get("num_examples") != num_examples:
+    raise app.UsageError(
+      f"{path} evaluates {result.get('data')!r} with {result.get('num_examples')} examples, "
+      f"not {name!r} with {num_examples}."
+    )
+  passes = ", ".join(f"{b:.3f}" for b in result.get("pass_bpd", []))
+  return {
+    "method": f"VDM ({result.get('model', 'vdm')}, step {result['checkpoint_step']})",
+    "bpd": result["bpd"],
+    "se": result["bpd_se"],
+    "note": f"{result.get('passes', 1)} pass(es): {passes}" if passes else result["method"],
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from vdm_jax._cli import quiet_logging
+
+  quiet_logging()
+  import ml_collections
+
+  from vdm_jax import codecs, data
+
+  config = ml_collections.ConfigDict(
+    {"name": _NAME.value, "data_dir": _DATA_DIR.value, "num_workers": 0}
+  )
+  data.prepare(config)
+  info = data.dataset_info(config)
+  train, test = _split(data, config, "train"), _split(data, config, _SPLIT.value)
+  rows = [_model_row(p, info.name, len(test)) for p in _EVAL_JSON.value]
+  start = time.perf_counter()
+  rows += codecs.table(train, test, info.vocab_size, alpha=_ALPHA.value)
+  seconds = time.perf_counter() - start
+  shape = "x".join(map(str, info.shape))
+  print(
+    f"{info.name} / {_SPLIT.value}: {len(test)} images of {shape}, V = {info.vocab_size} "
+    f"(categoricals fitted on {len(train)} train images; baselines and codecs in {seconds:.0f} s)\n"
+  )
+  print("| method | bits/dim | standard error | note |")
+  print("|---|---|---|---|")
+  for r in rows:
+    se = "" if r["se"] is None else f"{r['se']:.3f}"
+    print(f"| {r['method']} | {r['bpd']:.3f} | {se} | {r['note']} |")
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

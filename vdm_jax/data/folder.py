@@ -1,0 +1,452 @@
+"""Your own images: a folder of PNG/JPEG files -> a tfds array_record dataset, by name.
+
+  vdm-import-images --images=~/pictures/cats --name=cats --resolution=32 \
+      --data_dir=~/tensorflow_datasets
+  vdm-train --config=configs/photos.py --config.data.name=cats --workdir=runs/cats
+
+`import_images` writes `data_dir/<name>/1.0.0/` (array_record, readable without
+TensorFlow); afterwards `data.name=<name>` with the same `data.data_dir` selects it: the
+registry (`vdm_jax.data.lookup`) finds imported datasets under data_dir by name. Nothing
+is registered in code, so the dataset is usable from any process.
+
+* Files: every *.png, *.jpg, *.jpeg (any case) under the folder, recursively; hidden files
+  and folders are skipped, other files are ignored (and counted). JPEG EXIF orientation is
+  applied.
+* Examples (`mode`): "crop" (default) takes each image's centred square of side
+  min(height, width) and resizes it to resolution x resolution with PIL's box filter
+  (output pixel i is the mean of the input pixels whose centres lie in (i s, (i + 1) s],
+  s = side / resolution); images are never enlarged. "patches" cuts each image into
+  non-overlapping resolution x resolution patches on a grid from its top-left corner (the
+  right and bottom remainders are dropped), pixels unchanged.
+* Channels: greyscale files give C = 1, colour files C = 3; a folder with both is an error
+  unless `channels` is 1 (colour converted with PIL's ITU-R 601-2 luma, after resizing) or
+  3 (grey replicated). Alpha is dropped if fully opaque, else the file is rejected;
+  palette images count as colour; 16-bit and float images are rejected (V = 256).
+* Split, by file and deterministic: files are grouped by the SHA-256 of their bytes and
+  the groups ordered by it; the first groups, until they hold max(1, round(test_fraction
+  * files)) files, are "test", the rest "train". Identical files therefore never straddle
+  the split, and renaming or moving files does not change it.
+* Records in each split, ordered by file path then patch (row-major): {"image": uint8
+  [resolution, resolution, C], "file": path relative to the folder, "position": int32
+  (row, column) of the example's top-left pixel in the (EXIF-rotated) file}. The
+  dataset's `metadata.json` records the options and every file's split and SHA-256.
+
+Bad input fails before anything is written, with one error that names every bad file:
+an empty or missing folder, unreadable or truncated files, images too small for the
+resolution, transparent or 16-bit images, grey and colour mixed.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+__all__ = [
+  "EXTENSIONS",
+  "ImageFolderError",
+  "MODES",
+  "SPLITS",
+  "VERSION",
+  "find",
+  "import_images",
+  "imported_names",
+  "list_images",
+  "split_files",
+]
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+MODES = ("crop", "patches")
+SPLITS = ("train", "test")
+VERSION = "1.0.0"
+_MARKER = "vdm_jax_image_folder"  # key in metadata.json of datasets written here
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_MAX_LISTED = 20  # bad files named in one error
+
+
+class ImageFolderError(ValueError):
+  """A folder of images that cannot become a dataset; the message names the files."""
+
+
+def _problems(title: str, lines: list[str]) -> ImageFolderError:
+  shown = lines[:_MAX_LISTED]
+  more = f"\n  ... and {len(lines) - len(shown)} more" if len(lines) > len(shown) else ""
+  return ImageFolderError(title + "\n  " + "\n  ".join(shown) + more)
+
+
+def list_images(images_dir: str) -> tuple[list[str], int]:
+  """Image files under `images_dir`, recursively, as sorted '/'-separated relative paths.
+
+  Returns:
+    (paths, number of other files ignored).
+  """
+  images_dir = os.path.expanduser(os.fspath(images_dir))
+  if not os.path.isdir(images_dir):
+    raise ImageFolderError(f"The image folder {images_dir!r} does not exist or is not a folder.")
+  paths, ignored = [], 0
+  for root, dirs, files in os.walk(images_dir):
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for file in files:
+      if file.startswith("."):
+        continue
+      if os.path.splitext(file)[1].lower() in EXTENSIONS:
+        rel = os.path.relpath(os.path.join(root, file), images_dir)
+        paths.append(rel.replace(os.sep, "/"))
+      else:
+        ignored += 1
+  if not paths:
+    raise ImageFolderError(
+      f"No PNG or JPEG files in {images_dir!r} (looked for {', '.join(EXTENSIONS)} in any "
+      f"case, recursively; {ignored} other file(s) found)."
+    )
+  return sorted(paths), ignored
+
+
+def split_files(digests: dict[str, str], test_fraction: float) -> dict[str, list[str]]:
+  """The deterministic split by file: see the module docstring.
+
+  Args:
+    digests: relative path -> SHA-256 of the file's bytes.
+    test_fraction: in (0, 1).
+
+  Returns:
+    {"train": sorted paths, "test": sorted paths}, both non-empty.
+  """
+  if not 0.0 < test_fraction < 1.0:
+    raise ImageFolderError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
+  groups = collections.defaultdict(list)
+  for path, digest in digests.items():
+    groups[digest].append(path)
+  if len(groups) < 2:
+    raise ImageFolderError(
+      f"A train and a test split need at least 2 different images; found {len(digests)} "
+      f"file(s) with {len(groups)} distinct content(s): {sorted(digests)[:_MAX_LISTED]}."
+    )
+  num_test = max(1, round(test_fraction * len(digests)))
+  test = []
+  for digest in sorted(groups):
+    if len(test) >= num_test:
+      break
+    test.extend(groups[digest])
+  if len(test) == len(digests):  # one group took everything: leave the last group to train
+    test = [p for d in sorted(groups)[:-1] for p in groups[d]]
+  test_set = set(test)
+  return {
+    "train": sorted(p for p in digests if p not in test_set),
+    "test": sorted(test_set),
+  }
+
+
+@dataclasses.dataclass
+class _Image:
+  path: str
+  pixels: list[np.ndarray]  # the examples, uint8 [R, R] (grey) or [R, R, 3] (colour)
+  positions: list[tuple[int, int]]
+  grey: bool
+
+
+def _decode(full_path: str, rel: str):
+  """Returns (PIL image in mode L or RGB, None) or (None, problem)."""
+  import PIL.Image
+  import PIL.ImageOps
+
+  try:
+    with PIL.Image.open(full_path) as opened:
+      opened.load()
+      image = PIL.ImageOps.exif_transpose(opened)
+  except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    return None, f"{rel}: cannot be read as an image ({type(e).__name__}: {e})"
+  mode = image.mode
+  if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    return None, (
+      f"{rel}: has {mode} pixels (16-bit or float); only 8-bit images are supported "
+      "(V = 256): convert it to 8 bits first"
+    )
+  if mode in ("P", "PA"):
+    image, mode = image.convert("RGBA"), "RGBA"
+  if mode in ("LA", "La", "RGBA", "RGBa"):
+    alpha = np.asarray(image.getchannel("A"))
+    if alpha.min() < 255:
+      return None, (
+        f"{rel}: has transparent pixels (alpha down to {alpha.min()}); flatten it onto a "
+        "background first"
+      )
+    mode = "L" if mode in ("LA", "La") else "RGB"
+    image = image.convert(mode)
+  elif mode == "1":
+    image, mode = image.convert("L"), "L"
+  elif mode not in ("L", "RGB"):
+    image, mode = image.convert("RGB"), "RGB"  # CMYK, YCbCr, LAB, HSV JPEGs
+  return image, None
+
+
+def _examples(image, rel: str, resolution: int, mode: str):
+  """Returns (_Image, None) or (None, problem)."""
+  import PIL.Image
+
+  width, height = image.size
+  if mode == "crop":
+    side = min(width, height)
+    if side < resolution:
+      return None, (
+        f"{rel}: is {width}x{height}, too small for {resolution}x{resolution} examples "
+        "(images are never enlarged)"
+      )
+    left, top = (width - side) // 2, (height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    if side != resolution:
+      square = square.resize((resolution, resolution), resample=PIL.Image.Resampling.BOX)
+    pixels, positions = [np.asarray(square, np.uint8)], [(top, left)]
+  else:
+    if width < resolution or height < resolution:
+      return None, (
+        f"{rel}: is {width}x{height}, too small for one {resolution}x{resolution} patch"
+      )
+    array = np.asarray(image, np.uint8)
+    pixels, positions = [], []
+    for y in range(0, height - resolution + 1, resolution):
+      for x in range(0, width - resolution + 1, resolution):
+        pixels.append(array[y : y + resolution, x : x + resolution])
+        positions.append((y, x))
+  return _Image(rel, pixels, positions, grey=image.mode == "L"), None
+
+
+def _version_dir(data_dir: str, name: str) -> str:
+  return os.path.join(data_dir, name, VERSION)
+
+
+def _metadata(version_dir: str) -> dict | None:
+  try:
+    with open(os.path.join(version_dir, "metadata.json")) as f:
+      metadata = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if not os.path.exists(os.path.join(version_dir, "dataset_info.json")):
+    return None
+  return metadata if isinstance(metadata, dict) and metadata.get(_MARKER) else None
+
+
+def imported_names(data_dir: str) -> list[str]:
+  """Names of the datasets that `import_images` wrote under `data_dir`, sorted."""
+  data_dir = os.path.expanduser(os.fspath(data_dir))
+  if not os.path.isdir(data_dir):
+    return []
+  return sorted(
+    name
+    for name in os.listdir(data_dir)
+    if _NAME.match(name) and _metadata(_version_dir(data_dir, name)) is not None
+  )
+
+
+def find(data_dir: str, name: str):
+  """The registry entry (`data.Dataset`) of the imported dataset `name`, or None."""
+  from vdm_jax.data.pipeline import Dataset  # local: pipeline imports this module lazily
+
+  data_dir = os.path.expanduser(os.fspath(data_dir))
+  if not isinstance(name, str) or not _NAME.match(name):
+    return None
+  version_dir = _version_dir(data_dir, name)
+  metadata = _metadata(version_dir)
+  if metadata is None:
+    return None
+
+  def source(data_dir_, split):
+    del data_dir_  # the entry was found in data_dir
+    return tfds.builder_from_directory(version_dir).as_data_source(split=split)
+
+  return Dataset(
+    name,
+    SPLITS,
+    source,
+    lambda data_dir_: None,  # imported datasets are prepared by construction
+    tuple(metadata["shape"]),
+    256,
+    dict(metadata["num_examples"]),
+  )
+
+
+def import_images(
+  images_dir: str,
+  *,
+  name: str,
+  data_dir: str,
+  resolution: int = 32,
+  mode: str = "crop",
+  test_fraction: float = 0.1,
+  channels: int = 0,
+  overwrite: bool = False,
+) -> dict:
+  """Turns a folder of PNG/JPEG images into the tfds dataset `data_dir/<name>/1.0.0/`.
+
+  Args:
+    images_dir: the folder (searched recursively).
+    name: the dataset's name, [a-z][a-z0-9_]*, not a registered dataset's name; train
+      with `data.name=<name>` and the same `data.data_dir`.
+    data_dir: tfds data directory to write into.
+    resolution: side of the square examples, in pixels.
+    mode: "crop" (centre square resized, one example per file) or "patches" (every
+      non-overlapping resolution x resolution patch).
+    test_fraction: share of the files in the test split, in (0, 1).
+    channels: 0 = from the files (an error if grey and colour are mixed), 1 or 3 to convert.
+    overwrite: replace a dataset of the same name that this function wrote before.
+
+  Returns:
+    a summary: name, path, shape, num_examples and num_files per split, ignored files.
+
+  Raises:
+    ImageFolderError (a ValueError) naming the bad files or options; nothing is written.
+  """
+  from vdm_jax.data.pipeline import DATASETS
+
+  if not isinstance(name, str) or not _NAME.match(name):
+    raise ImageFolderError(
+      f"Dataset name {name!r} must be lower case letters, digits and underscores, starting "
+      "with a letter (it becomes a directory name and data.name)."
+    )
+  if name in DATASETS:
+    raise ImageFolderError(
+      f"Dataset name {name!r} is taken by a registered dataset {tuple(DATASETS)}; choose another."
+    )
+  if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+    raise ImageFolderError(f"resolution must be a positive int, got {resolution!r}.")
+  if mode not in MODES:
+    raise ImageFolderError(f"mode={mode!r} is not one of {MODES}.")
+  if channels not in (0, 1, 3):
+    raise ImageFolderError(f"channels must be 0 (from the files), 1 or 3, got {channels!r}.")
+  if not 0.0 < test_fraction < 1.0:
+    raise ImageFolderError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
+  images_dir = os.path.abspath(os.path.expanduser(os.fspath(images_dir)))
+  data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+  target = os.path.join(data_dir, name)
+  if os.path.exists(target):
+    if _metadata(_version_dir(data_dir, name)) is None:
+      raise ImageFolderError(
+        f"{target!r} exists and was not written by vdm-import-images; choose another name "
+        "or data_dir (it is never deleted)."
+      )
+    if not overwrite:
+      raise ImageFolderError(
+        f"Dataset {name!r} already exists in {data_dir!r}; pass overwrite=True "
+        "(--overwrite) to replace it."
+      )
+
+  # 1. Read every file once, collecting every problem before writing anything.
+  paths, ignored = list_images(images_dir)
+  images, digests, problems = {}, {}, []
+  for rel in paths:
+    full = os.path.join(images_dir, *rel.split("/"))
+    with open(full, "rb") as f:
+      digests[rel] = hashlib.sha256(f.read()).hexdigest()
+    image, problem = _decode(full, rel)
+    if problem is None:
+      images[rel], problem = _examples(image, rel, resolution, mode)
+    if problem is not None:
+      problems.append(problem)
+  if problems:
+    raise _problems(
+      f"{len(problems)} of the {len(paths)} images in {images_dir!r} cannot be used "
+      "(nothing was written):",
+      problems,
+    )
+  grey = [p for p in paths if images[p].grey]
+  colour = [p for p in paths if not images[p].grey]
+  if grey and colour and channels == 0:
+    raise ImageFolderError(
+      f"{images_dir!r} mixes {len(grey)} greyscale and {len(colour)} colour images (e.g. "
+      f"grey {grey[:3]}, colour {colour[:3]}); pass channels=3 (--channels=3) to replicate "
+      "grey into RGB or channels=1 (--channels=1) to convert colour to grey."
+    )
+  num_channels = channels or (1 if grey else 3)
+  split = split_files(digests, test_fraction)
+
+  # 2. Examples per split, in the stored order.
+  def converted(pixels: np.ndarray) -> np.ndarray:
+    import PIL.Image
+
+    if pixels.ndim == 2:
+      return np.repeat(pixels[..., None], num_channels, axis=-1)
+    if num_channels == 1:
+      return np.asarray(PIL.Image.fromarray(pixels).convert("L"), np.uint8)[..., None]
+    return pixels
+
+  records = {
+    s: [
+      {"image": converted(pixels), "file": p, "position": np.asarray(pos, np.int32)}
+      for p in files
+      for pixels, pos in zip(images[p].pixels, images[p].positions, strict=True)
+    ]
+    for s, files in split.items()
+  }
+  shape = (resolution, resolution, num_channels)
+  metadata = {
+    _MARKER: 1,
+    "images_dir": images_dir,
+    "resolution": resolution,
+    "mode": mode,
+    "channels": num_channels,
+    "test_fraction": test_fraction,
+    "shape": list(shape),
+    "num_examples": {s: len(r) for s, r in records.items()},
+    "files": {s: {p: digests[p] for p in files} for s, files in split.items()},
+  }
+
+  # 3. Write (replacing a previous import of the same name only now that all is well).
+  if os.path.exists(target):
+    shutil.rmtree(target)
+  _write(data_dir, name, shape, records, metadata)
+  return {
+    "name": name,
+    "path": _version_dir(data_dir, name),
+    "shape": shape,
+    "num_examples": metadata["num_examples"],
+    "num_files": {s: len(files) for s, files in split.items()},
+    "ignored_files": ignored,
+  }
+
+
+def _write(data_dir: str, name: str, shape, records, metadata) -> None:
+  description = (
+    f"Images of {metadata['images_dir']} imported by vdm-import-images: mode "
+    f"{metadata['mode']!r}, {shape[0]}x{shape[1]}x{shape[2]} uint8; split by file content "
+    f"hash, test fraction {metadata['test_fraction']}."
+  )
+
+  dataset_name = name
+  with tfds.core.registered.skip_registration():
+
+    class ImageFolder(tfds.core.GeneratorBasedBuilder):
+      name = dataset_name
+      VERSION = tfds.core.Version(VERSION)
+
+      def _info(self):
+        return tfds.core.DatasetInfo(
+          builder=self,
+          description=description,
+          features=tfds.features.FeaturesDict(
+            {
+              "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
+              "file": tfds.features.Text(),
+              "position": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+            }
+          ),
+          disable_shuffling=True,
+          metadata=tfds.core.MetadataDict(metadata),
+        )
+
+      def _split_generators(self, dl_manager):
+        del dl_manager
+        return {s: self._generate_examples(r) for s, r in records.items()}
+
+      def _generate_examples(self, split_records):
+        yield from enumerate(split_records)
+
+  ImageFolder(data_dir=data_dir, file_format="array_record").download_and_prepare(
+    file_format="array_record"
+  )
