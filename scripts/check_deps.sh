@@ -8,14 +8,7 @@
 #      the newest; the jax, jaxlib and plugin versions they would install are printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-UV="${UV:-$(command -v uv || true)}"
-if [ -z "$UV" ]; then
-  tools="${TMPDIR:-/tmp}/vdm_jax_uv_$(id -u)"
-  [ -x "$tools/bin/uv" ] || { "${PYTHON:-python3}" -m venv "$tools" && "$tools/bin/pip" install --quiet uv; }
-  UV="$tools/bin/uv"
-fi
-# uv reads its own settings, not pip's: pass on an index that pip is configured with.
-[ -n "${PIP_INDEX_URL:-}" ] && export UV_INDEX_URL="${UV_INDEX_URL:-$PIP_INDEX_URL}"
+source scripts/_uv.sh
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 

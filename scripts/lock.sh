@@ -7,15 +7,7 @@
 #   bash scripts/lock.sh [--upgrade-package jax ...]   # extra arguments go to uv pip compile
 set -euo pipefail
 cd "$(dirname "$0")/.."
-UV="${UV:-$(command -v uv || true)}"
-if [ -z "$UV" ]; then
-  # uv resolves from package metadata alone (no wheel downloads); keep it out of .venv.
-  tools="${TMPDIR:-/tmp}/vdm_jax_uv_$(id -u)"
-  [ -x "$tools/bin/uv" ] || { "${PYTHON:-python3}" -m venv "$tools" && "$tools/bin/pip" install --quiet uv; }
-  UV="$tools/bin/uv"
-fi
-# uv reads its own settings, not pip's: pass on an index that pip is configured with.
-[ -n "${PIP_INDEX_URL:-}" ] && export UV_INDEX_URL="${UV_INDEX_URL:-$PIP_INDEX_URL}"
+source scripts/_uv.sh
 "$UV" pip compile pyproject.toml \
   --extra train --extra ode --extra plots --extra tensorboard --extra test \
   --python-version 3.11 --custom-compile-command "bash scripts/lock.sh" \

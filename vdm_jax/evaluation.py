@@ -45,6 +45,7 @@ __all__ = [
   "split_times",
   "summarize",
   "time_sampling_variance",
+  "to_global",
 ]
 
 
@@ -116,7 +117,8 @@ def _gather(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _to_global(batch: dict, mesh) -> dict:
+def to_global(batch: dict, mesh) -> dict:
+  """Process-local numpy batch -> global jax.Arrays split over the mesh's "data" axis."""
   sharding = NamedSharding(mesh, P("data"))
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
@@ -173,14 +175,14 @@ def per_example_terms(
   per_step = np.zeros(max(num_steps, 1))
   desc = f"{split} ({vdm.num_dims} dims)"
   for batch in _split_batches(config, split, batch_size, progress=progress, desc=desc):
-    glob = _to_global(batch, mesh)
+    glob = to_global(batch, mesh)
     # Gathered from the global arrays, in the same row order as the step's outputs.
     mask, index = _gather(glob.pop("mask")) > 0, _gather(glob["index"])
     if exact_time_sum:
       local_rows = batch["image"].shape[0]
       diffusion = 0.0
       for i in range(1, num_steps + 1):
-        t = _to_global({"t": np.full(local_rows, i / num_steps, np.float32)}, mesh)["t"]
+        t = to_global({"t": np.full(local_rows, i / num_steps, np.float32)}, mesh)["t"]
         terms = step(params, glob, jax.random.fold_in(key_noise, i), t)
         d_i = _gather(terms["diffusion"]) / num_steps
         diffusion = diffusion + d_i
@@ -190,7 +192,7 @@ def per_example_terms(
       terms["t"] = np.full_like(diffusion, np.nan)
       terms["total"] = terms["recon"] + terms["prior"] + diffusion
     elif diffusion_model:
-      t = _to_global({"t": times[batch["index"]]}, mesh)["t"]
+      t = to_global({"t": times[batch["index"]]}, mesh)["t"]
       terms = jax.device_get(
         multihost_utils.process_allgather(step(params, glob, key_noise, t), tiled=True)
       )
@@ -389,7 +391,7 @@ def evaluate_ode(
   )
   values, indices = [], []
   for batch in _split_batches(config, split, batch_size, progress=progress, desc=f"ODE {split}"):
-    glob = _to_global(batch, mesh)
+    glob = to_global(batch, mesh)
     mask = _gather(glob["mask"]) > 0
     values.append(_gather(fn(params, glob["image"], glob["index"])).astype(np.float64)[mask])
     indices.append(_gather(glob["index"])[mask])

@@ -41,6 +41,7 @@ from jax.sharding import PartitionSpec as P
 from vdm_jax import _cli, data, elbo, evaluation, sampling
 from vdm_jax import config as config_lib
 from vdm_jax import workdir as workdir_lib
+from vdm_jax.evaluation import to_global
 from vdm_jax.vdm import VDM, make_model
 
 __all__ = [
@@ -190,12 +191,6 @@ def state_shardings(state_shapes, mesh, kind: str = "replicated", *, min_size: i
     return replicated
 
   return jax.tree.map(leaf, state_shapes)
-
-
-def to_global(batch: dict, mesh) -> dict:
-  """Process-local numpy batch -> global jax.Arrays split over the "data" axis."""
-  sharding = NamedSharding(mesh, P("data"))
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------

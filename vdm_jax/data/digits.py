@@ -25,6 +25,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vdm_jax.data import _offline
+
 __all__ = [
   "NUM_EXAMPLES",
   "SHAPE",
@@ -134,13 +136,12 @@ def data_source(data_dir: str, split: str):
     a tfds `ArrayRecordDataSource`; records are {"image": uint8 (8, 8, 1), "label": int}.
   """
   data_dir = os.path.expanduser(os.fspath(data_dir))
-  if split not in NUM_EXAMPLES:
-    raise ValueError(f"Unknown digits split {split!r}; the splits are {tuple(NUM_EXAMPLES)}.")
-  builder = _builder(data_dir)
-  if not builder.is_prepared():
-    raise FileNotFoundError(
-      f"The digits dataset is not prepared under data_dir {os.fspath(data_dir)!r} "
-      f"(looked for {os.fspath(builder.data_path)}). Build it once, offline, in about a "
-      "second: `vdm_jax.data.prepare(data_config)` (or `vdm_jax.data.digits.prepare(data_dir)`)."
-    )
-  return builder.as_data_source(split=split)
+  return _offline.prepared_source(
+    _builder(data_dir),
+    data_dir,
+    split,
+    name="digits",
+    module="digits",
+    splits=NUM_EXAMPLES,
+    build_time="about a second",
+  )

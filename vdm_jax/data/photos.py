@@ -41,6 +41,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vdm_jax.data import _offline
+
 __all__ = [
   "BLOCK",
   "NUM_EXAMPLES",
@@ -281,13 +283,12 @@ def prepare(data_dir: str) -> None:
 def data_source(data_dir: str, split: str):
   """Random-access source of one split (`len`, `[i]` -> the record dict above)."""
   data_dir = os.path.expanduser(os.fspath(data_dir))
-  if split not in NUM_EXAMPLES:
-    raise ValueError(f"Unknown photos split {split!r}; the splits are {tuple(NUM_EXAMPLES)}.")
-  builder = _builder(data_dir)
-  if not builder.is_prepared():
-    raise FileNotFoundError(
-      f"The photos dataset is not prepared under data_dir {data_dir!r} (looked for "
-      f"{os.fspath(builder.data_path)}). Build it once, offline, in a few seconds: "
-      "`vdm_jax.data.prepare(data_config)` (or `vdm_jax.data.photos.prepare(data_dir)`)."
-    )
-  return builder.as_data_source(split=split)
+  return _offline.prepared_source(
+    _builder(data_dir),
+    data_dir,
+    split,
+    name="photos",
+    module="photos",
+    splits=NUM_EXAMPLES,
+    build_time="a few seconds",
+  )
