@@ -11,8 +11,6 @@ epsilon-MSE loss, with nothing around it. overhead = framework / bare - 1.
 """
 
 import json
-import statistics
-import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -29,176 +27,18 @@ _MEMORY_ONLY = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config"])
 
 
-def _time_steps(fn, num_steps: int, warmup: int):
-  """Median seconds per call of fn() -> result (blocked on), after `warmup` calls."""
-  import jax
-
-  for _ in range(warmup):
-    jax.block_until_ready(fn())
-  times = []
-  for _ in range(num_steps):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
-
-
-def memory(config) -> dict:
-  """Compile time and per-device memory of the train step, from abstract arrays."""
-  import jax
-  import numpy as np
-
-  from vdm_jax import data, train
-  from vdm_jax.vdm import make_vdm
-
-  info = data.static_info(config.data)
-  vdm = make_vdm(config, info)
-  train.check_batch_size(config.train.batch_size)
-  mesh = train.make_mesh()
-  tx = train.make_optimizer(config)
-  shapes = jax.eval_shape(lambda k: train.create_train_state(vdm, k, tx), jax.random.key(0))
-  sharding = train.state_shardings(
-    shapes, mesh, config.train.sharding, min_size=config.train.fsdp_min_size
-  )
-  state = train.abstract_state(shapes, sharding)
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  batch = {
-    "image": jax.ShapeDtypeStruct(
-      (config.train.batch_size, *info.shape), np.int32, sharding=batch_sharding
-    )
-  }
-  step_fn = train.jit_train_step(vdm, config, mesh, sharding)
-  t = time.perf_counter()
-  compiled = step_fn.lower(state, batch, jax.random.key(0)).compile()
-  seconds = time.perf_counter() - t
-  stats = compiled.memory_analysis()
-  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
-  return {
-    "config": {
-      "n_layer": config.model.n_layer,
-      "n_embd": config.model.n_embd,
-      "batch_size": config.train.batch_size,
-      "sharding": config.train.sharding,
-      "num_params": int(sum(x.size for x in jax.tree.leaves(shapes.params))),
-    },
-    "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-    "train_compile_s": seconds,
-    "state_bytes_total": int(state_bytes),
-    "per_device_argument_bytes": int(stats.argument_size_in_bytes),
-    "per_device_temp_bytes": int(stats.temp_size_in_bytes),
-    "per_device_output_bytes": int(stats.output_size_in_bytes),
-  }
-
-
-def benchmark(config, num_steps: int, warmup: int) -> dict:
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  import optax
-  from jax.sharding import NamedSharding
-  from jax.sharding import PartitionSpec as P
-
-  from vdm_jax import data, evaluation, train
-  from vdm_jax.vdm import make_vdm
-
-  info = data.static_info(config.data)
-  vdm = make_vdm(config, info)
-  batch_size = config.train.batch_size
-  train.check_batch_size(batch_size)
-  mesh = train.make_mesh()
-  replicated = NamedSharding(mesh, P())
-  rng = np.random.default_rng(0)
-  local = {"image": rng.integers(0, info.vocab_size, (batch_size, *info.shape), dtype=np.int32)}
-  batch = train.to_global(local, mesh)
-  key = jax.random.key(0)
-  tx = train.make_optimizer(config)
-  state = jax.jit(lambda k: train.create_train_state(vdm, k, tx), out_shardings=replicated)(key)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-
-  # Framework train step (donates its state, so thread it through).
-  step_fn = train.jit_train_step(vdm, config, mesh, replicated)
-  t = time.perf_counter()
-  compiled = step_fn.lower(state, batch, key).compile()
-  train_compile = time.perf_counter() - t
-  holder = {"state": state}
-
-  def one_train_step():
-    holder["state"], metrics = compiled(holder["state"], batch, key)
-    return metrics
-
-  train_time = _time_steps(one_train_step, num_steps, warmup)
-
-  # Framework eval step.
-  eval_fn = evaluation.jit_eval_step(vdm, mesh, config.loss.num_steps, explicit_t=True)
-  params = holder["state"].ema_params
-  eval_batch = train.to_global({**local, "index": np.arange(batch_size, dtype=np.int32)}, mesh)
-  times = train.to_global({"t": rng.uniform(size=batch_size).astype(np.float32)}, mesh)["t"]
-  t = time.perf_counter()
-  eval_compiled = eval_fn.lower(params, eval_batch, key, times).compile()
-  eval_compile = time.perf_counter() - t
-  eval_time = _time_steps(lambda: eval_compiled(params, eval_batch, key, times), num_steps, warmup)
-
-  # Bare: the same network, eps-MSE, Adam, nothing else.
-  net = vdm.denoiser
-  bare_params = holder["state"].params["denoiser"]
-  opt = optax.adam(1e-4)
-  z = jnp.asarray(rng.normal(size=(batch_size, *info.shape)), jnp.float32)
-  eps = jnp.asarray(rng.normal(size=z.shape), jnp.float32)
-  gamma = jnp.asarray(rng.uniform(-13.3, 5.0, size=(batch_size,)), jnp.float32)
-
-  @jax.jit
-  def bare_step(p, opt_state, dropout_key):
-    def loss(p):
-      out = net.apply({"params": p}, z, gamma, train=True, rngs={"dropout": dropout_key})
-      return jnp.mean(jnp.square(out - eps))
-
-    value, grads = jax.value_and_grad(loss)(p)
-    updates, opt_state = opt.update(grads, opt_state, p)
-    return optax.apply_updates(p, updates), opt_state, value
-
-  bare = {"p": bare_params, "o": opt.init(bare_params)}
-
-  def one_bare_step():
-    bare["p"], bare["o"], value = bare_step(bare["p"], bare["o"], key)
-    return value
-
-  t = time.perf_counter()
-  jax.block_until_ready(one_bare_step())
-  bare_compile = time.perf_counter() - t
-  bare_time = _time_steps(one_bare_step, num_steps, warmup)
-
-  return {
-    "config": {
-      "data": config.data.name,
-      "shape": list(info.shape),
-      "n_layer": config.model.n_layer,
-      "n_embd": config.model.n_embd,
-      "batch_size": batch_size,
-      "num_params": int(num_params),
-    },
-    "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-    "train_step_s": train_time,
-    "train_examples_per_s": batch_size / train_time,
-    "train_compile_s": train_compile,
-    "eval_step_s": eval_time,
-    "eval_examples_per_s": batch_size / eval_time,
-    "eval_compile_s": eval_compile,
-    "bare_train_step_s": bare_time,
-    "bare_compile_s": bare_compile,
-    "framework_overhead": train_time / bare_time - 1.0,
-    "timed_steps": num_steps,
-  }
-
-
 def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from vdm_jax._cli import quiet_logging
 
   quiet_logging()
-  del argv
+  from vdm_jax.training import benchmark
+
   if _MEMORY_ONLY.value:
-    print(json.dumps(memory(_CONFIG.value), indent=2))
+    print(json.dumps(benchmark.memory(_CONFIG.value), indent=2))
     return
-  print(json.dumps(benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value), indent=2))
+  print(json.dumps(benchmark.benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value), indent=2))
 
 
 def run():

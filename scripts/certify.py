@@ -38,7 +38,8 @@ def main(argv):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from vdm_jax import certify, schedules, testing
+  from vdm_jax import schedules, testing
+  from vdm_jax.evaluation import certify
   from vdm_jax.data import toy2d
 
   cls = {"linear": schedules.LinearSchedule, "cosine": schedules.CosineSchedule}[_SCHEDULE.value]

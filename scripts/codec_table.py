@@ -7,7 +7,7 @@ Loads the dataset's train and test splits (building the offline ones if needed),
 prints a Markdown table: the model rows from `scripts/evaluate.py` JSON files
 (--eval_json, any number), uniform log2 V, independent categoricals fitted on train,
 and PNG and lossless WebP (Pillow) on every test image alone and on the test set as one
-mosaic (`vdm_jax.codecs`). Lower is better; all rows are bits per dimension of the same
+mosaic (`vdm_jax.evaluation.codecs`). Lower is better; all rows are bits per dimension of the same
 test images.
 """
 
@@ -56,7 +56,8 @@ def main(argv):
   quiet_logging()
   import ml_collections
 
-  from vdm_jax import codecs, data
+  from vdm_jax import data
+  from vdm_jax.evaluation import codecs
 
   config = ml_collections.ConfigDict(
     {"name": _NAME.value, "data_dir": _DATA_DIR.value, "num_workers": 0}

@@ -7,8 +7,6 @@ ancestral: the seed's reverse process p(z_s|z_t) = N(mu_theta, sigma_q^2) with T
 ddim: the deterministic DDIM update. Integer data from the exact discrete decoder.
 """
 
-import os
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -39,37 +37,17 @@ def main(argv):
   initialize_distributed(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_CONFIG.value.distributed
   )
-  import time
+  from vdm_jax.evaluation import sampling
 
-  import jax
-  import numpy as np
-
-  from vdm_jax import sampling, train
-  from vdm_jax.vdm import VDM
-
-  vdm, _, params, step = train.load_ema_params(_CONFIG.value, _WORKDIR.value, step=_STEP.value)
-  if isinstance(vdm, VDM):
-    fn = jax.jit(
-      lambda p, k: sampling.sample(
-        vdm, p, k, _NUM_SAMPLES.value, num_steps=_NUM_STEPS.value, method=_METHOD.value
-      )
-    )
-  else:  # the Gaussian VAE: z ~ N(0, I), k ~ p(k | z); --num_steps and --method do not apply
-    fn = jax.jit(lambda p, k: vdm.sample(p, k, _NUM_SAMPLES.value))
-  start = time.perf_counter()
-  samples = np.asarray(jax.device_get(fn(params, jax.random.key(_SEED.value))))
-  seconds = time.perf_counter() - start
-  prefix = _OUTPUT.value or os.path.join(
-    _WORKDIR.value, f"samples_step{step}_{_METHOD.value}_T{_NUM_STEPS.value}_seed{_SEED.value}"
-  )
-  np.savez(prefix + ".npz", samples=samples)
-  written = [prefix + ".npz"]
-  if samples.ndim == 4:
-    sampling.save_png(prefix + ".png", sampling.image_grid(samples, vdm.vocab_size, scale=4))
-    written.append(prefix + ".png")
-  print(
-    f"{_NUM_SAMPLES.value} samples ({_METHOD.value}, T={_NUM_STEPS.value}, step {step}) "
-    f"in {seconds:.1f} s (compile included): {', '.join(written)}"
+  sampling.sample_checkpoint(
+    _CONFIG.value,
+    _WORKDIR.value,
+    step=_STEP.value,
+    num_samples=_NUM_SAMPLES.value,
+    num_steps=_NUM_STEPS.value,
+    method=_METHOD.value,
+    seed=_SEED.value,
+    output=_OUTPUT.value,
   )
 
 

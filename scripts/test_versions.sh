@@ -23,11 +23,12 @@ shift
 PURE_TESTS=(
   tests/test_schedules.py tests/test_gaussian.py tests/test_elbo.py tests/test_transforms.py
   tests/test_limits.py tests/test_hvae.py tests/test_readme.py tests/test_install.py
-  vdm_jax/schedules.py vdm_jax/gaussian.py vdm_jax/elbo.py vdm_jax/hvae.py vdm_jax/testing.py
+  vdm_jax/schedules.py vdm_jax/gaussian.py vdm_jax/elbo.py vdm_jax/times.py
+  vdm_jax/predictions.py vdm_jax/vae_elbo.py vdm_jax/hvae.py vdm_jax/testing.py
 )
 TRAIN_SMOKE=(
   "tests/test_train.py::test_short_run_loss_decreases_and_writes_outputs"
-  tests/test_pipeline_flags.py vdm_jax/vdm.py vdm_jax/vae.py vdm_jax/data/pipeline.py
+  tests/test_pipeline_flags.py vdm_jax/models/vdm.py vdm_jax/models/vae.py vdm_jax/data/pipeline.py
 )
 
 find_python() {  # the first interpreter >= $1 on PATH or under pyenv

@@ -8,9 +8,6 @@ t-bin from a pilot run, and both) and prints the mean bits/dim and the variances
 batch mean and of one example's estimate; writes JSON. All four estimate the same ELBO.
 """
 
-import json
-import os
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -32,50 +29,19 @@ def main(argv):
   from vdm_jax._cli import quiet_logging
 
   quiet_logging()
-  import time
+  from vdm_jax.evaluation import diagnostics
 
-  import jax
-  import numpy as np
-
-  from vdm_jax import data, evaluation, train
-
-  config = _CONFIG.value
-  vdm, _, params, step = train.load_ema_params(config, _WORKDIR.value)
-  batches = data.eval_batches(config.data, "test", global_batch_size=_NUM_EXAMPLES.value)
-  first = next(iter(batches))
-  k = jax.numpy.asarray(np.asarray(first["image"])[np.asarray(first["mask"]) > 0])
-  start = time.perf_counter()
-  result = evaluation.time_sampling_variance(
-    vdm,
-    params,
-    k,
-    jax.random.key(_SEED.value),
+  diagnostics.time_variance_report(
+    _CONFIG.value,
+    _WORKDIR.value,
+    num_examples=_NUM_EXAMPLES.value,
     num_steps=_NUM_STEPS.value,
     num_bins=_NUM_BINS.value,
     reps=_REPS.value,
     pilot=_PILOT.value,
+    seed=_SEED.value,
+    output=_OUTPUT.value,
   )
-  result |= {"checkpoint_step": step, "seconds": time.perf_counter() - start}
-  result |= {"schedule": config.schedule.kind, "schedule_objective": config.schedule.objective}
-  output = _OUTPUT.value or os.path.join(_WORKDIR.value, f"time_variance_T{_NUM_STEPS.value}.json")
-  with open(output, "w") as f:
-    json.dump(result, f, indent=2)
-  base = result["antithetic"]["var_batch_mean"]
-  print(
-    f"{config.data.name}, step {step}, schedule {config.schedule.kind} "
-    f"({config.schedule.objective}), T={_NUM_STEPS.value}, {result['num_examples']} examples, "
-    f"{_REPS.value} draws per scheme"
-  )
-  print(
-    f"{'scheme':<24}{'bits/dim':>10}{'var(batch mean)':>18}{'var(example)':>15}{'vs antithetic':>15}"
-  )
-  for scheme in ("uniform", "antithetic", "importance", "importance_antithetic"):
-    r = result[scheme]
-    print(
-      f"{scheme:<24}{r['bpd']:>10.4f}{r['var_batch_mean']:>18.3e}{r['var_per_example']:>15.3e}"
-      f"{base / r['var_batch_mean']:>14.2f}x"
-    )
-  print(f"({result['seconds']:.1f} s) JSON: {output}")
 
 
 def run():

@@ -3,8 +3,9 @@
 import jax
 import numpy as np
 
-from vdm_jax import certify, schedules, testing
+from vdm_jax import schedules, testing
 from vdm_jax.data import toy2d
+from vdm_jax.evaluation import certify
 
 
 def test_gap_shrinks_with_T_and_vanishes_in_continuous_time():

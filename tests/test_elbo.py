@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vdm_jax import elbo, gaussian, schedules
+from vdm_jax import elbo, gaussian, predictions, schedules, times
 
 
 def _sig(x):
@@ -110,7 +110,7 @@ def test_denoising_matching_kl_identities(rng):
   sq = np.square(np.asarray(x, np.float64) - np.asarray(x_hat, np.float64)).reshape(b, -1).sum(-1)
   np.testing.assert_allclose(kl, 0.5 * (np.exp(-gs) - np.exp(-gt)) * sq, rtol=2e-3)
   # The epsilon form, divided by T.
-  eps_hat = elbo.eps_from_x(z_t, x_hat, g_t)
+  eps_hat = predictions.eps_from_x(z_t, x_hat, g_t)
   disc = elbo.diffusion_loss_discrete(eps, eps_hat, g_s, g_t, num_steps=num_steps)
   np.testing.assert_allclose(disc / num_steps, kl, rtol=2e-3)
 
@@ -163,23 +163,23 @@ def test_vdm_published_formulas_float32():
 
 
 def test_sample_times_continuous_antithetic():
-  t = np.asarray(elbo.sample_times(jax.random.key(0), 64))
+  t = np.asarray(times.sample_times(jax.random.key(0), 64))
   assert t.shape == (64,) and t.dtype == np.float32
   assert np.all((t > 0) & (t <= 1))
   # One draw in each of the 64 strata of [0, 1).
   np.testing.assert_array_equal(np.sort(np.floor((1 - t) * 64)), np.arange(64))
   # Marginally uniform: pool the first element over many keys.
   keys = jax.random.split(jax.random.key(1), 20_000)
-  first = np.asarray(jax.vmap(lambda k: elbo.sample_times(k, 8)[3])(keys))
+  first = np.asarray(jax.vmap(lambda k: times.sample_times(k, 8)[3])(keys))
   assert stats.kstest(first, "uniform").pvalue > 1e-3
-  iid = np.asarray(jax.vmap(lambda k: elbo.sample_times(k, 8, antithetic=False))(keys)).ravel()
+  iid = np.asarray(jax.vmap(lambda k: times.sample_times(k, 8, antithetic=False))(keys)).ravel()
   assert stats.kstest(iid, "uniform").pvalue > 1e-3
 
 
 @pytest.mark.parametrize("num_steps", [1, 7, 1000])
 def test_sample_times_discrete(num_steps):
   keys = jax.random.split(jax.random.key(2), 2000)
-  t = np.asarray(jax.vmap(lambda k: elbo.sample_times(k, 16, num_steps=num_steps))(keys)).ravel()
+  t = np.asarray(jax.vmap(lambda k: times.sample_times(k, 16, num_steps=num_steps))(keys)).ravel()
   i = np.round(t * num_steps)
   np.testing.assert_allclose(t * num_steps, i, atol=1e-3)
   assert i.min() >= 1 and i.max() <= num_steps
@@ -193,14 +193,14 @@ def test_prediction_conversions_round_trip(rng):
   eps = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
   g = jnp.array([-10.0, -2.0, 1.0, 6.0])
   z = gaussian.q_sample(x, g, eps)
-  v = elbo.v_from_x_eps(x, eps, g)
-  np.testing.assert_allclose(elbo.x_from_eps(z, eps, g), x, atol=2e-3)
-  np.testing.assert_allclose(elbo.eps_from_x(z, x, g), eps, atol=2e-3)
-  np.testing.assert_allclose(elbo.x_from_v(z, v, g), x, atol=1e-5)
-  np.testing.assert_allclose(elbo.eps_from_v(z, v, g), eps, atol=1e-5)
+  v = predictions.v_from_x_eps(x, eps, g)
+  np.testing.assert_allclose(predictions.x_from_eps(z, eps, g), x, atol=2e-3)
+  np.testing.assert_allclose(predictions.eps_from_x(z, x, g), eps, atol=2e-3)
+  np.testing.assert_allclose(predictions.x_from_v(z, v, g), x, atol=1e-5)
+  np.testing.assert_allclose(predictions.eps_from_v(z, v, g), eps, atol=1e-5)
   for p, pred in [("eps", eps), ("x", x), ("v", v)]:
     np.testing.assert_allclose(
-      elbo.prediction_to_eps(pred, z, g, parameterization=p), eps, atol=2e-3
+      predictions.prediction_to_eps(pred, z, g, parameterization=p), eps, atol=2e-3
     )
   with pytest.raises(ValueError, match="Unknown parameterization 'score'"):
-    elbo.prediction_to_eps(x, z, g, parameterization="score")
+    predictions.prediction_to_eps(x, z, g, parameterization="score")

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from vdm_jax_scripts import elbo_forms
+from vdm_jax.evaluation import elbo_forms
 
 NUM_STEPS = 8
 NUM_SAMPLES = 48

@@ -19,8 +19,10 @@ import pytest
 from helpers import tiny_config
 from scipy import stats
 
-from vdm_jax import data, evaluation, ode, sampling, schedules, testing, train
+from vdm_jax import data, evaluation, sampling, schedules, testing, training
 from vdm_jax.data import toy2d
+from vdm_jax.evaluation import ode
+from vdm_jax.runtime import checkpoints
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -30,7 +32,7 @@ def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("eval")
   config = tiny_config(root / "tfds", num_steps=20, ckpt_every=20, log_every=10)
   config.eval.batch_size = 128  # 300 test examples: the last batch is partial
-  train.train_and_evaluate(config, str(root / "run"))
+  training.train_and_evaluate(config, str(root / "run"))
   return config, str(root / "run")
 
 
@@ -65,7 +67,7 @@ def test_cli_bpd_equals_independent_recomputation(trained, tmp_path):
   # example's ELBO alone, with the documented randomness of pass 0: (k_t, k_noise) =
   # split(fold_in(key(seed), 0)); t from one antithetic draw over the N = 300 examples,
   # permuted (k_u, k_perm = split(k_t)); example n's noise from fold_in(k_noise, n).
-  vdm, _, params, _ = train.load_ema_params(config, workdir)
+  vdm, _, params, _ = checkpoints.load_ema_params(config, workdir)
   source = data.digits.data_source(config.data.data_dir, "test")
   images = np.stack([np.asarray(source[i]["image"], np.int32) for i in range(len(source))])
   key_t, key_noise = jax.random.split(jax.random.fold_in(jax.random.key(3), 0))
@@ -85,7 +87,7 @@ def test_cli_bpd_equals_independent_recomputation(trained, tmp_path):
 
 def test_evaluation_does_not_depend_on_batch_size(trained):
   config, workdir = trained
-  vdm, mesh, params, _ = train.load_ema_params(config, workdir)
+  vdm, mesh, params, _ = checkpoints.load_ema_params(config, workdir)
   results = [
     evaluation.evaluate(vdm, params, config, mesh, batch_size=b, key=jax.random.key(5))
     for b in (64, 300, 1000)  # padded last batch, one exact batch, 700 rows of padding
@@ -102,7 +104,7 @@ def test_evaluation_does_not_depend_on_batch_size(trained):
 
 def test_single_pass_standard_error_covers_the_spread_between_passes(trained):
   config, workdir = trained
-  vdm, mesh, params, _ = train.load_ema_params(config, workdir)
+  vdm, mesh, params, _ = checkpoints.load_ema_params(config, workdir)
   passes = 30
   multi = evaluation.evaluate(vdm, params, config, mesh, passes=passes, key=jax.random.key(1))
   single = evaluation.evaluate(vdm, params, config, mesh, key=jax.random.key(8))
@@ -155,9 +157,9 @@ def test_sample_cli_and_missing_checkpoint(trained, tmp_path):
   assert samples.shape == (4, 8, 8, 1) and samples.min() >= 0 and samples.max() < 17
   assert (tmp_path / "s.png").exists()
   with pytest.raises(FileNotFoundError, match="No checkpoints"):
-    train.load_ema_params(config, str(tmp_path / "nothing"))
+    checkpoints.load_ema_params(config, str(tmp_path / "nothing"))
   with pytest.raises(ValueError, match="No checkpoint for step 7"):
-    train.load_ema_params(config, workdir, step=7)
+    checkpoints.load_ema_params(config, workdir, step=7)
 
 
 _TRAIN_ON_8 = """
@@ -165,10 +167,14 @@ import json, sys
 import jax
 sys.path.insert(0, {tests!r})
 from helpers import tiny_config
-from vdm_jax import evaluation, train
+from vdm_jax import evaluation
+from vdm_jax import training
+from vdm_jax import sampling
+from vdm_jax.evaluation import ode
+from vdm_jax.runtime import checkpoints
 config = tiny_config({data_dir!r}, num_steps=3, ckpt_every=3)
-train.train_and_evaluate(config, {workdir!r})
-vdm, mesh, params, _ = train.load_ema_params(config, {workdir!r})
+training.train_and_evaluate(config, {workdir!r})
+vdm, mesh, params, _ = checkpoints.load_ema_params(config, {workdir!r})
 print(json.dumps([
   evaluation.evaluate(vdm, params, config, mesh, batch_size=b, key=jax.random.key(4))["bpd"]
   for b in (64, 296, 1000)
@@ -185,7 +191,7 @@ def test_checkpoint_from_eight_devices_evaluates_on_one(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert jax.device_count() == 1
   config = tiny_config(tmp_path / "tfds")
-  vdm, mesh, params, step = train.load_ema_params(config, str(tmp_path / "run"))
+  vdm, mesh, params, step = checkpoints.load_ema_params(config, str(tmp_path / "run"))
   assert step == 3
   result = evaluation.evaluate(vdm, params, config, mesh, key=jax.random.key(4))
   assert result["num_examples"] == 300 and np.isfinite(result["bpd"])

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import elbo, gaussian, schedules, testing
+from vdm_jax import elbo, gaussian, predictions, schedules, testing, times
 
 DATA = testing.GaussianData(mean=0.3, std=0.5)
 # Points at least 1 std from the mean (where the expected error decreases with SNR) and
@@ -30,7 +30,7 @@ def _discrete_diffusion_by_library(schedule, num_steps, x):
 
   def per_step(gs, gt):
     z = gaussian.q_sample(xx, gt, eps)
-    eps_hat = elbo.eps_from_x(z, DATA.x_hat(z, gt), gt)
+    eps_hat = predictions.eps_from_x(z, DATA.x_hat(z, gt), gt)
     return elbo.diffusion_loss_discrete(eps, eps_hat, gs, gt, num_steps=num_steps) / num_steps
 
   per = jax.lax.map(lambda a: per_step(*a), (g_s, g_t), batch_size=256).sum(0)
@@ -120,11 +120,11 @@ def test_continuous_elbo_monte_carlo_within_error_of_exact_nll():
   for j, x0 in enumerate(X):
     key_t, key_e0, key_e = jax.random.split(jax.random.key(j), 3)
     x = jnp.full((n, 1), x0, jnp.float32)
-    t = elbo.sample_times(key_t, n)
+    t = times.sample_times(key_t, n)
     gamma, dgamma = schedules.gamma_and_derivative(schedule, t)
     eps = jax.random.normal(key_e, x.shape)
     z = gaussian.q_sample(x, gamma, eps)
-    eps_hat = elbo.eps_from_x(z, DATA.x_hat(z, gamma), gamma)
+    eps_hat = predictions.eps_from_x(z, DATA.x_hat(z, gamma), gamma)
     g0 = schedule(jnp.zeros(()))
     z0 = gaussian.q_sample(x, g0, jax.random.normal(key_e0, x.shape))
     total = (

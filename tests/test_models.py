@@ -9,7 +9,6 @@ import pytest
 
 from vdm_jax import models, schedules
 from vdm_jax.config import base_config
-from vdm_jax.vdm import make_vdm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +75,7 @@ def test_learned_schedules_monotone_with_endpoints(module):
 def test_vdm_initial_loss_matches_analytic():
   """At init eps_hat = 0, so the continuous diffusion loss is 1/2 gamma' ||eps||^2."""
   c = _tiny()
-  vdm = make_vdm(c, Info("digits", (8, 8, 1), 17))
+  vdm = models.make_model(c, Info("digits", (8, 8, 1), 17))
   params = vdm.init(jax.random.key(0))
   k = jnp.asarray(np.random.default_rng(0).integers(0, 17, (512, 8, 8, 1)))
   terms = vdm.loss_terms(params, k, jax.random.key(1))
@@ -99,7 +98,7 @@ def test_vdm_parameterisations_and_discrete_time(prediction, num_steps):
   c = _tiny(prediction=prediction)
   c.loss.num_steps = num_steps
   c.schedule.kind = "monotone"
-  vdm = make_vdm(c, Info("digits", (8, 8, 1), 17))
+  vdm = models.make_model(c, Info("digits", (8, 8, 1), 17))
   params = vdm.init(jax.random.key(0))
   k = jnp.asarray(np.random.default_rng(0).integers(0, 17, (4, 8, 8, 1)))
   loss = lambda p: vdm.loss_terms(p, k, jax.random.key(1), train=True)["bpd"].mean()
@@ -111,10 +110,10 @@ def test_vdm_parameterisations_and_discrete_time(prediction, num_steps):
 
 def test_make_vdm_rejects_mismatched_data():
   with pytest.raises(ValueError, match="denoiser='mlp'"):
-    make_vdm(_tiny(), Info("toy2d", (2,), 256))
+    models.make_model(_tiny(), Info("toy2d", (2,), 256))
   with pytest.raises(ValueError, match="needs flat data"):
-    make_vdm(_tiny(denoiser="mlp"), Info("digits", (8, 8, 1), 17))
-  vdm = make_vdm(_tiny(), Info("digits", (8, 8, 1), 17))
+    models.make_model(_tiny(denoiser="mlp"), Info("digits", (8, 8, 1), 17))
+  vdm = models.make_model(_tiny(), Info("digits", (8, 8, 1), 17))
   params = vdm.init(jax.random.key(0))
   with pytest.raises(ValueError, match="does not match the model's"):
     vdm.loss_terms(params, jnp.zeros((2, 8, 8, 3), jnp.int32), jax.random.key(0))
@@ -127,7 +126,7 @@ def test_fixed_schedules_through_vdm():
   ]:
     c = _tiny()
     c.schedule.kind = kind
-    vdm = make_vdm(c, Info("digits", (8, 8, 1), 17))
+    vdm = models.make_model(c, Info("digits", (8, 8, 1), 17))
     params = vdm.init(jax.random.key(0))
     assert params["schedule"] == {}
     t = jnp.linspace(0, 1, 5)

@@ -18,10 +18,11 @@ import PIL.Image
 import pytest
 from helpers import tiny_config
 
-from vdm_jax import codecs, data, train
+from vdm_jax import data, models, training
 from vdm_jax.config import validate
 from vdm_jax.data import folder, photos
-from vdm_jax.vdm import make_model
+from vdm_jax.evaluation import codecs
+from vdm_jax.runtime import checkpoints
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -183,7 +184,7 @@ def test_import_crop_mode_and_train_through_the_registry(image_folder, tmp_path)
   validate(c)
   batch = next(data.make_train_iterator(c.data, global_batch_size=4, seed=0))["image"]
   assert batch.shape == (4, 8, 8, 3)
-  vdm = make_model(c, data.static_info(c.data))
+  vdm = models.make_model(c, data.static_info(c.data))
   assert vdm.vocab_size == 256 and vdm.data_shape == (8, 8, 3)
   params = jax.jit(vdm.init)(jax.random.key(0))
   bpd = jax.jit(lambda p, k: vdm.loss_terms(p, k, jax.random.key(1))["bpd"])(params, batch)
@@ -431,12 +432,12 @@ def test_train_and_evaluate_cli_on_photo_patches(photos_dir, tmp_path):
   config.train.sample_steps = 3
   config.eval.batch_size = 262
   workdir = tmp_path / "run"
-  result = train.train_and_evaluate(config, str(workdir))
+  result = training.train_and_evaluate(config, str(workdir))
   assert result["eval"]["num_examples"] == 524
   grid = np.asarray(PIL.Image.open(workdir / "samples_00000003.png"))
   assert grid.ndim == 3 and grid.shape[-1] == 3  # an RGB grid
   assert np.abs(np.diff(grid.astype(int), axis=-1)).max() > 0  # whose channels differ
-  vdm, _, _, _ = train.load_ema_params(config, str(workdir))
+  vdm, _, _, _ = checkpoints.load_ema_params(config, str(workdir))
   assert vdm.vocab_size == 256 and vdm.data_shape == (32, 32, 3)
 
   out = tmp_path / "eval.json"

@@ -16,7 +16,8 @@ import pytest
 from helpers import tiny_config
 from jax.experimental import checkify
 
-from vdm_jax import elbo, evaluation, train, workdir
+from vdm_jax import elbo, evaluation, training
+from vdm_jax.runtime import checkpoints, workdir
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -42,11 +43,11 @@ _LONG_RUN = """
 import sys
 sys.path.insert(0, {tests!r})
 from helpers import tiny_config
-from vdm_jax import train
+from vdm_jax import training
 c = tiny_config({data_dir!r}, num_steps={num_steps}, ckpt_every=10_000, log_every=1)
 try:
-  train.train_and_evaluate(c, {workdir!r})
-except train.TrainingInterrupted as e:
+  training.train_and_evaluate(c, {workdir!r})
+except training.TrainingInterrupted as e:
   print(e, file=sys.stderr)
   sys.exit(128 + e.signum)
 """
@@ -72,7 +73,7 @@ def test_sigterm_saves_and_the_rerun_is_bit_identical(data_dir, tmp_path):
     # A second run in the same workdir is refused at once, naming the first.
     start = time.perf_counter()
     with pytest.raises(workdir.WorkdirLockedError, match=f"pid {proc.pid} on host"):
-      train.train_and_evaluate(config(), str(run))
+      training.train_and_evaluate(config(), str(run))
     assert time.perf_counter() - start < 30
     # TensorBoard and metrics.jsonl are on disk while it runs (flushed at each log).
     assert sum(p.stat().st_size for p in (run / "tb").iterdir()) > 0
@@ -85,10 +86,10 @@ def test_sigterm_saves_and_the_rerun_is_bit_identical(data_dir, tmp_path):
   assert 5 <= saved < num_steps
   assert (run / "checkpoints" / str(saved)).is_dir()
 
-  out = train.train_and_evaluate(config(), str(run))
+  out = training.train_and_evaluate(config(), str(run))
   assert out["step"] == num_steps and out["eval"]["num_examples"] == 300
   straight = tmp_path / "straight"
-  train.train_and_evaluate(config(), str(straight))
+  training.train_and_evaluate(config(), str(straight))
   _assert_same(_leaves(run, num_steps), _leaves(straight, num_steps))
   # The rows of the steps replayed after the resume were dropped: one row per step.
   rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -109,16 +110,16 @@ def test_cut_off_final_evaluation_is_redone(data_dir, tmp_path, monkeypatch):
 
   monkeypatch.setattr(evaluation, "evaluate", dies)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(tiny_config(data_dir), str(run))
+    training.train_and_evaluate(tiny_config(data_dir), str(run))
   assert not (run / "final_metrics.json").exists()
   monkeypatch.setattr(evaluation, "evaluate", evaluate)
-  out = train.train_and_evaluate(tiny_config(data_dir), str(run))
+  out = training.train_and_evaluate(tiny_config(data_dir), str(run))
   assert out["step"] == 6 and out["eval"]["num_examples"] == 300
   recorded = json.loads((run / "final_metrics.json").read_text())
   assert recorded["eval"]["bpd"] == out["eval"]["bpd"]
   # A further rerun neither re-evaluates nor loses the evaluation.
   monkeypatch.setattr(evaluation, "evaluate", dies)
-  assert train.train_and_evaluate(tiny_config(data_dir), str(run))["eval"] == recorded["eval"]
+  assert training.train_and_evaluate(tiny_config(data_dir), str(run))["eval"] == recorded["eval"]
 
 
 def _flip_bytes(step_dir: pathlib.Path) -> pathlib.Path:
@@ -133,14 +134,16 @@ def _flip_bytes(step_dir: pathlib.Path) -> pathlib.Path:
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(data_dir, tmp_path, capsys):
   straight, run = tmp_path / "straight", tmp_path / "run"
-  train.train_and_evaluate(tiny_config(data_dir), str(straight))
-  train.train_and_evaluate(tiny_config(data_dir), str(run))  # checkpoints 3 and 6
+  training.train_and_evaluate(tiny_config(data_dir), str(straight))
+  training.train_and_evaluate(tiny_config(data_dir), str(run))  # checkpoints 3 and 6
   _flip_bytes(run / "checkpoints" / "6")
   (run / "final_metrics.json").unlink()
   capsys.readouterr()
-  with pytest.raises(train.CheckpointError, match="Checkpoint step 6 .* (damaged|cannot be read)"):
-    train.load_ema_params(tiny_config(data_dir), str(run))
-  out = train.train_and_evaluate(tiny_config(data_dir), str(run))
+  with pytest.raises(
+    checkpoints.CheckpointError, match="Checkpoint step 6 .* (damaged|cannot be read)"
+  ):
+    checkpoints.load_ema_params(tiny_config(data_dir), str(run))
+  out = training.train_and_evaluate(tiny_config(data_dir), str(run))
   err = capsys.readouterr().err
   assert "Checkpoint step 6" in err and "Resuming from step 3" in err, err
   assert (run / "checkpoints_damaged" / "6").is_dir()
@@ -150,7 +153,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(data_dir, tmp
 
 def test_resume_with_a_different_meaning_is_refused(data_dir, tmp_path):
   run = tmp_path / "run"
-  train.train_and_evaluate(tiny_config(data_dir), str(run))
+  training.train_and_evaluate(tiny_config(data_dir), str(run))
   recorded = (run / "config.json").read_text()
   for field, value, shown in [
     ("model.n_embd", 32, "config.model.n_embd: 16 -> 32"),
@@ -161,13 +164,13 @@ def test_resume_with_a_different_meaning_is_refused(data_dir, tmp_path):
     section, _, name = field.rpartition(".")
     (c[section] if section else c)[name] = value
     with pytest.raises(ValueError, match=shown):
-      train.train_and_evaluate(c, str(run))
+      training.train_and_evaluate(c, str(run))
     assert (run / "config.json").read_text() == recorded  # the record is untouched
   # Safe changes resume; a named change is accepted.
-  assert train.train_and_evaluate(tiny_config(data_dir, num_steps=9), str(run))["step"] == 9
+  assert training.train_and_evaluate(tiny_config(data_dir, num_steps=9), str(run))["step"] == 9
   c = tiny_config(data_dir, num_steps=12)
   c.model.dropout, c.train.allow_config_changes = 0.2, "model.dropout"
-  assert train.train_and_evaluate(c, str(run))["step"] == 12
+  assert training.train_and_evaluate(c, str(run))["step"] == 12
   assert json.loads((run / "config.json").read_text())["model"]["dropout"] == 0.2
 
 
@@ -188,7 +191,7 @@ def test_bad_values_fail_before_the_workdir_is_touched(data_dir, tmp_path, field
   section, _, name = field.rpartition(".")
   (c[section] if section else c)[name] = value
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(c, str(tmp_path / "run"))
+    training.train_and_evaluate(c, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
 
@@ -196,7 +199,7 @@ def test_stale_lock_is_taken_over(data_dir, tmp_path):
   run = tmp_path / "run"
   run.mkdir()
   (run / ".lock").write_text("pid 999999 on host gone")  # left by a killed run: no flock
-  assert train.train_and_evaluate(tiny_config(data_dir, num_steps=3), str(run))["step"] == 3
+  assert training.train_and_evaluate(tiny_config(data_dir, num_steps=3), str(run))["step"] == 3
 
 
 def test_failed_async_save_is_reported_clearly(tmp_path):
@@ -206,8 +209,8 @@ def test_failed_async_save_is_reported_clearly(tmp_path):
     def check_for_errors(self):
       raise OSError(28, "No space left on device")
 
-  with pytest.raises(train.CheckpointSaveError, match="step 25 .* No space left on device"):
-    train._check_saves(Manager(), 25)
+  with pytest.raises(training.CheckpointSaveError, match="step 25 .* No space left on device"):
+    training.loop._check_saves(Manager(), 25)
 
 
 def test_checked_mode_of_the_pure_terms():
@@ -248,7 +251,7 @@ def test_sample_cli_rejects_a_bad_number_of_samples(tmp_path):
 
 def test_checksums_follow_the_kept_checkpoints(data_dir, tmp_path):
   c = tiny_config(data_dir, num_steps=15, max_to_keep=2)  # saves 3, 6, ..., 15; keeps 2
-  train.train_and_evaluate(c, str(tmp_path))
+  training.train_and_evaluate(c, str(tmp_path))
   kept = {p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()}
   recorded = {p.name.removesuffix(".json") for p in (tmp_path / "checksums").iterdir()}
   assert kept == {"12", "15"} and kept <= recorded and not recorded & {"3", "6"}, recorded

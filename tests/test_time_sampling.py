@@ -16,9 +16,8 @@ import pytest
 from helpers import tiny_config
 from scipy import stats
 
-from vdm_jax import elbo, train
+from vdm_jax import models, times, training
 from vdm_jax.config import base_config
-from vdm_jax.vdm import make_vdm
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -47,9 +46,9 @@ def test_importance_sampling_is_unbiased_and_lowers_variance(antithetic):
 
   def batch_mean(key, importance):
     if importance:
-      t, w = elbo.importance_sample_times(key, batch, probs, antithetic=antithetic)
+      t, w = times.importance_sample_times(key, batch, probs, antithetic=antithetic)
     else:
-      t, w = elbo.sample_times(key, batch, antithetic=antithetic), 1.0
+      t, w = times.sample_times(key, batch, antithetic=antithetic), 1.0
     return jnp.mean(w * _loss_of_t(t))
 
   keys = jax.random.split(jax.random.key(0), reps)
@@ -66,8 +65,8 @@ def test_importance_sampling_is_unbiased_and_lowers_variance(antithetic):
 
 def test_importance_proposal_and_weights():
   probs = jnp.array([0.1, 0.6, 0.05, 0.25])
-  t, w = elbo.importance_sample_times(jax.random.key(1), 20000, probs, antithetic=False)
-  b = np.asarray(elbo.time_bin(t, 4))
+  t, w = times.importance_sample_times(jax.random.key(1), 20000, probs, antithetic=False)
+  b = np.asarray(times.time_bin(t, 4))
   counts = np.bincount(b, minlength=4)
   assert stats.chisquare(counts, 20000 * np.asarray(probs)).pvalue > 1e-3
   np.testing.assert_allclose(w, 1.0 / (4 * np.asarray(probs)[b]), rtol=1e-6)
@@ -76,38 +75,38 @@ def test_importance_proposal_and_weights():
   inside = np.asarray(t)[b == 1] * 4 - 1
   assert stats.kstest(inside, "uniform").pvalue > 1e-3
   # Discrete time: t on the grid, one probability per step.
-  t, w = elbo.importance_sample_times(jax.random.key(2), 1000, probs, num_steps=4)
+  t, w = times.importance_sample_times(jax.random.key(2), 1000, probs, num_steps=4)
   np.testing.assert_allclose(np.asarray(t) * 4, np.round(np.asarray(t) * 4), atol=1e-5)
   np.testing.assert_allclose(
     w, 1.0 / (4 * np.asarray(probs)[np.round(np.asarray(t) * 4).astype(int) - 1]), rtol=1e-6
   )
   # Every grid time i/T falls in its own bin i - 1, also where float32 i/T * T > i.
   grid = (jnp.arange(1000, dtype=jnp.float32) + 1.0) / 1000
-  np.testing.assert_array_equal(elbo.time_bin(grid, 1000, discrete=True), np.arange(1000))
-  m = elbo.update_time_moments(elbo.init_time_moments(1000), grid, grid, num_steps=1000)
+  np.testing.assert_array_equal(times.time_bin(grid, 1000, discrete=True), np.arange(1000))
+  m = times.update_time_moments(times.init_time_moments(1000), grid, grid, num_steps=1000)
   np.testing.assert_allclose(m["second_moment"], np.asarray(grid) ** 2, rtol=1e-6)
   with pytest.raises(ValueError, match="K = 4 != T = 5"):
-    elbo.importance_sample_times(jax.random.key(2), 8, probs, num_steps=5)
+    times.importance_sample_times(jax.random.key(2), 8, probs, num_steps=5)
   with pytest.raises(ValueError, match="bin_probs"):
-    elbo.importance_sample_times(jax.random.key(2), 8, probs[None])
+    times.importance_sample_times(jax.random.key(2), 8, probs[None])
 
 
 def test_time_moments_update_and_proposal():
-  m = elbo.init_time_moments(4)
-  np.testing.assert_allclose(elbo.importance_bin_probs(m), 0.25)
+  m = times.init_time_moments(4)
+  np.testing.assert_allclose(times.importance_bin_probs(m), 0.25)
   t = jnp.array([0.1, 0.2, 0.6, 0.65, 0.7])
   loss = jnp.array([1.0, 3.0, 2.0, 4.0, 6.0])
-  m = elbo.update_time_moments(m, t, loss, decay=0.9)
+  m = times.update_time_moments(m, t, loss, decay=0.9)
   want = np.array([(1 + 9) / 2, 0.0, (4 + 16 + 36) / 3, 0.0])
   np.testing.assert_allclose(m["second_moment"], want, rtol=1e-6)
   np.testing.assert_array_equal(m["seen"], [True, False, True, False])
-  np.testing.assert_allclose(elbo.importance_bin_probs(m), 0.25)  # not every bin seen yet
-  m = elbo.update_time_moments(
+  np.testing.assert_allclose(times.importance_bin_probs(m), 0.25)  # not every bin seen yet
+  m = times.update_time_moments(
     m, jnp.array([0.3, 0.9, 0.15]), jnp.array([2.0, 1.0, 3.0]), decay=0.9
   )
   want = np.array([0.9 * 5 + 0.1 * 9, 4.0, (4 + 16 + 36) / 3, 1.0])
   np.testing.assert_allclose(m["second_moment"], want, rtol=1e-6)
-  probs = np.asarray(elbo.importance_bin_probs(m, uniform_mix=0.1))
+  probs = np.asarray(times.importance_bin_probs(m, uniform_mix=0.1))
   root = np.sqrt(want)
   np.testing.assert_allclose(probs, 0.9 * root / root.sum() + 0.025, rtol=1e-6)
 
@@ -123,7 +122,7 @@ def _toy_vdm(objective):
   c = base_config()
   c.model.denoiser, c.model.mlp_hidden, c.model.mlp_layers = "mlp", 32, 2
   c.schedule.kind, c.schedule.objective = "monotone", objective
-  return make_vdm(c, _Info())
+  return models.make_model(c, _Info())
 
 
 def test_variance_objective_gradients_against_plain_autodiff():
@@ -168,14 +167,14 @@ def test_trainer_with_importance_sampling(tmp_path):
   """(The variance objective's training path is `loss_terms` under grad, tested above.)"""
   config = tiny_config(tmp_path / "tfds", num_steps=6, ckpt_every=3, log_every=3)
   config.loss.time_sampling, config.loss.time_bins = "importance", 8
-  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  result = training.train_and_evaluate(config, str(tmp_path / "run"))
   assert np.isfinite(result["train"]["loss_bpd"])
   state = _restore_state(tmp_path / "run", 6)
   assert np.all(state["time_moments"]["seen"]) and np.all(
     state["time_moments"]["second_moment"] > 0
   )
   config.train.num_steps = 9  # resumes with the moments restored
-  assert train.train_and_evaluate(config, str(tmp_path / "run"))["step"] == 9
+  assert training.train_and_evaluate(config, str(tmp_path / "run"))["step"] == 9
 
   # The variance-measuring script on this checkpoint.
   out = tmp_path / "var.json"

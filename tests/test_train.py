@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import tiny_config
 
-from vdm_jax import train
+from vdm_jax import training
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -31,7 +31,7 @@ def _restore_params(workdir, step):
 def test_short_run_loss_decreases_and_writes_outputs(data_dir, tmp_path):
   c = tiny_config(data_dir, num_steps=60, log_every=10, ckpt_every=30, eval_every=60)
   c.train.num_samples, c.train.sample_steps = 4, 5
-  out = train.train_and_evaluate(c, str(tmp_path))
+  out = training.train_and_evaluate(c, str(tmp_path))
   assert out["step"] == 60
   log = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   train_losses = [r["loss_bpd"] for r in log if r["kind"] == "train"]
@@ -52,15 +52,17 @@ def test_short_run_loss_decreases_and_writes_outputs(data_dir, tmp_path):
 
 def test_resume_reaches_the_same_parameters(data_dir, tmp_path):
   straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-  train.train_and_evaluate(tiny_config(data_dir, num_steps=6), str(straight))
-  train.train_and_evaluate(tiny_config(data_dir, num_steps=3), str(interrupted))
-  out = train.train_and_evaluate(tiny_config(data_dir, num_steps=6), str(interrupted))
+  training.train_and_evaluate(tiny_config(data_dir, num_steps=6), str(straight))
+  training.train_and_evaluate(tiny_config(data_dir, num_steps=3), str(interrupted))
+  out = training.train_and_evaluate(tiny_config(data_dir, num_steps=6), str(interrupted))
   assert out["step"] == 6
   a, b = _restore_params(straight, 6), _restore_params(interrupted, 6)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # And a run that is already finished does nothing more.
-  assert train.train_and_evaluate(tiny_config(data_dir, num_steps=6), str(interrupted))["step"] == 6
+  assert (
+    training.train_and_evaluate(tiny_config(data_dir, num_steps=6), str(interrupted))["step"] == 6
+  )
 
 
 _MULTI_DEVICE = """
@@ -68,9 +70,9 @@ import sys, json, numpy as np, jax
 sys.path.insert(0, {tests!r})
 from helpers import tiny_config
 from test_train import _restore_params
-from vdm_jax import train
+from vdm_jax import training
 c = tiny_config({data_dir!r}, num_steps=3, ckpt_every=3, log_every=1)
-train.train_and_evaluate(c, {workdir!r})
+training.train_and_evaluate(c, {workdir!r})
 state = _restore_params({workdir!r}, 3)
 np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(state["params"])])
 print("devices", jax.device_count())
@@ -102,30 +104,30 @@ def test_bad_config_values_fail_early(data_dir, tmp_path):
   c = tiny_config(data_dir)
   c.schedule.kind = "quadratic"
   with pytest.raises(ValueError, match=r"config.schedule.kind='quadratic' is not one of"):
-    train.train_and_evaluate(c, str(tmp_path / "a"))
+    training.train_and_evaluate(c, str(tmp_path / "a"))
   c = tiny_config(data_dir)
   c.model.n_embd = 20
   with pytest.raises(
     ValueError, match=r"n_embd \(20\) must be divisible by config.model.norm_groups \(8\)"
   ):
-    train.train_and_evaluate(c, str(tmp_path / "b"))
+    training.train_and_evaluate(c, str(tmp_path / "b"))
 
 
 def test_unwritable_workdir_and_missing_data(data_dir, tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   with pytest.raises(ValueError, match="is not writable"):
-    train.train_and_evaluate(tiny_config(data_dir), str(blocker / "run"))
+    training.train_and_evaluate(tiny_config(data_dir), str(blocker / "run"))
   c = tiny_config(tmp_path / "empty_tfds")
   c.data.name = "cifar10"
   with pytest.raises((ValueError, FileNotFoundError), match="tfds build cifar10"):
-    train.train_and_evaluate(c, str(tmp_path / "run"))
+    training.train_and_evaluate(c, str(tmp_path / "run"))
 
 
 def test_batch_size_must_divide_device_count(tmp_path):
   code = (
-    "from vdm_jax import train\n"
-    "try:\n  train.check_batch_size(12)\nexcept ValueError as e:\n  print(e)\n"
+    "from vdm_jax.runtime import mesh as mesh_lib\n"
+    "try:\n  mesh_lib.check_batch_size(12)\nexcept ValueError as e:\n  print(e)\n"
   )
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -154,18 +156,20 @@ _SHARDINGS = """
 import sys, json, numpy as np, jax
 sys.path.insert(0, {tests!r})
 from helpers import tiny_config
-from vdm_jax import data, train
+from vdm_jax import data, models, training
+from vdm_jax.runtime import checkpoints
+from vdm_jax.runtime import mesh as mesh_lib
 emas, sharded = {{}}, {{}}
 for kind in ("replicated", "fsdp"):
   c = tiny_config({data_dir!r}, num_steps=3, ckpt_every=3)
   c.train.sharding, c.train.fsdp_min_size = kind, 1024  # the 3x3 convs have 2,304 weights
-  train.train_and_evaluate(c, {workdir!r} + kind)
-  _, mesh, ema, _ = train.load_ema_params(c, {workdir!r} + kind)
+  training.train_and_evaluate(c, {workdir!r} + kind)
+  _, mesh, ema, _ = checkpoints.load_ema_params(c, {workdir!r} + kind)
   emas[kind] = [np.asarray(x) for x in jax.tree.leaves(ema)]
-  vdm = train.make_model(c, data.static_info(c.data))
-  shapes = jax.eval_shape(lambda k: train.create_train_state(
-    vdm, k, train.make_optimizer(c), c), jax.random.key(0))
-  shard = train.state_shardings(shapes, mesh, kind, min_size=1024)
+  vdm = models.make_model(c, data.static_info(c.data))
+  shapes = jax.eval_shape(lambda k: training.create_train_state(
+    vdm, k, training.make_optimizer(c), c), jax.random.key(0))
+  shard = mesh_lib.state_shardings(shapes, mesh, kind, min_size=1024)
   leaves = zip(jax.tree.leaves(shapes), jax.tree.leaves(shard))
   sharded[kind] = sum(x.size for x, s in leaves if not s.is_fully_replicated) / sum(
     x.size for x in jax.tree.leaves(shapes))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import elbo, gaussian, schedules
+from vdm_jax import elbo, gaussian, predictions, schedules, times
 
 B, SHAPE = 3, (3, 4, 4, 2)
 _r = np.random.default_rng(0)
@@ -47,11 +47,11 @@ CASES = {
     3,
   ),
   "denoising_matching_kl": (elbo.denoising_matching_kl, (X, EPS_HAT, EPS, G_S, G_T), 4),
-  "x_from_eps": (elbo.x_from_eps, (EPS, EPS_HAT, G_T), 2),
-  "eps_from_x": (elbo.eps_from_x, (EPS, X, G_T), 2),
-  "v_from_x_eps": (elbo.v_from_x_eps, (X, EPS, G_T), 2),
-  "x_from_v": (elbo.x_from_v, (EPS, EPS_HAT, G_T), 2),
-  "eps_from_v": (elbo.eps_from_v, (EPS, EPS_HAT, G_T), 2),
+  "x_from_eps": (predictions.x_from_eps, (EPS, EPS_HAT, G_T), 2),
+  "eps_from_x": (predictions.eps_from_x, (EPS, X, G_T), 2),
+  "v_from_x_eps": (predictions.v_from_x_eps, (X, EPS, G_T), 2),
+  "x_from_v": (predictions.x_from_v, (EPS, EPS_HAT, G_T), 2),
+  "eps_from_v": (predictions.eps_from_v, (EPS, EPS_HAT, G_T), 2),
   "bits_per_dim": (lambda n: elbo.bits_per_dim(n, 32), (G_T,), 0),
 }
 
@@ -109,9 +109,9 @@ def test_stable_over_gamma_range_values_and_gradients():
       elbo.diffusion_loss_continuous(eps, eps_hat, jnp.ones_like(g)),
       elbo.diffusion_loss_discrete(eps, eps_hat, g_s, g, num_steps=1),
       elbo.diffusion_loss_discrete(eps, eps_hat, g - 1e-4, g, num_steps=100_000),
-      elbo.denoising_matching_kl(x, elbo.x_from_eps(z, eps_hat, g), z, g_s, g),
-      elbo.x_from_eps(z, eps_hat, g).sum((1, 2, 3)),
-      elbo.eps_from_x(z, x, g).sum((1, 2, 3)),
+      elbo.denoising_matching_kl(x, predictions.x_from_eps(z, eps_hat, g), z, g_s, g),
+      predictions.x_from_eps(z, eps_hat, g).sum((1, 2, 3)),
+      predictions.eps_from_x(z, x, g).sum((1, 2, 3)),
       gaussian.q_posterior(z, x, g_s, g)[1].sum((1, 2, 3)),
     ]
     return jnp.stack(out)
@@ -190,10 +190,10 @@ def test_discrete_alphas_extremes():
       lambda: elbo.denoising_matching_kl(X, X[:2], EPS, G_S, G_T),
       "`z_t` and `x` must have the same shape",
     ),
-    (lambda: elbo.sample_times(jax.random.key(0), 0), "batch_size"),
-    (lambda: elbo.sample_times(jax.random.key(0), 4, num_steps=-1), "num_steps"),
-    (lambda: elbo.x_from_eps(EPS, EPS_HAT[:, :1], G_T), "`z_t` and `eps_hat`"),
-    (lambda: elbo.v_from_x_eps(X, EPS, jnp.zeros(2)), r"`gamma_t`.*\(2,\)"),
+    (lambda: times.sample_times(jax.random.key(0), 0), "batch_size"),
+    (lambda: times.sample_times(jax.random.key(0), 4, num_steps=-1), "num_steps"),
+    (lambda: predictions.x_from_eps(EPS, EPS_HAT[:, :1], G_T), "`z_t` and `eps_hat`"),
+    (lambda: predictions.v_from_x_eps(X, EPS, jnp.zeros(2)), r"`gamma_t`.*\(2,\)"),
   ],
 )
 def test_bad_input_raises_value_error_naming_it(call, match):

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from vdm_jax import elbo, evaluation, gaussian, train
+from vdm_jax import elbo, gaussian, training, vae_elbo
 from vdm_jax.config import sibling_config
+from vdm_jax.evaluation import ode
+from vdm_jax.runtime import checkpoints
 
 REPO = __import__("pathlib").Path(__file__).parents[1]
 
@@ -52,7 +54,7 @@ def _nll(z):
 
 
 def test_reconstruction_and_kl_match_quadrature_and_closed_form():
-  terms = elbo.vae_elbo(jax.random.key(0), K, MEAN, LOG_VAR, decode, num_samples=20000)
+  terms = vae_elbo.vae_elbo(jax.random.key(0), K, MEAN, LOG_VAR, decode, num_samples=20000)
   want = _quadrature(_nll, MEAN, LOG_VAR)
   # MC standard error at L = 20000 is ~0.01 nats here; a factor of 2 is > 1 nat.
   np.testing.assert_allclose(terms["recon"], want, atol=0.05)
@@ -91,7 +93,7 @@ def test_negative_elbo_is_nll_plus_kl_to_the_true_posterior():
     )
   neg_elbo = (
     _quadrature(_nll, MEAN, LOG_VAR)
-    + elbo.vae_elbo(jax.random.key(0), K, MEAN, LOG_VAR, decode)["kl"]
+    + vae_elbo.vae_elbo(jax.random.key(0), K, MEAN, LOG_VAR, decode)["kl"]
   )
   np.testing.assert_allclose(neg_elbo, -log_p + np.array(kl_post), atol=2e-3)
   assert np.all(np.array(kl_post) > 0.01)
@@ -99,7 +101,7 @@ def test_negative_elbo_is_nll_plus_kl_to_the_true_posterior():
 
 def test_reparameterised_gradient_matches_quadrature_gradient():
   def mc(mean, log_var):
-    return elbo.vae_elbo(jax.random.key(1), K, mean, log_var, decode, num_samples=40000)[
+    return vae_elbo.vae_elbo(jax.random.key(1), K, mean, log_var, decode, num_samples=40000)[
       "recon"
     ].sum()
 
@@ -115,18 +117,20 @@ def test_reparameterised_gradient_matches_quadrature_gradient():
 
 def test_vae_elbo_under_jit_vmap_and_bad_inputs():
   key = jax.random.key(2)
-  eager = elbo.vae_elbo(key, K, MEAN, LOG_VAR, decode, num_samples=3)
-  jitted = jax.jit(lambda m, lv: elbo.vae_elbo(key, K, m, lv, decode, num_samples=3))(MEAN, LOG_VAR)
+  eager = vae_elbo.vae_elbo(key, K, MEAN, LOG_VAR, decode, num_samples=3)
+  jitted = jax.jit(lambda m, lv: vae_elbo.vae_elbo(key, K, m, lv, decode, num_samples=3))(
+    MEAN, LOG_VAR
+  )
   for name in ("recon", "kl"):
     np.testing.assert_allclose(jitted[name], eager[name], rtol=1e-6)
-  batched = jax.vmap(lambda m, lv: elbo.vae_elbo(key, K, m, lv, decode, num_samples=3)["kl"])(
+  batched = jax.vmap(lambda m, lv: vae_elbo.vae_elbo(key, K, m, lv, decode, num_samples=3)["kl"])(
     jnp.stack([MEAN, 2 * MEAN]), jnp.stack([LOG_VAR, LOG_VAR])
   )
   np.testing.assert_allclose(batched[0], eager["kl"], rtol=1e-6)
   with pytest.raises(ValueError, match="num_samples"):
-    elbo.vae_elbo(key, K, MEAN, LOG_VAR, decode, num_samples=0)
+    vae_elbo.vae_elbo(key, K, MEAN, LOG_VAR, decode, num_samples=0)
   with pytest.raises(ValueError, match=r"\[B, Dz\]"):
-    elbo.vae_elbo(key, K, MEAN[:1], LOG_VAR[:1], decode)
+    vae_elbo.vae_elbo(key, K, MEAN[:1], LOG_VAR[:1], decode)
   with pytest.raises(ValueError, match="logits"):
     elbo.categorical_nll(K, jnp.zeros((2, 4, V)))
 
@@ -140,7 +144,7 @@ def test_vae_trains_evaluates_and_samples_with_the_common_commands(tmp_path):
   config.optim.weight_decay = 0.0
   config.optim.ema_decay = 0.5  # 30 steps: evaluate (nearly) the trained params
   workdir = tmp_path / "run"
-  result = train.train_and_evaluate(config, str(workdir))
+  result = training.train_and_evaluate(config, str(workdir))
   assert set(result["eval"]) >= {"bpd", "bpd_se", "recon_bpd", "kl_bpd"}
   assert "diffusion_bpd" not in result["eval"]
   np.testing.assert_allclose(
@@ -149,14 +153,15 @@ def test_vae_trains_evaluates_and_samples_with_the_common_commands(tmp_path):
   assert result["eval"]["bpd"] < math.log2(17)  # better than uniform after 30 steps
   assert (workdir / "samples_00000030.png").exists()
 
-  vae, mesh, params, step = train.load_ema_params(config, str(workdir))
+  vae, mesh, params, step = checkpoints.load_ema_params(config, str(workdir))
   samples = vae.sample(params, jax.random.key(0), 5)
   assert samples.shape == (5, 8, 8, 1) and samples.dtype == jnp.int32
   assert 0 <= int(samples.min()) and int(samples.max()) < 17
-  with pytest.raises(ValueError, match="no diffusion time"):
+  assert not vae.diffusion_time  # the Model interface's flag: no num_steps, t or t_weight
+  with pytest.raises(TypeError, match="num_steps"):
     vae.loss_terms(params, samples, jax.random.key(0), num_steps=10)
   with pytest.raises(ValueError, match="probability-flow ODE"):
-    evaluation.evaluate_ode(vae, params, config, mesh)
+    ode.evaluate_ode(vae, params, config, mesh)
 
   out = tmp_path / "eval.json"
   base = [
@@ -174,7 +179,7 @@ def test_vae_trains_evaluates_and_samples_with_the_common_commands(tmp_path):
   assert got["model"] == "vae" and got["num_examples"] == 300 and got["checkpoint_step"] == step
   assert "kl bits/dim" in proc.stdout
   proc = subprocess.run([*base, "--method=ode"], capture_output=True, text=True)
-  assert proc.returncode != 0 and "VDMs only" in proc.stderr
+  assert proc.returncode != 0 and "(VDMs) only" in proc.stderr
 
 
 def test_vae_config_is_valid_and_rejects_diffusion_steps():

@@ -4,12 +4,24 @@ The pure mathematics (no Flax, no I/O) is importable on its own:
 
 * `vdm_jax.schedules`: gamma(t) = -log SNR(t) schedules, alpha/sigma, discrete alphas.
 * `vdm_jax.gaussian`: q(z_t|x) sampler, posterior q(z_s|z_t,x), Gaussian KL.
-* `vdm_jax.elbo`: reconstruction, prior and diffusion terms, time sampling, conversions.
+* `vdm_jax.elbo`: the reconstruction, prior and diffusion terms; bits per dimension.
+* `vdm_jax.times`: diffusion times: uniform, antithetic, importance sampling.
+* `vdm_jax.predictions`: conversions between predictions of x, epsilon and v.
+* `vdm_jax.vae_elbo`: the Gaussian VAE's negative ELBO.
 * `vdm_jax.hvae`: the seed's two forms of the ELBO of the Markovian hierarchical VAE.
 * `vdm_jax.testing`: data distributions with closed-form optimal denoisers.
 """
 
-from vdm_jax import elbo, gaussian, hvae, schedules, testing
+from vdm_jax import elbo, gaussian, hvae, predictions, schedules, testing, times, vae_elbo
 
-__all__ = ["elbo", "gaussian", "hvae", "schedules", "testing"]
+__all__ = [
+  "elbo",
+  "gaussian",
+  "hvae",
+  "predictions",
+  "schedules",
+  "testing",
+  "times",
+  "vae_elbo",
+]
 __version__ = "0.1.0"

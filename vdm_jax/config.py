@@ -10,19 +10,10 @@ from __future__ import annotations
 import ml_collections
 
 __all__ = [
-  "DENOISERS",
-  "MODELS",
-  "PREDICTIONS",
-  "SCHEDULES",
   "base_config",
   "sibling_config",
   "validate",
 ]
-
-SCHEDULES = ("linear", "learned_linear", "monotone", "cosine", "ddpm")
-MODELS = ("vdm", "vae")
-DENOISERS = ("unet", "mlp")
-PREDICTIONS = ("eps", "x", "v")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -147,7 +138,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Everything a run would otherwise discover late (after hours of training) is checked
   here, before any file is written: choices, ranges, divisibility, the evaluation split.
   """
-  from vdm_jax import data  # local: the data layer imports tfds
+  # Local: config files import this module, and need neither tfds nor Flax to load.
+  from vdm_jax import data, models, predictions
 
   if isinstance(config.seed, bool) or not isinstance(config.seed, int):
     raise ValueError(f"config.seed must be an int in [0, 2**32), got {config.seed!r}.")
@@ -155,10 +147,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.seed must be in [0, 2**32 - 2), got {config.seed}.")
   dataset = data.lookup(config.data)  # a registered dataset, or one imported into data_dir
   _choice("eval.split", config.eval.split, dataset.splits)
-  _choice("model.kind", config.model.kind, MODELS)
-  _choice("model.denoiser", config.model.denoiser, DENOISERS)
-  _choice("model.prediction", config.model.prediction, PREDICTIONS)
-  _choice("schedule.kind", config.schedule.kind, SCHEDULES)
+  _choice("model.kind", config.model.kind, models.MODELS)
+  _choice("model.denoiser", config.model.denoiser, models.DENOISERS)
+  _choice("model.prediction", config.model.prediction, predictions.PARAMETERIZATIONS)
+  _choice("schedule.kind", config.schedule.kind, models.SCHEDULES)
   _choice("schedule.objective", config.schedule.objective, ("elbo", "variance"))
   _choice("loss.time_sampling", config.loss.time_sampling, ("uniform", "importance"))
   _choice("train.sharding", config.train.sharding, ("replicated", "fsdp"))

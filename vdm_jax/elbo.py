@@ -13,13 +13,13 @@ k in {0..V-1} mapped to bin centres x = (2k + 1)/V - 1 (`encode`).
 
 Example (an epsilon-predicting model in continuous time; `model` stands in for a network):
   >>> import jax, jax.numpy as jnp
-  >>> from vdm_jax import elbo, gaussian, schedules
+  >>> from vdm_jax import elbo, gaussian, schedules, times
   >>> schedule = schedules.LinearSchedule()
   >>> model = lambda z_t, gamma_t: 0.5 * z_t                       # z_t, gamma_t -> eps_hat
   >>> k = jnp.zeros((4, 8, 8, 1), jnp.int32)                       # integer data, V = 256
   >>> key_t, key_e = jax.random.split(jax.random.key(0))
   >>> x = elbo.encode(k, 256)                                    # [B, H, W, C]
-  >>> t = elbo.sample_times(key_t, x.shape[0])                   # [B]
+  >>> t = times.sample_times(key_t, x.shape[0])                   # [B]
   >>> gamma_t, dgamma = schedules.gamma_and_derivative(schedule, t)
   >>> eps = jax.random.normal(key_e, x.shape)
   >>> z_t = gaussian.q_sample(x, gamma_t, eps)
@@ -31,18 +31,16 @@ Example (an epsilon-predicting model in continuous time; `model` stands in for a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TypedDict
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from vdm_jax import _checks, gaussian, schedules
 
 __all__ = [
-  "TimeMoments",
   "bits_per_dim",
   "categorical_nll",
   "decoder_logits",
@@ -50,30 +48,9 @@ __all__ = [
   "diffusion_loss_continuous",
   "diffusion_loss_discrete",
   "encode",
-  "eps_from_v",
-  "eps_from_x",
-  "importance_bin_probs",
-  "importance_sample_times",
-  "init_time_moments",
-  "prediction_to_eps",
   "prior_loss",
   "reconstruction_loss",
-  "sample_times",
-  "time_bin",
-  "times_from_uniform",
-  "update_time_moments",
-  "v_from_x_eps",
-  "vae_elbo",
-  "x_from_eps",
-  "x_from_v",
 ]
-
-
-class TimeMoments(TypedDict):
-  """Running per-bin statistics of the diffusion loss for importance sampling of t."""
-
-  second_moment: jax.Array  # [K] float32, E[L(t)^2] in each of the K time bins
-  seen: jax.Array  # [K] bool, whether the bin has had a sample yet
 
 
 # ---------------------------------------------------------------------------
@@ -355,284 +332,6 @@ def denoising_matching_kl(
 
 
 # ---------------------------------------------------------------------------
-# Time sampling.
-# ---------------------------------------------------------------------------
-
-
-def sample_times(
-  key: jax.Array, batch_size: int, *, num_steps: int = 0, antithetic: bool = True
-) -> jax.Array:
-  r"""One diffusion time per example, t in (0, 1].
-
-  With `antithetic=True` (low-discrepancy sampling, as in the VDM paper) a single
-  uniform u_0 is drawn and u_b = (u_0 + b/B) mod 1, so the batch covers [0, 1)
-  evenly; each u_b is still marginally uniform, so the loss stays unbiased while its
-  variance across the batch drops. Continuous time returns t = 1 - u. With
-  `num_steps = T > 0` the grid step i = floor(u T) + 1 in {1..T} is returned as
-  t = i/T (its predecessor is s = t - 1/T).
-
-  Args:
-    key: a `jax.random` key.
-    batch_size: B.
-    num_steps: 0 for continuous time, else T.
-    antithetic: stratify the batch as above; else i.i.d. uniforms.
-
-  Returns:
-    t, float32 `[B]`.
-
-  Example: antithetic draws put one t in each quarter of (0, 1] for B = 4.
-    >>> import jax
-    >>> t = sample_times(jax.random.key(0), 4)
-    >>> sorted((t * 4).astype(int).tolist())
-    [0, 1, 2, 3]
-    >>> sample_times(jax.random.key(0), 4, num_steps=10).tolist()  # grid times i/T
-    [1.0, 0.2, 0.5, 0.7]
-  """
-  num_steps = _checks.check_num_steps(num_steps, allow_zero=True)
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-  if antithetic:
-    u0 = jax.random.uniform(key, ())
-    u = jnp.mod(u0 + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
-  else:
-    u = jax.random.uniform(key, (batch_size,))
-  return times_from_uniform(u, num_steps=num_steps)
-
-
-def times_from_uniform(u: ArrayLike, *, num_steps: int = 0) -> jax.Array:
-  """Diffusion times from uniforms u in [0, 1], elementwise (any shape).
-
-  Continuous time (T = 0): t = 1 - u. Discrete time: the grid step
-  i = min(floor(u T), T - 1) + 1 in {1..T}, returned as t = i/T. Each t depends on its own
-  u only, so a t drawn for one example does not depend on the batch it is evaluated in.
-
-  Args:
-    u: float array of uniforms in [0, 1].
-    num_steps: 0 for continuous time, else T.
-
-  Returns:
-    t, same shape as `u`.
-  """
-  num_steps = _checks.check_num_steps(num_steps, allow_zero=True)
-  u = _checks.as_float("u", u)
-  if num_steps == 0:
-    return 1.0 - u
-  i = jnp.minimum(jnp.floor(u * num_steps), num_steps - 1) + 1.0
-  return i / num_steps
-
-
-def time_bin(t: ArrayLike, num_bins: int, *, discrete: bool = False) -> jax.Array:
-  """Index b in {0..K-1} of the bin (b/K, (b+1)/K] holding t (t = 0 goes to bin 0).
-
-  With `discrete=True`, t is a grid time i/K and b = i - 1, found by rounding: float32
-  i/K times K is often a hair above i, which `ceil` would put in the next bin.
-  """
-  t = _checks.as_float("t", t)
-  num_bins = _checks.check_num_steps(num_bins, allow_zero=False)
-  upper = jnp.round(t * num_bins) if discrete else jnp.ceil(t * num_bins)
-  return jnp.clip(upper.astype(jnp.int32) - 1, 0, num_bins - 1)
-
-
-def importance_sample_times(
-  key: jax.Array,
-  batch_size: int,
-  bin_probs: ArrayLike,
-  *,
-  num_steps: int = 0,
-  antithetic: bool = True,
-) -> tuple[jax.Array, jax.Array]:
-  r"""t from a piecewise-constant proposal over K bins, with importance weights 1/p(t).
-
-  The proposal puts mass p_b on the bin (b/K, (b+1)/K] (uniform inside it); t is the
-  inverse CDF of the (antithetic, as in `sample_times`) uniforms, so the batch is
-  stratified in the proposal's quantiles. The weight w = 1 / (K p_b) is the ratio of
-  the uniform density to the proposal's, so for any per-t loss L,
-  $\mathbb{E}_{t\sim p}[w\,L(t)] = \mathbb{E}_{t\sim U}[L(t)]$: the diffusion term
-  times w stays an unbiased estimate of the same ELBO. The variance of $w L$ is
-  smallest for $p(t) \propto \sqrt{\mathbb{E}[L(t)^2]}$ (see `importance_bin_probs`).
-  With `num_steps = T > 0`, K must equal T and t = (b + 1)/T is the grid time of step b.
-
-  Args:
-    key: `jax.random` key.
-    batch_size: B.
-    bin_probs: `[K]` positive probabilities (normalised here).
-    num_steps: 0 for continuous time, else T (= K).
-    antithetic: stratify the uniforms.
-
-  Returns:
-    (t `[B]` in (0, 1], weight `[B]`), float32.
-
-  Example: the proposal learnt from per-bin losses, then t and 1/p(t) drawn from it.
-    >>> import jax, jax.numpy as jnp
-    >>> moments = init_time_moments(4)
-    >>> t, loss = jnp.array([0.1, 0.4, 0.6, 0.9]), jnp.array([4.0, 1.0, 1.0, 1.0])
-    >>> moments = update_time_moments(moments, t, loss)
-    >>> probs = importance_bin_probs(moments)
-    >>> probs.tolist()  # sqrt(E[L^2]) = 4, 1, 1, 1, mixed with 1% uniform
-    [0.5682, 0.1439, 0.1439, 0.1439]
-    >>> t, weight = importance_sample_times(jax.random.key(0), 8, probs)
-    >>> t.shape, weight.shape
-    ((8,), (8,))
-  """
-  num_steps = _checks.check_num_steps(num_steps, allow_zero=True)
-  probs = _checks.as_float("bin_probs", bin_probs)
-  if probs.ndim != 1:
-    raise ValueError(f"`bin_probs` must be a vector [K], got shape {probs.shape}.")
-  num_bins = probs.shape[0]
-  if num_steps and num_bins != num_steps:
-    raise ValueError(
-      f"Discrete time needs one probability per step: K = {num_bins} != T = {num_steps}."
-    )
-  probs = probs / jnp.sum(probs)
-  u = 1.0 - sample_times(key, batch_size, antithetic=antithetic)  # [0, 1)
-  cdf = jnp.cumsum(probs)
-  b = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, num_bins - 1)
-  weight = 1.0 / (num_bins * probs[b])
-  upper = (b + 1).astype(probs.dtype)  # the bin's right edge times K (integer to float)
-  if num_steps:
-    return upper / num_steps, weight
-  frac = jnp.clip((u - (cdf[b] - probs[b])) / probs[b], 0.0, 1.0)
-  return (upper - frac) / num_bins, weight  # in (b/K, (b+1)/K]
-
-
-def update_time_moments(
-  moments: TimeMoments,
-  t: ArrayLike,
-  loss: ArrayLike,
-  *,
-  decay: float = 0.99,
-  num_steps: int = 0,
-) -> TimeMoments:
-  """Running estimate of E[L(t)^2] per time bin, from one batch of per-t losses.
-
-  Args:
-    moments: {"second_moment": `[K]`, "seen": bool `[K]`}; start from `init_time_moments`.
-    t: times `[B]`.
-    loss: the per-example loss at t, `[B]` (unweighted: not multiplied by 1/p(t)).
-    decay: exponential moving average factor for bins with new samples.
-    num_steps: T > 0 when t are grid times i/T (then K = T bins, one per step).
-
-  Returns:
-    The updated moments; a bin seen for the first time takes its batch mean.
-  """
-  m, seen = moments["second_moment"], moments["seen"]
-  num_bins = m.shape[0]
-  b = time_bin(t, num_bins, discrete=num_steps > 0)
-  count = jax.ops.segment_sum(jnp.ones_like(loss), b, num_segments=num_bins)
-  batch_m = jax.ops.segment_sum(jnp.square(loss), b, num_segments=num_bins) / jnp.maximum(count, 1)
-  has = count > 0
-  new_m = jnp.where(has, jnp.where(seen, decay * m + (1.0 - decay) * batch_m, batch_m), m)
-  return {"second_moment": new_m, "seen": seen | has}
-
-
-def init_time_moments(num_bins: int) -> TimeMoments:
-  """Empty per-bin second moments for `update_time_moments`."""
-  num_bins = _checks.check_num_steps(num_bins, allow_zero=False)
-  return {
-    "second_moment": jnp.zeros((num_bins,), jnp.float32),
-    "seen": jnp.zeros((num_bins,), bool),
-  }
-
-
-def importance_bin_probs(moments: TimeMoments, *, uniform_mix: float = 0.01) -> jax.Array:
-  r"""The proposal $p_b \propto \sqrt{\mathbb{E}[L^2]}_b$, mixed with a little uniform mass.
-
-  Uniform until every bin has been seen; the uniform share keeps every weight 1/(K p_b)
-  below 1/uniform_mix.
-  """
-  m, seen = moments["second_moment"], moments["seen"]
-  root = jnp.sqrt(jnp.maximum(m, 0.0))
-  num_bins = m.shape[0]
-  total = jnp.sum(root)
-  ready = jnp.all(seen) & (total > 0)
-  shaped = root / jnp.where(total > 0, total, 1.0)
-  probs = (1.0 - uniform_mix) * shaped + uniform_mix / num_bins
-  return jnp.where(ready, probs, jnp.full_like(m, 1.0 / num_bins))
-
-
-# ---------------------------------------------------------------------------
-# Conversions between predictions of x, epsilon and v.
-# ---------------------------------------------------------------------------
-
-
-def _coefs(gamma_t, base, base_name, other, other_name):
-  """Checks a conversion's inputs; returns (alpha_t, sigma_t, base, other) broadcastable."""
-  base = _checks.as_float(base_name, base)
-  other = _checks.as_float(other_name, other)
-  _checks.check_batched(base_name, base)
-  _checks.check_same_shape(base_name, base, other_name, other)
-  g = _checks.per_example("gamma_t", gamma_t, base, batch_name=base_name)
-  return (*schedules.alpha_sigma(g), base, other)
-
-
-def x_from_eps(z_t: ArrayLike, eps_hat: ArrayLike, gamma_t: ArrayLike) -> jax.Array:
-  r"""$\hat x = (z_t - \sigma_t \hat\epsilon)/\alpha_t$. Shapes `[B, ...]`; gamma scalar or `[B]`."""
-  alpha, sigma, z_t, eps_hat = _coefs(gamma_t, z_t, "z_t", eps_hat, "eps_hat")
-  return (z_t - sigma * eps_hat) / alpha
-
-
-def eps_from_x(z_t: ArrayLike, x_hat: ArrayLike, gamma_t: ArrayLike) -> jax.Array:
-  r"""$\hat\epsilon = (z_t - \alpha_t \hat x)/\sigma_t$. Shapes `[B, ...]`; gamma scalar or `[B]`."""
-  alpha, sigma, z_t, x_hat = _coefs(gamma_t, z_t, "z_t", x_hat, "x_hat")
-  return (z_t - alpha * x_hat) / sigma
-
-
-def v_from_x_eps(x: ArrayLike, eps: ArrayLike, gamma_t: ArrayLike) -> jax.Array:
-  r"""The v target $v = \alpha_t \epsilon - \sigma_t x$. Shapes `[B, ...]`."""
-  alpha, sigma, x, eps = _coefs(gamma_t, x, "x", eps, "eps")
-  return alpha * eps - sigma * x
-
-
-def x_from_v(z_t: ArrayLike, v_hat: ArrayLike, gamma_t: ArrayLike) -> jax.Array:
-  r"""$\hat x = \alpha_t z_t - \sigma_t \hat v$ (since alpha^2 + sigma^2 = 1)."""
-  alpha, sigma, z_t, v_hat = _coefs(gamma_t, z_t, "z_t", v_hat, "v_hat")
-  return alpha * z_t - sigma * v_hat
-
-
-def eps_from_v(z_t: ArrayLike, v_hat: ArrayLike, gamma_t: ArrayLike) -> jax.Array:
-  r"""$\hat\epsilon = \sigma_t z_t + \alpha_t \hat v$."""
-  alpha, sigma, z_t, v_hat = _coefs(gamma_t, z_t, "z_t", v_hat, "v_hat")
-  return sigma * z_t + alpha * v_hat
-
-
-_TO_EPS = {
-  "eps": lambda z_t, out, gamma_t: out,
-  "x": eps_from_x,
-  "v": eps_from_v,
-}
-
-
-def prediction_to_eps(
-  prediction: ArrayLike, z_t: ArrayLike, gamma_t: ArrayLike, *, parameterization: str
-) -> jax.Array:
-  """Converts a network output to an epsilon prediction.
-
-  Args:
-    prediction: network output `[B, ...]`.
-    z_t: the network's input latent, same shape.
-    gamma_t: scalar or `[B]`.
-    parameterization: what the network predicts: "eps", "x" or "v".
-
-  Returns:
-    eps_hat, same shape as `z_t`.
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> x, eps, gamma_t = jnp.full((2, 3), 0.5), jnp.ones((2, 3)), jnp.array([-1.0, 1.0])
-    >>> from vdm_jax import gaussian
-    >>> z_t = gaussian.q_sample(x, gamma_t, eps)
-    >>> v = v_from_x_eps(x, eps, gamma_t)
-    >>> bool(jnp.allclose(prediction_to_eps(v, z_t, gamma_t, parameterization="v"), eps))
-    True
-  """
-  if parameterization not in _TO_EPS:
-    raise ValueError(
-      f"Unknown parameterization {parameterization!r}; choose one of {sorted(_TO_EPS)}."
-    )
-  return _TO_EPS[parameterization](z_t, prediction, gamma_t)
-
-
-# ---------------------------------------------------------------------------
 # Units.
 # ---------------------------------------------------------------------------
 
@@ -645,7 +344,8 @@ def bits_per_dim(nats: ArrayLike, num_dims: int) -> jax.Array:
     num_dims: D, the number of data dimensions (H * W * C).
 
   Returns:
-    bits per dimension, with the shape of `nats`.
+    bits per dimension, with the shape of `nats` (a numpy array for a floating numpy
+    input, keeping its dtype; a jax.Array otherwise).
 
   Example:
     >>> import math
@@ -655,68 +355,6 @@ def bits_per_dim(nats: ArrayLike, num_dims: int) -> jax.Array:
   """
   if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:
     raise ValueError(f"`num_dims` must be a positive int, got {num_dims!r}.")
+  if isinstance(nats, np.ndarray | np.floating) and np.issubdtype(nats.dtype, np.floating):
+    return nats / (num_dims * math.log(2.0))  # numpy stays numpy (float64 sums stay float64)
   return _checks.as_float("nats", nats) / (num_dims * math.log(2.0))
-
-
-# ---------------------------------------------------------------------------
-# The seed's first model: the Gaussian VAE.
-# ---------------------------------------------------------------------------
-
-
-def vae_elbo(
-  key: jax.Array,
-  k: ArrayLike,
-  mean: ArrayLike,
-  log_var: ArrayLike,
-  decode: Callable[[jax.Array], jax.Array],
-  *,
-  num_samples: int = 1,
-) -> dict[str, jax.Array]:
-  r"""The two terms of the Gaussian VAE's negative ELBO, per example, in nats.
-
-  $-\mathrm{ELBO} = \mathbb{E}_{q_\phi(z|x)}[-\log p_\theta(k \mid z)]
-  + D_{KL}(q_\phi(z|x) \,\|\, \mathcal{N}(0, I))$ with
-  $q_\phi(z|x) = \mathcal{N}(\mu_\phi(x), \mathrm{diag}\,\sigma^2_\phi(x))$ (the seed's
-  Gaussian VAE). The KL is analytic (`gaussian.gaussian_kl`); the reconstruction is the
-  Monte Carlo average $\frac1L \sum_{l=1}^L -\log p_\theta(k \mid z^{(l)})$ over
-  reparameterised draws $z^{(l)} = \mu_\phi(x) + \sigma_\phi(x) \odot \epsilon^{(l)}$,
-  $\epsilon^{(l)} \sim \mathcal{N}(0, I)$ (the seed writes the sum; the average is the
-  unbiased estimate of the expectation). Gradients flow to the encoder through the draws.
-
-  Args:
-    key: `jax.random` key of the L draws.
-    k: integer data `[B, ...]`, values in {0..V-1}.
-    mean: encoder mean `[B, Dz]`.
-    log_var: encoder log-variance `[B, Dz]`.
-    decode: `z [B, Dz] -> logits [B, ..., V]`, the decoder p_theta(k | z) over V levels.
-    num_samples: L >= 1.
-
-  Returns:
-    {"recon": `[B]`, "kl": `[B]`} nats.
-
-  Example (a linear decoder over V = 17 levels of 8x8 images, Dz = 2):
-    >>> import jax, jax.numpy as jnp
-    >>> k = jnp.zeros((3, 8, 8), jnp.int32)
-    >>> mean, log_var = jnp.zeros((3, 2)), jnp.zeros((3, 2))  # q(z|x) = N(0, I)
-    >>> decode = lambda z: jnp.zeros((z.shape[0], 8, 8, 17)) + z[:, :1, None, None]
-    >>> terms = vae_elbo(jax.random.key(0), k, mean, log_var, decode, num_samples=2)
-    >>> terms["recon"].tolist()  # equal logits over the 17 levels: 64 log 17 nats
-    [181.326, 181.326, 181.326]
-    >>> terms["kl"].tolist()  # q(z|x) is the prior
-    [0.0, 0.0, 0.0]
-  """
-  k = _checks.as_int("k", k)
-  mean = _checks.as_float("mean", mean)
-  log_var = _checks.as_float("log_var", log_var)
-  _checks.check_same_shape("mean", mean, "log_var", log_var)
-  if mean.ndim != 2 or mean.shape[0] != k.shape[0]:
-    raise ValueError(
-      f"mean and log_var must be [B, Dz] with B = {k.shape[0]} (from k), got {mean.shape}."
-    )
-  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-    raise ValueError(f"`num_samples` (L) must be a positive int, got {num_samples!r}.")
-  eps = jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)
-  z = mean[None] + jnp.exp(0.5 * log_var)[None] * eps  # [L, B, Dz]
-  recon = jnp.mean(jax.vmap(lambda z_l: categorical_nll(k, decode(z_l)))(z), axis=0)
-  kl = _checks.sum_except_batch(gaussian.gaussian_kl(mean, jnp.exp(log_var), 0.0, 1.0))
-  return {"recon": recon, "kl": kl}

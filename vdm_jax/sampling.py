@@ -1,24 +1,23 @@
-r"""Samplers of the reverse process and image grids.
+r"""Samplers of the reverse process (pure functions of a model and its params).
 
 * Ancestral (the seed's reverse process): z_1 ~ N(0, I), then for t = 1, ..., 1/T,
   z_s ~ p_theta(z_s | z_t) = N(mu_theta(z_t), sigma_q^2) = q(z_s | z_t, x = x_hat(z_t)),
   and finally k ~ p(k | z_0) (or its argmax).
 * DDIM (deterministic, eta = 0): z_s = alpha_s x_hat + sigma_s eps_hat.
 
-Both are pure functions of (vdm, params, key); the T-step loop is a `lax.fori_loop`.
+Both are pure functions of (vdm, params, key), for any object with `gamma`, `eps_hat`,
+`data_shape` and `vocab_size` (a `models.VDM`, or `testing.OracleVDM`); the T-step loop is
+a `lax.fori_loop`.
 """
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from vdm_jax import _checks, elbo, gaussian, schedules
+from vdm_jax import _checks, elbo, gaussian, predictions, schedules
 
-__all__ = ["METHODS", "image_grid", "sample", "save_png"]
+__all__ = ["METHODS", "sample"]
 
 METHODS = ("ancestral", "ddim")
 
@@ -65,7 +64,7 @@ def sample(
     gamma_t = vdm.gamma(params, jnp.full((num_samples,), t))
     gamma_s = vdm.gamma(params, jnp.full((num_samples,), s))
     eps_hat = vdm.eps_hat(params, z, gamma_t)
-    x_hat = elbo.x_from_eps(z, eps_hat, gamma_t)
+    x_hat = predictions.x_from_eps(z, eps_hat, gamma_t)
     if method == "ddim":
       alpha_s, sigma_s = schedules.alpha_sigma(_checks.per_example("gamma_s", gamma_s, z))
       return alpha_s * x_hat + sigma_s * eps_hat
@@ -79,29 +78,3 @@ def sample(
   if decode == "mode":
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return jax.random.categorical(key_dec, logits).astype(jnp.int32)
-
-
-def image_grid(images, vocab_size: int, *, scale: int = 1) -> np.ndarray:
-  """Tiles integer images `[N, H, W, C]` into one uint8 image `[rows*H, cols*W, C]`."""
-  images = np.asarray(images)
-  if images.ndim != 4:
-    raise ValueError(f"image_grid expects [N, H, W, C] images, got shape {images.shape}.")
-  n, h, w, c = images.shape
-  cols = math.ceil(math.sqrt(n))
-  rows = math.ceil(n / cols)
-  pixels = np.round(images.astype(np.float64) * 255.0 / (vocab_size - 1)).astype(np.uint8)
-  grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, np.uint8)
-  for idx in range(n):
-    r, q = divmod(idx, cols)
-    grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = pixels[idx]
-  if scale > 1:
-    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-  return grid
-
-
-def save_png(path, grid: np.ndarray) -> None:
-  """Writes a uint8 `[H, W, C]` grid (C = 1 or 3) as PNG."""
-  from PIL import Image
-
-  img = grid[..., 0] if grid.shape[-1] == 1 else grid
-  Image.fromarray(img).save(path)

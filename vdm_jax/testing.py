@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from vdm_jax import _checks, gaussian, schedules
+from vdm_jax import _checks, gaussian, predictions, schedules
 
 __all__ = ["GaussianData", "GaussianMixture", "OracleVDM", "gaussian_decoder_nll"]
 
@@ -172,6 +172,5 @@ class OracleVDM:
     dropout_key: jax.Array | None = None,
   ) -> jax.Array:
     del train, dropout_key
-    from vdm_jax import elbo
 
-    return elbo.eps_from_x(z_t, self.x_hat(params, z_t, gamma_t), gamma_t)
+    return predictions.eps_from_x(z_t, self.x_hat(params, z_t, gamma_t), gamma_t)

@@ -49,6 +49,8 @@ import shutil
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vdm_jax.data.registry import DATASETS, Dataset
+
 __all__ = [
   "EXTENSIONS",
   "ImageFolderError",
@@ -247,8 +249,6 @@ def imported_names(data_dir: str) -> list[str]:
 
 def find(data_dir: str, name: str):
   """The registry entry (`data.Dataset`) of the imported dataset `name`, or None."""
-  from vdm_jax.data.pipeline import Dataset  # local: pipeline imports this module lazily
-
   data_dir = os.path.expanduser(os.fspath(data_dir))
   if not isinstance(name, str) or not _NAME.match(name):
     return None
@@ -303,8 +303,6 @@ def import_images(
   Raises:
     ImageFolderError (a ValueError) naming the bad files or options; nothing is written.
   """
-  from vdm_jax.data.pipeline import DATASETS
-
   if not isinstance(name, str) or not _NAME.match(name):
     raise ImageFolderError(
       f"Dataset name {name!r} must be lower case letters, digits and underscores, starting "

@@ -45,7 +45,7 @@ import functools
 import math
 import os
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import grain
 import jax
@@ -53,7 +53,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
-from vdm_jax.data import digits, photos, toy2d
+from vdm_jax.data import digits, folder, photos, toy2d
+from vdm_jax.data.registry import DATASETS, Dataset, register
 
 __all__ = [
   "DATASETS",
@@ -166,64 +167,6 @@ def _num_workers(data_config) -> int:
   return num_workers
 
 
-# ---------------------------------------------------------------------------
-# The registry: data.name -> how to prepare and read the dataset.
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-  """How the pipeline prepares and reads one dataset: an entry of `DATASETS`.
-
-  Attributes:
-    name: the `data.name` that selects it.
-    splits: its split names, e.g. ("train", "test").
-    source: `(data_dir, split) -> random-access source` (`len`, `[i]`) of records that
-      are {"image": integer array} (or integer arrays); data_dir is None when
-      `uses_data_dir` is False.
-    prepare: `data_dir -> None`, idempotent: builds offline data or checks that they exist.
-    shape: per-example shape.
-    vocab_size: V, integer levels per dimension.
-    num_examples: split -> size, or None when only the prepared files know it.
-    uses_data_dir: whether it lives under `data.data_dir` (False: generated in memory).
-  """
-
-  name: str
-  splits: tuple[str, ...]
-  source: Callable[[str | None, str], object]
-  prepare: Callable[[str | None], None]
-  shape: tuple[int, ...]
-  vocab_size: int = 256
-  num_examples: Mapping[str, int] | None = None
-  uses_data_dir: bool = True
-
-
-DATASETS: dict[str, Dataset] = {}
-
-
-def register(dataset: Dataset, *, replace: bool = False) -> Dataset:
-  """Adds `dataset` to `DATASETS`, so that `data.name=dataset.name` selects it.
-
-  Folders of images need no code: `vdm-import-images` writes them into a data_dir, where
-  `lookup` finds them by name.
-
-  Args:
-    dataset: the entry.
-    replace: allow replacing an entry of the same name.
-
-  Returns:
-    `dataset`.
-  """
-  if not isinstance(dataset, Dataset):
-    raise ValueError(f"register expects a data.Dataset, got {type(dataset).__name__}.")
-  if dataset.name in DATASETS and not replace:
-    raise ValueError(
-      f"A dataset named {dataset.name!r} is already registered; pass replace=True to replace it."
-    )
-  DATASETS[dataset.name] = dataset
-  return dataset
-
-
 def _check_public(name: str, data_dir: str) -> None:
   for split in _PUBLIC[name].tfds_splits:
     _public_source(name, data_dir, split)
@@ -286,8 +229,6 @@ def lookup(data_config) -> Dataset:
   name = getattr(data_config, "name", None)
   if name in DATASETS:
     return DATASETS[name]
-  from vdm_jax.data import folder  # local: folder imports this module
-
   data_dir = getattr(data_config, "data_dir", None)
   data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else None
   if isinstance(name, str) and data_dir:

@@ -1,7 +1,37 @@
-"""Flax linen modules: denoisers and learned noise schedules (DESIGN §3, layer 2)."""
+"""Models (DESIGN §3, layer 2): Flax networks, learned schedules, the model objects.
 
+* `interface`: the `Model` / `DiffusionModel` protocols every model implements.
+* `vdm.VDM`: a schedule and a denoiser tied to the ELBO terms; `vae.GaussianVAE`: the
+  seed's Gaussian VAE baseline.
+* `unet.UNet`, `mlp.MLPDenoiser`: denoisers; `noise`: fixed and learned schedules;
+  `embed`: the gamma embedding and Fourier features.
+* `registry`: `SCHEDULES`, `DENOISERS`, `MODELS` (config name -> builder);
+  `factory.make_model(config, info)` builds the configured model.
+"""
+
+from vdm_jax.models.factory import make_denoiser, make_model, make_schedule
+from vdm_jax.models.interface import DiffusionModel, Model
 from vdm_jax.models.mlp import MLPDenoiser
 from vdm_jax.models.noise import FixedSchedule, LearnedLinearSchedule, MonotoneSchedule
+from vdm_jax.models.registry import DENOISERS, MODELS, SCHEDULES
 from vdm_jax.models.unet import UNet
+from vdm_jax.models.vae import GaussianVAE
+from vdm_jax.models.vdm import VDM
 
-__all__ = ["FixedSchedule", "LearnedLinearSchedule", "MLPDenoiser", "MonotoneSchedule", "UNet"]
+__all__ = [
+  "DENOISERS",
+  "MODELS",
+  "SCHEDULES",
+  "VDM",
+  "DiffusionModel",
+  "FixedSchedule",
+  "GaussianVAE",
+  "LearnedLinearSchedule",
+  "MLPDenoiser",
+  "Model",
+  "MonotoneSchedule",
+  "UNet",
+  "make_denoiser",
+  "make_model",
+  "make_schedule",
+]

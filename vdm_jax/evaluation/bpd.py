@@ -25,33 +25,30 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from vdm_jax import data, elbo
-from vdm_jax.vdm import VDM
+from vdm_jax import data, elbo, times
+from vdm_jax.runtime import mesh as mesh_lib
 
 __all__ = [
   "diffusion_by_time",
   "eval_step",
   "evaluate",
-  "evaluate_ode",
+  "exact_time_sum_step",
+  "global_batches",
   "jit_eval_step",
+  "jit_exact_time_sum",
   "outputs",
   "per_example_terms",
   "public",
   "scalar_summary",
   "split_times",
   "summarize",
-  "time_sampling_variance",
-  "to_global",
 ]
 
 
 def outputs(model) -> tuple[str, ...]:
-  """What `eval_step` returns per example: the model's terms, "total" and (VDM) "t"."""
-  return (*model.terms, "total", *(("t",) if isinstance(model, VDM) else ()))
+  """What `eval_step` returns per example: the model's terms, "total" and (diffusion) "t"."""
+  return (*model.terms, "total", *(("t",) if model.diffusion_time else ()))
 
 
 def eval_step(params, batch: dict, key, t=None, *, vdm, num_steps: int):
@@ -63,19 +60,17 @@ def eval_step(params, batch: dict, key, t=None, *, vdm, num_steps: int):
   Args:
     batch: {"image": int `[B, *data_shape]`, "index": int32 `[B]`, the examples' positions
       in the split}.
-    vdm: the model (`VDM` or `vae.GaussianVAE`).
-    t: optional explicit diffusion times `[B]` (VDM; sampled per example when None).
+    vdm: the model (a `models.Model`).
+    t: optional explicit diffusion times `[B]` (diffusion models; sampled when None).
   """
 
   def one(k, index, t_n):
-    terms = vdm.loss_terms(
-      params,
-      k[None],
-      jax.random.fold_in(key, index),
-      train=False,
-      num_steps=num_steps,
-      t=None if t_n is None else t_n[None],
-    )
+    example_key = jax.random.fold_in(key, index)
+    if vdm.diffusion_time:
+      t_n = None if t_n is None else t_n[None]
+      terms = vdm.loss_terms(params, k[None], example_key, num_steps=num_steps, t=t_n)
+    else:
+      terms = vdm.loss_terms(params, k[None], example_key)
     return {name: terms[name][0] for name in outputs(vdm)}
 
   return jax.vmap(one)(batch["image"], batch["index"], t)
@@ -85,8 +80,7 @@ def eval_step(params, batch: dict, key, t=None, *, vdm, num_steps: int):
 def jit_eval_step(vdm, mesh, num_steps: int, *, explicit_t: bool = False):
   """`eval_step` jitted over `mesh`, built once per (model, mesh, T): passes, evaluations
   during training and repeated calls reuse one compiled function."""
-  data_sharding = NamedSharding(mesh, P("data"))
-  replicated = NamedSharding(mesh, P())
+  data_sharding, replicated = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
   if explicit_t:
     return jax.jit(
       lambda params, batch, key, t: eval_step(params, batch, key, t, vdm=vdm, num_steps=num_steps),
@@ -103,35 +97,35 @@ def jit_eval_step(vdm, mesh, num_steps: int, *, explicit_t: bool = False):
 def split_times(key, num_examples: int, *, num_steps: int = 0) -> np.ndarray:
   """One diffusion time per example of a split, stratified over the whole split.
 
-  An antithetic draw of N times (`elbo.sample_times`) assigned to the examples through a
+  An antithetic draw of N times (`times.sample_times`) assigned to the examples through a
   random permutation: every t is marginally uniform (unbiased), and the N times cover
   [0, 1) evenly. Returns float32 `[N]`, entry n for the example at position n.
   """
   key_u, key_perm = jax.random.split(key)
-  times = elbo.sample_times(key_u, num_examples, num_steps=num_steps, antithetic=True)
-  return np.asarray(times[jax.random.permutation(key_perm, num_examples)])
+  t = times.sample_times(key_u, num_examples, num_steps=num_steps, antithetic=True)
+  return np.asarray(t[jax.random.permutation(key_perm, num_examples)])
 
 
-def _gather(x) -> np.ndarray:
-  """A global jax.Array -> the whole array as numpy, on every process."""
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+def global_batches(config, split: str, batch_size: int, mesh, *, progress: bool, desc: str):
+  """The split's evaluation batches as global arrays over `mesh`, with a progress bar on
+  process 0.
 
-
-def to_global(batch: dict, mesh) -> dict:
-  """Process-local numpy batch -> global jax.Arrays split over the mesh's "data" axis."""
-  sharding = NamedSharding(mesh, P("data"))
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
-def _split_batches(config, split: str, batch_size: int, *, progress: bool, desc: str):
-  """The split's evaluation batches (`data.eval_batches`), with a progress bar on process 0."""
+  Yields:
+    (batch, mask, index): `batch` the process-local numpy batch (`data.eval_batches`:
+    "image", "index" and "mask", padded to `batch_size`), `glob` its global jax.Arrays
+    without "mask", and `mask` (bool) and `index` the whole batch's, as numpy, on every
+    process, in the row order of the steps' outputs.
+  """
   batches = data.eval_batches(config.data, split, global_batch_size=batch_size)
   if progress and jax.process_index() == 0:
     from tqdm import tqdm
 
     total = -(-data.dataset_info(config.data).num_examples[split] // batch_size)
     batches = tqdm(batches, total=total, desc=desc, leave=False)
-  return batches
+  for batch in batches:
+    glob = mesh_lib.to_global(batch, mesh)
+    mask, index = mesh_lib.gather((glob.pop("mask"), glob["index"]))
+    yield batch, glob, np.asarray(mask) > 0, np.asarray(index)
 
 
 def per_example_terms(
@@ -163,43 +157,30 @@ def per_example_terms(
   batch_size = batch_size or config.eval.batch_size
   key = jax.random.key(config.seed + 1) if key is None else key
   key_t, key_noise = jax.random.split(key)
-  diffusion_model = isinstance(vdm, VDM)
   num_examples = data.dataset_info(config.data).num_examples[split]
-  times = (
+  times_ = (
     split_times(key_t, num_examples, num_steps=num_steps)
-    if diffusion_model and not exact_time_sum
+    if vdm.diffusion_time and not exact_time_sum
     else None
   )
-  step = jit_eval_step(vdm, mesh, num_steps, explicit_t=diffusion_model)
+  if exact_time_sum:
+    step = jit_exact_time_sum(vdm, mesh, num_steps)
+  else:
+    step = jit_eval_step(vdm, mesh, num_steps, explicit_t=vdm.diffusion_time)
   out = {name: [] for name in (*outputs(vdm), "index")}
   per_step = np.zeros(max(num_steps, 1))
   desc = f"{split} ({vdm.num_dims} dims)"
-  for batch in _split_batches(config, split, batch_size, progress=progress, desc=desc):
-    glob = to_global(batch, mesh)
-    # Gathered from the global arrays, in the same row order as the step's outputs.
-    mask, index = _gather(glob.pop("mask")) > 0, _gather(glob["index"])
+  for batch, glob, mask, index in global_batches(
+    config, split, batch_size, mesh, progress=progress, desc=desc
+  ):
     if exact_time_sum:
-      local_rows = batch["image"].shape[0]
-      diffusion = 0.0
-      for i in range(1, num_steps + 1):
-        t = to_global({"t": np.full(local_rows, i / num_steps, np.float32)}, mesh)["t"]
-        terms = step(params, glob, jax.random.fold_in(key_noise, i), t)
-        d_i = _gather(terms["diffusion"]) / num_steps
-        diffusion = diffusion + d_i
-        per_step[i - 1] += d_i[mask].sum()
-      terms = jax.device_get(multihost_utils.process_allgather(terms, tiled=True))
-      terms["diffusion"] = diffusion
-      terms["t"] = np.full_like(diffusion, np.nan)
-      terms["total"] = terms["recon"] + terms["prior"] + diffusion
-    elif diffusion_model:
-      t = to_global({"t": times[batch["index"]]}, mesh)["t"]
-      terms = jax.device_get(
-        multihost_utils.process_allgather(step(params, glob, key_noise, t), tiled=True)
-      )
+      terms, by_step = mesh_lib.gather(step(params, glob, key_noise))
+      per_step += np.asarray(by_step, np.float64)[:, mask].sum(axis=1)
+    elif vdm.diffusion_time:
+      t = mesh_lib.to_global({"t": times_[batch["index"]]}, mesh)["t"]
+      terms = mesh_lib.gather(step(params, glob, key_noise, t))
     else:
-      terms = jax.device_get(
-        multihost_utils.process_allgather(step(params, glob, key_noise), tiled=True)
-      )
+      terms = mesh_lib.gather(step(params, glob, key_noise))
     terms["index"] = index
     for name in out:
       out[name].append(np.asarray(terms[name])[mask])
@@ -210,13 +191,62 @@ def per_example_terms(
   return result
 
 
+def exact_time_sum_step(params, batch: dict, key, *, vdm, num_steps: int, chunk: int = 0):
+  """Per-example terms with the diffusion term summed over all T steps, on the device.
+
+  Step i (t = i/T) draws example n's noise from `fold_in(fold_in(key, i), index_n)`, as
+  `eval_step(params, batch, fold_in(key, i), t=i/T)` would; the T steps run as one
+  `lax.map` (`chunk` steps at a time, vmapped; 0 = all T at once), so a batch costs one
+  dispatch and one gather instead of T. "recon" and "prior" are step T's draws.
+
+  Returns:
+    (terms, by_step): terms as `eval_step`'s ("t" NaN), by_step `[T, B]` each step's
+    diffusion term / T (nats), whose sum over steps is "diffusion".
+  """
+
+  def one_step(i):
+    t = jnp.full(batch["index"].shape, i / num_steps, jnp.float32)
+    terms = eval_step(params, batch, jax.random.fold_in(key, i), t, vdm=vdm, num_steps=num_steps)
+    return terms["diffusion"] / num_steps
+
+  steps = jnp.arange(1, num_steps + 1)
+  by_step = jax.lax.map(one_step, steps, batch_size=min(chunk or num_steps, num_steps))
+  last = eval_step(
+    params,
+    batch,
+    jax.random.fold_in(key, num_steps),
+    jnp.ones(batch["index"].shape, jnp.float32),
+    vdm=vdm,
+    num_steps=num_steps,
+  )
+  diffusion = by_step.sum(axis=0)
+  terms = {
+    **last,
+    "diffusion": diffusion,
+    "total": last["recon"] + last["prior"] + diffusion,
+    "t": jnp.full_like(diffusion, jnp.nan),
+  }
+  return terms, by_step
+
+
+@functools.lru_cache(maxsize=16)
+def jit_exact_time_sum(vdm, mesh, num_steps: int, chunk: int = 0):
+  """`exact_time_sum_step` jitted over `mesh`, built once per (model, mesh, T, chunk)."""
+  data_sharding, replicated = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
+  by_step_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+  return jax.jit(
+    functools.partial(exact_time_sum_step, vdm=vdm, num_steps=num_steps, chunk=chunk),
+    in_shardings=(replicated, data_sharding, replicated),
+    out_shardings=(data_sharding, by_step_sharding),
+  )
+
+
 def summarize(terms: dict, num_dims: int) -> dict:
   """Mean bits/dim with its standard error over examples, and each term's mean in bits/dim.
 
   `terms` holds "total" and the model's terms, numpy `[N]` nats each.
   """
-  to_bpd = 1.0 / (num_dims * math.log(2.0))
-  total = terms["total"] * to_bpd
+  total = elbo.bits_per_dim(terms["total"], num_dims)
   n = total.size
   result = {
     "bpd": float(total.mean()),
@@ -225,7 +255,7 @@ def summarize(terms: dict, num_dims: int) -> dict:
   }
   for name in terms:
     if name not in ("total", "t"):
-      result[f"{name}_bpd"] = float(terms[name].mean() * to_bpd)
+      result[f"{name}_bpd"] = float(elbo.bits_per_dim(terms[name].mean(), num_dims))
   return result
 
 
@@ -274,17 +304,16 @@ def evaluate(
   ]
   mean_terms = {name: np.mean([r[name] for r in runs], axis=0) for name in (*vdm.terms, "total")}
   result = summarize(mean_terms, vdm.num_dims)
-  to_bpd = 1.0 / (vdm.num_dims * math.log(2.0))
   result["terms"] = list(vdm.terms)
   result["passes"] = passes
-  result["pass_bpd"] = [float(r["total"].mean() * to_bpd) for r in runs]
+  result["pass_bpd"] = [float(elbo.bits_per_dim(r["total"].mean(), vdm.num_dims)) for r in runs]
   # The Monte Carlo part alone: how far another P passes over the same examples would move.
   result["pass_se"] = (
     float(np.std(result["pass_bpd"], ddof=1) / math.sqrt(passes)) if passes > 1 else float("nan")
   )
   result["num_steps"] = num_steps
   result["split"] = split
-  if isinstance(vdm, VDM):
+  if vdm.diffusion_time:
     result["_per_example"] = {
       "t": np.concatenate([r["t"] for r in runs]),
       "diffusion": np.concatenate([r["diffusion"] for r in runs]),
@@ -294,26 +323,26 @@ def evaluate(
   return result
 
 
-def diffusion_by_time(result: dict, vdm: VDM, params, *, num_bins: int = 20) -> list[dict]:
+def diffusion_by_time(result: dict, vdm, params, *, num_bins: int = 20) -> list[dict]:
   """The diffusion term decomposed over t, in bits/dim, from an `evaluate` result.
 
   Continuous or sampled t: with t uniform, (1/N) sum_{n: t_n in bin} L_n estimates the bin's
   share of E_t[L(t)] = int_0^1 L(t) dt; the shares sum to the diffusion term. With
   `exact_time_sum` every one of the T steps is its own row (exact, no sampling).
   """
-  if not isinstance(vdm, VDM):
+  if not vdm.diffusion_time:
     raise ValueError(f"{type(vdm).__name__} has no diffusion term to decompose over t.")
-  to_bpd = 1.0 / (vdm.num_dims * math.log(2.0))
   if "_per_step" in result:
     per_step = result["_per_step"]
     num_steps = per_step.size
     edges = np.arange(num_steps + 1) / num_steps
-    shares = per_step * to_bpd
+    shares = elbo.bits_per_dim(per_step, vdm.num_dims)
   else:
     t, diffusion = result["_per_example"]["t"], result["_per_example"]["diffusion"]
     edges = np.linspace(0.0, 1.0, num_bins + 1)
     which = np.clip(np.digitize(t, edges[1:-1]), 0, num_bins - 1)
-    shares = np.bincount(which, weights=diffusion, minlength=num_bins) / t.size * to_bpd
+    sums = np.bincount(which, weights=diffusion, minlength=num_bins) / t.size
+    shares = elbo.bits_per_dim(sums, vdm.num_dims)
   gammas = np.asarray(vdm.gamma(params, jnp.asarray(edges, jnp.float32)), np.float64)
   return [
     {
@@ -337,153 +366,3 @@ def scalar_summary(result: dict) -> dict:
   """bpd, its standard error and every term's bpd (the "<term>_bpd" keys)."""
   names = ("bpd", "bpd_se", *(f"{t}_bpd" for t in result["terms"]))
   return {k: result[k] for k in names}
-
-
-def evaluate_ode(
-  vdm: VDM,
-  params,
-  config,
-  mesh,
-  *,
-  split: str = "test",
-  key=None,
-  batch_size: int | None = None,
-  exact_divergence: bool | None = None,
-  rtol: float = 1e-4,
-  atol: float = 1e-4,
-  progress: bool = False,
-) -> dict:
-  """Bits/dim of `split` under the probability-flow ODE (uniform dequantisation, see `ode`).
-
-  `exact_divergence` defaults to exact traces for data of at most 8 dimensions and
-  Hutchinson's estimator above. Returns "bpd", "bpd_se", "num_examples" and the settings.
-  """
-  from vdm_jax import ode
-
-  if not isinstance(vdm, VDM):
-    raise ValueError(
-      f"The probability-flow ODE needs a diffusion model; this is a {type(vdm).__name__}. "
-      "Use the ELBO (--method=elbo)."
-    )
-  if exact_divergence is None:
-    exact_divergence = vdm.num_dims <= 8
-  batch_size = batch_size or config.eval.batch_size
-  key = jax.random.key(config.seed + 2) if key is None else key
-  data_sharding = NamedSharding(mesh, P("data"))
-
-  def per_example(p, k, index):
-    # One solve per example (vmapped): the adaptive step sizes, the dequantisation noise
-    # and the probes of example n do not depend on the rest of its batch.
-    return ode.dequantized_bpd(
-      vdm,
-      p,
-      k[None],
-      jax.random.fold_in(key, index),
-      exact_divergence=exact_divergence,
-      rtol=rtol,
-      atol=atol,
-    )[0]
-
-  fn = jax.jit(
-    jax.vmap(per_example, in_axes=(None, 0, 0)),
-    in_shardings=(NamedSharding(mesh, P()), data_sharding, data_sharding),
-    out_shardings=data_sharding,
-  )
-  values, indices = [], []
-  for batch in _split_batches(config, split, batch_size, progress=progress, desc=f"ODE {split}"):
-    glob = to_global(batch, mesh)
-    mask = _gather(glob["mask"]) > 0
-    values.append(_gather(fn(params, glob["image"], glob["index"])).astype(np.float64)[mask])
-    indices.append(_gather(glob["index"])[mask])
-  bpd = np.concatenate(values)[np.argsort(np.concatenate(indices))]
-  return {
-    "bpd": float(bpd.mean()),
-    "bpd_se": float(bpd.std(ddof=1) / math.sqrt(bpd.size)) if bpd.size > 1 else float("nan"),
-    "num_examples": int(bpd.size),
-    "split": split,
-    "exact_divergence": bool(exact_divergence),
-    "rtol": rtol,
-    "atol": atol,
-  }
-
-
-def time_sampling_variance(
-  vdm: VDM,
-  params,
-  k,
-  key,
-  *,
-  num_steps: int = 0,
-  num_bins: int = 32,
-  reps: int = 32,
-  pilot: int = 16,
-) -> dict:
-  """Variance of the ELBO estimate of a batch under four ways of drawing t.
-
-  Schemes: "uniform" (i.i.d. t), "antithetic" (stratified, as in training),
-  "importance" and "importance_antithetic" (t from the proposal p_b proportional to
-  sqrt(E[L(t)^2]) per bin, estimated from `pilot` uniform draws, diffusion term weighted
-  by 1/p(t)). Each scheme draws t and noise `reps` times for the same examples.
-
-  Args:
-    vdm: a `VDM`; params: its (EMA) params; k: integer data `[B, *data_shape]`.
-    num_steps: T (0 = continuous); in discrete time there are T bins.
-
-  Returns:
-    {scheme: {"bpd", "bpd_se_of_mean", "var_batch_mean", "var_per_example"}} (bits/dim;
-    `var_batch_mean` is the variance over repetitions of the batch's mean bits/dim,
-    `var_per_example` the variance over repetitions of one example's, averaged over
-    examples), plus "proposal" (the bin probabilities) and the settings.
-  """
-  from vdm_jax import elbo
-
-  batch = k.shape[0]
-  num_bins = num_steps or num_bins
-  to_bpd = 1.0 / (vdm.num_dims * math.log(2.0))
-
-  @jax.jit
-  def run(key, t, weight):
-    return vdm.loss_terms(params, k, key, num_steps=num_steps, t=t, t_weight=weight)
-
-  def draw(key, scheme, probs):
-    key_t, key_l = jax.random.split(key)
-    antithetic = scheme.endswith("antithetic")
-    if scheme.startswith("importance"):
-      t, w = elbo.importance_sample_times(
-        key_t, batch, probs, num_steps=num_steps, antithetic=antithetic
-      )
-    else:
-      t = elbo.sample_times(key_t, batch, num_steps=num_steps, antithetic=antithetic)
-      w = jnp.ones_like(t)
-    return run(key_l, t, w)
-
-  # Pilot: the per-bin average of L(t)^2 under stratified uniform t (decay r/(r+1) makes
-  # the running estimate an equal-weight mean of the pilot batches), then the proposal.
-  moments = elbo.init_time_moments(num_bins)
-  for r in range(pilot):
-    terms = draw(jax.random.fold_in(key, 10_000 + r), "antithetic", None)
-    moments = elbo.update_time_moments(
-      moments, terms["t"], terms["diffusion"], decay=r / (r + 1), num_steps=num_steps
-    )
-  probs = elbo.importance_bin_probs(moments)
-
-  result = {"num_examples": batch, "reps": reps, "pilot": pilot, "num_steps": num_steps}
-  for scheme in ("uniform", "antithetic", "importance", "importance_antithetic"):
-    totals = (
-      np.stack(
-        [
-          np.asarray(draw(jax.random.fold_in(key, r), scheme, probs)["total"], np.float64)
-          for r in range(reps)
-        ]
-      )
-      * to_bpd
-    )  # [reps, B]
-    means = totals.mean(axis=1)
-    result[scheme] = {
-      "bpd": float(means.mean()),
-      "bpd_se_of_mean": float(means.std(ddof=1) / math.sqrt(reps)),
-      "var_batch_mean": float(means.var(ddof=1)),
-      "var_per_example": float(totals.var(axis=0, ddof=1).mean()),
-    }
-  result["proposal"] = [float(p) for p in np.asarray(probs)]
-  return result

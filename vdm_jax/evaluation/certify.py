@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import elbo, gaussian, schedules, testing
+from vdm_jax import elbo, gaussian, predictions, schedules, testing, times
 
 __all__ = ["certify"]
 
@@ -41,13 +41,13 @@ def _terms(key, data, schedule, x, num_samples: int, num_steps: int):
   prior = elbo.prior_loss(x, g1)
 
   def eps_hat(z, gamma):
-    return elbo.eps_from_x(z, data.x_hat(z, gamma), gamma)
+    return predictions.eps_from_x(z, data.x_hat(z, gamma), gamma)
 
   if num_steps == 0:
 
     def diff_one(k):
       k_t, k_e = jax.random.split(k)
-      t = elbo.sample_times(k_t, n)
+      t = times.sample_times(k_t, n)
       gamma, dgamma = schedules.gamma_and_derivative(schedule, t)
       eps = jax.random.normal(k_e, x.shape)
       z = gaussian.q_sample(x, gamma, eps)

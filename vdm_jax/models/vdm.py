@@ -2,15 +2,15 @@
 
 `VDM` holds no parameters and no state: every method is a pure function of a params
 pytree `{"schedule": ..., "denoiser": ...}`, built on the pure terms of `vdm_jax.elbo`
-(no formula is written twice). `make_vdm(config, info)` builds one from a config.
+(no formula is written twice). `models.make_model(config, info)` builds one from a config.
 
 Example (a small U-Net for the 8x8 digits, V = 17; no data files are read):
   >>> import jax, jax.numpy as jnp
-  >>> from vdm_jax import data
+  >>> from vdm_jax import data, models
   >>> from vdm_jax.config import base_config
   >>> config = base_config()
   >>> config.model.n_layer, config.model.n_embd, config.model.norm_groups = 1, 16, 8
-  >>> vdm = make_vdm(config, data.dataset_info(config.data))
+  >>> vdm = models.make_model(config, data.dataset_info(config.data))
   >>> params = vdm.init(jax.random.key(0))
   >>> k = jnp.zeros((2, *vdm.data_shape), jnp.int32)            # integer images [B, 8, 8, 1]
   >>> terms = vdm.loss_terms(params, k, jax.random.key(1))      # dict of [B] arrays, nats
@@ -30,9 +30,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdm_jax import elbo, gaussian, models, schedules
+from vdm_jax import elbo, gaussian, predictions, sampling, schedules, times
+from vdm_jax.models.noise import FixedSchedule
 
-__all__ = ["TERMS", "VDM", "make_model", "make_schedule", "make_vdm"]
+__all__ = ["TERMS", "VDM"]
 
 TERMS = ("recon", "prior", "diffusion")
 
@@ -64,6 +65,7 @@ class VDM:
   num_steps: int = 0
   antithetic: bool = True
   schedule_objective: str = "elbo"
+  diffusion_time = True  # the Model interface's flag (class constant, not a field)
 
   @property
   def num_dims(self) -> int:
@@ -98,11 +100,27 @@ class VDM:
     """The model's prediction of eps from z_t `[B, ...]` and gamma_t `[B]`."""
     rngs = {"dropout": dropout_key} if train else None
     out = self.denoiser.apply({"params": params["denoiser"]}, z_t, gamma_t, train=train, rngs=rngs)
-    return elbo.prediction_to_eps(out, z_t, gamma_t, parameterization=self.prediction)
+    return predictions.prediction_to_eps(out, z_t, gamma_t, parameterization=self.prediction)
 
   def x_hat(self, params, z_t, gamma_t):
     """The model's prediction of x (eval mode)."""
-    return elbo.x_from_eps(z_t, self.eps_hat(params, z_t, gamma_t), gamma_t)
+    return predictions.x_from_eps(z_t, self.eps_hat(params, z_t, gamma_t), gamma_t)
+
+  def sample(
+    self,
+    params,
+    key,
+    num_samples: int,
+    *,
+    num_steps: int = 1000,
+    method: str = "ancestral",
+    decode: str = "sample",
+  ):
+    """int32 samples `[num_samples, *data_shape]` (`sampling.sample`: T reverse steps,
+    "ancestral" or "ddim"; decode "sample" or "mode")."""
+    return sampling.sample(
+      self, params, key, num_samples, num_steps=num_steps, method=method, decode=decode
+    )
 
   def loss_terms(
     self,
@@ -134,7 +152,7 @@ class VDM:
       num_steps: T for the diffusion term (default `self.num_steps`; 0 = continuous).
       t: optional explicit times `[B]` (on the grid i/T when T > 0) instead of sampled ones.
       t_weight: optional importance weights `[B]` multiplying the diffusion term, 1/p(t)
-        for t drawn from a proposal p (`elbo.importance_sample_times`).
+        for t drawn from a proposal p (`times.importance_sample_times`).
 
     Returns:
       dict with "recon", "prior", "diffusion", "total" (nats, `[B]`), "bpd" (`[B]`) and the
@@ -153,7 +171,7 @@ class VDM:
     prior = elbo.prior_loss(x, gamma_1)
 
     if t is None:
-      t = elbo.sample_times(key_t, batch, num_steps=num_steps, antithetic=self.antithetic)
+      t = times.sample_times(key_t, batch, num_steps=num_steps, antithetic=self.antithetic)
     eps = jax.random.normal(key_e, x.shape)
 
     def continuous(denoiser_params, gamma_t, dgamma_dt):
@@ -235,79 +253,4 @@ _with_variance_gradient.defvjp(_with_variance_gradient_fwd, _with_variance_gradi
 
 
 def _has_params(module: nn.Module) -> bool:
-  return not isinstance(module, models.FixedSchedule)
-
-
-def make_schedule(config) -> nn.Module:
-  """The schedule module named by `config.schedule.kind`."""
-  kind, lo, hi = config.schedule.kind, config.schedule.gamma_min, config.schedule.gamma_max
-  if kind == "linear":
-    return models.FixedSchedule(schedules.LinearSchedule(lo, hi))
-  if kind == "cosine":
-    return models.FixedSchedule(schedules.CosineSchedule(lo, hi))
-  if kind == "ddpm":
-    return models.FixedSchedule(schedules.DDPMLinearSchedule())
-  if kind == "learned_linear":
-    return models.LearnedLinearSchedule(lo, hi)
-  if kind == "monotone":
-    return models.MonotoneSchedule(lo, hi)
-  raise ValueError(f"Unknown config.schedule.kind {kind!r}.")
-
-
-def make_model(config, info):
-  """The model of `config.model.kind` ("vdm" or the seed's Gaussian VAE, "vae")."""
-  if config.model.kind == "vae":
-    from vdm_jax.vae import make_vae
-
-    return make_vae(config, info)
-  if config.model.kind != "vdm":
-    raise ValueError(f"Unknown config.model.kind {config.model.kind!r}; choose 'vdm' or 'vae'.")
-  return make_vdm(config, info)
-
-
-def make_vdm(config, info) -> VDM:
-  """Builds the VDM of `config` for data described by `info` (a `data.DatasetInfo`)."""
-  m = config.model
-  lo, hi = config.schedule.gamma_min, config.schedule.gamma_max
-  if m.denoiser == "unet":
-    if len(info.shape) != 3:
-      raise ValueError(
-        f"config.model.denoiser='unet' needs image data [H, W, C]; {info.name} has shape "
-        f"{info.shape}. Use config.model.denoiser='mlp'."
-      )
-    denoiser = models.UNet(
-      n_layer=m.n_layer,
-      n_embd=m.n_embd,
-      norm_groups=m.norm_groups,
-      dropout=m.dropout,
-      fourier_features=m.fourier_features,
-      attention_everywhere=m.attention_everywhere,
-      gamma_min=lo,
-      gamma_max=hi,
-      vocab_size=info.vocab_size,
-    )
-  elif m.denoiser == "mlp":
-    if len(info.shape) != 1:
-      raise ValueError(
-        f"config.model.denoiser='mlp' needs flat data [D]; {info.name} has shape {info.shape}."
-      )
-    denoiser = models.MLPDenoiser(
-      hidden=m.mlp_hidden,
-      num_layers=m.mlp_layers,
-      fourier_features=m.fourier_features,
-      gamma_min=lo,
-      gamma_max=hi,
-      vocab_size=info.vocab_size,
-    )
-  else:
-    raise ValueError(f"Unknown config.model.denoiser {m.denoiser!r}.")
-  return VDM(
-    schedule=make_schedule(config),
-    denoiser=denoiser,
-    vocab_size=info.vocab_size,
-    data_shape=tuple(info.shape),
-    prediction=m.prediction,
-    num_steps=config.loss.num_steps,
-    antithetic=config.loss.antithetic,
-    schedule_objective=config.schedule.objective,
-  )
+  return not isinstance(module, FixedSchedule)

@@ -1,0 +1,48 @@
+"""Evaluation (DESIGN §3, layer 5): bits/dim with error bars, sampling, diagnostics.
+
+* `bpd`: the ELBO in bits/dim of a split, batch- and device-invariant (`evaluate`), the
+  exact sum over T steps on the device, the decomposition over t.
+* `ode`: bits/dim under the probability-flow ODE (needs the `ode` extra: diffrax).
+* `sampling`: samples split over the devices, PNG grids (`images`).
+* `diagnostics`: the variance of the ELBO estimate under four time samplers.
+* `report`: the tables and JSON of `vdm-evaluate`.
+* `certify`, `elbo_forms`, `codecs`: the exactness check, the seed's two ELBO forms,
+  bits/dim of standard image codecs.
+
+The checkpoint a function evaluates is loaded with `runtime.checkpoints.load_ema_params`.
+"""
+
+from vdm_jax.evaluation.bpd import (
+  diffusion_by_time,
+  eval_step,
+  evaluate,
+  exact_time_sum_step,
+  global_batches,
+  jit_eval_step,
+  jit_exact_time_sum,
+  per_example_terms,
+  public,
+  scalar_summary,
+  split_times,
+  summarize,
+)
+from vdm_jax.evaluation.diagnostics import time_sampling_variance
+from vdm_jax.evaluation.sampling import draw_samples, write_sample_grid
+
+__all__ = [
+  "diffusion_by_time",
+  "draw_samples",
+  "eval_step",
+  "evaluate",
+  "exact_time_sum_step",
+  "global_batches",
+  "jit_eval_step",
+  "jit_exact_time_sum",
+  "per_example_terms",
+  "public",
+  "scalar_summary",
+  "split_times",
+  "summarize",
+  "time_sampling_variance",
+  "write_sample_grid",
+]

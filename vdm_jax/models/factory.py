@@ -1,0 +1,120 @@
+"""Builds models from a config: the built-in entries of the registries, and `make_model`.
+
+Each choice is registered once here (`registry.SCHEDULES`, `DENOISERS`, `MODELS`); code
+outside the package adds its own with `models.DENOISERS.register("name", builder)`, and
+`config.model.denoiser="name"` then selects it (validation reads the registry).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from vdm_jax import schedules
+from vdm_jax.models.mlp import MLPDenoiser
+from vdm_jax.models.noise import FixedSchedule, LearnedLinearSchedule, MonotoneSchedule
+from vdm_jax.models.registry import DENOISERS, MODELS, SCHEDULES
+from vdm_jax.models.unet import UNet
+from vdm_jax.models.vae import GaussianVAE, VAEDecoder, VAEEncoder
+from vdm_jax.models.vdm import VDM
+
+__all__ = ["make_denoiser", "make_model", "make_schedule"]
+
+
+def make_schedule(config, info=None) -> nn.Module:
+  """The schedule module named by `config.schedule.kind`."""
+  return SCHEDULES.lookup(config.schedule.kind)(config, info)
+
+
+def make_denoiser(config, info) -> nn.Module:
+  """The denoiser module named by `config.model.denoiser`, for data described by `info`."""
+  return DENOISERS.lookup(config.model.denoiser)(config, info)
+
+
+def make_model(config, info):
+  """The model named by `config.model.kind` for data described by `info` (a
+  `data.DatasetInfo`): a `VDM` ("vdm") or the seed's Gaussian VAE ("vae")."""
+  return MODELS.lookup(config.model.kind)(config, info)
+
+
+def _range(config):
+  return config.schedule.gamma_min, config.schedule.gamma_max
+
+
+SCHEDULES.register("linear", lambda c, info: FixedSchedule(schedules.LinearSchedule(*_range(c))))
+SCHEDULES.register("cosine", lambda c, info: FixedSchedule(schedules.CosineSchedule(*_range(c))))
+SCHEDULES.register("ddpm", lambda c, info: FixedSchedule(schedules.DDPMLinearSchedule()))
+SCHEDULES.register("learned_linear", lambda c, info: LearnedLinearSchedule(*_range(c)))
+SCHEDULES.register("monotone", lambda c, info: MonotoneSchedule(*_range(c)))
+
+
+def _unet(config, info) -> UNet:
+  if len(info.shape) != 3:
+    raise ValueError(
+      f"config.model.denoiser='unet' needs image data [H, W, C]; {info.name} has shape "
+      f"{info.shape}. Use config.model.denoiser='mlp'."
+    )
+  m = config.model
+  return UNet(
+    n_layer=m.n_layer,
+    n_embd=m.n_embd,
+    norm_groups=m.norm_groups,
+    dropout=m.dropout,
+    fourier_features=m.fourier_features,
+    attention_everywhere=m.attention_everywhere,
+    gamma_min=config.schedule.gamma_min,
+    gamma_max=config.schedule.gamma_max,
+    vocab_size=info.vocab_size,
+  )
+
+
+def _mlp(config, info) -> MLPDenoiser:
+  if len(info.shape) != 1:
+    raise ValueError(
+      f"config.model.denoiser='mlp' needs flat data [D]; {info.name} has shape {info.shape}."
+    )
+  m = config.model
+  return MLPDenoiser(
+    hidden=m.mlp_hidden,
+    num_layers=m.mlp_layers,
+    fourier_features=m.fourier_features,
+    gamma_min=config.schedule.gamma_min,
+    gamma_max=config.schedule.gamma_max,
+    vocab_size=info.vocab_size,
+  )
+
+
+DENOISERS.register("unet", _unet)
+DENOISERS.register("mlp", _mlp)
+
+
+def _vdm(config, info) -> VDM:
+  return VDM(
+    schedule=make_schedule(config, info),
+    denoiser=make_denoiser(config, info),
+    vocab_size=info.vocab_size,
+    data_shape=tuple(info.shape),
+    prediction=config.model.prediction,
+    num_steps=config.loss.num_steps,
+    antithetic=config.loss.antithetic,
+    schedule_objective=config.schedule.objective,
+  )
+
+
+def _vae(config, info) -> GaussianVAE:
+  m = config.model
+  return GaussianVAE(
+    encoder=VAEEncoder(latent_dim=m.vae_latent_dim, hidden=m.vae_hidden, num_layers=m.vae_layers),
+    decoder=VAEDecoder(
+      data_shape=tuple(info.shape),
+      vocab_size=info.vocab_size,
+      hidden=m.vae_hidden,
+      num_layers=m.vae_layers,
+    ),
+    vocab_size=info.vocab_size,
+    data_shape=tuple(info.shape),
+    num_samples=config.loss.vae_num_samples,
+  )
+
+
+MODELS.register("vdm", _vdm)
+MODELS.register("vae", _vae)

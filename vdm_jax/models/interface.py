@@ -1,0 +1,74 @@
+"""The interface every model implements: what the trainer, evaluation and sampling call.
+
+A model is a frozen dataclass of pure methods over a params pytree (no state): `VDM` and
+`GaussianVAE` implement `Model`; a diffusion model (one with a diffusion time t, which the
+time samplers, the exact sum over T steps, the probability-flow ODE and the per-time
+diagnostics need) also implements `DiffusionModel` and says so with
+`diffusion_time = True`. Callers branch on that flag, never on the model's class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+
+__all__ = ["DiffusionModel", "Model"]
+
+Params = Any  # a pytree of arrays
+
+
+class Model(Protocol):
+  """A likelihood model of integer data `[B, *data_shape]` with values in {0..V-1}."""
+
+  vocab_size: int
+  data_shape: tuple[int, ...]
+  diffusion_time: bool
+
+  @property
+  def num_dims(self) -> int:
+    """D = prod(data_shape), for bits/dim = nats / (D ln 2)."""
+    ...
+
+  @property
+  def terms(self) -> tuple[str, ...]:
+    """Names of the per-example loss terms (nats) that sum to "total"."""
+    ...
+
+  def init(self, key: jax.Array) -> Params:
+    """Freshly initialised params."""
+    ...
+
+  def loss_terms(self, params: Params, k: jax.Array, key: jax.Array, *, train: bool = False):
+    """dict of `[B]` arrays: each of `terms`, "total" (nats) and "bpd"."""
+    ...
+
+  def sample(self, params: Params, key: jax.Array, num_samples: int, **options) -> jax.Array:
+    """int32 samples `[num_samples, *data_shape]`."""
+    ...
+
+
+class DiffusionModel(Model, Protocol):
+  """A `Model` with a diffusion time t in [0, 1] and a schedule gamma(t) = -log SNR(t)."""
+
+  num_steps: int  # T of the training loss; 0 = continuous time
+  antithetic: bool
+
+  def gamma(self, params: Params, t: jax.Array) -> jax.Array: ...
+
+  def eps_hat(self, params: Params, z_t: jax.Array, gamma_t: jax.Array, **kwargs) -> jax.Array: ...
+
+  def loss_terms(
+    self,
+    params: Params,
+    k: jax.Array,
+    key: jax.Array,
+    *,
+    train: bool = False,
+    num_steps: int | None = None,
+    t: jax.Array | None = None,
+    t_weight: jax.Array | None = None,
+  ):
+    """As `Model.loss_terms`, plus the diffusion times "t" `[B]`; `num_steps` overrides T,
+    `t` gives explicit times and `t_weight` importance weights of the diffusion term."""
+    ...

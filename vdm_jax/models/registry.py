@@ -1,0 +1,19 @@
+"""The registries of model choices: `config.schedule.kind`, `config.model.denoiser` and
+`config.model.kind`, each a name -> builder taking `(config, info)` (`info` a
+`data.DatasetInfo`). The built-in entries are registered in `vdm_jax.models.factory`;
+`config.validate` reads the names from here. README: "Add your own denoiser".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from vdm_jax._registry import Registry
+
+__all__ = ["DENOISERS", "MODELS", "SCHEDULES"]
+
+Builder = Callable  # (config, info) -> a Flax module (schedules, denoisers) or a model
+
+SCHEDULES: Registry[Builder] = Registry("config.schedule.kind")
+DENOISERS: Registry[Builder] = Registry("config.model.denoiser")
+MODELS: Registry[Builder] = Registry("config.model.kind")

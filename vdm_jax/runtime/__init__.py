@@ -1,0 +1,8 @@
+"""Runtime (DESIGN §3, layer 4, with `vdm_jax.config`): what training, evaluation and
+sampling share below them.
+
+* `mesh`: the device mesh, shardings, host <-> device batches.
+* `checkpoints`: saving and verifying the train state; `load_ema_params` for inference.
+* `workdir`: the run lock, the config record, atomic writes.
+* `distributed`: `jax.distributed` start-up from launch flags.
+"""

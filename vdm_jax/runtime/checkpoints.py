@@ -1,0 +1,272 @@
+"""Checkpoints on disk: saving and verifying the train state, and loading params for inference.
+
+A checkpoint is one orbax step directory `<workdir>/checkpoints/<step>/` holding the train
+state's array fields (`saved_fields`), with a CRC32 of every array recorded beside it in
+`<workdir>/checksums/<step>.json` when it was saved, and verified when it is read.
+
+Inference (evaluation, sampling, diagnostics) calls `load_ema_params`: it restores only the
+`ema_params` subtree, without building an optimizer or reading the Adam moments and the
+raw params (a partial restore: about a quarter of the state's bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import zlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from vdm_jax import config as config_lib
+from vdm_jax import data, models
+from vdm_jax.runtime import mesh as mesh_lib
+from vdm_jax.runtime import workdir as workdir_lib
+
+__all__ = [
+  "CheckpointError",
+  "abstract_tree",
+  "checksums",
+  "first_line",
+  "load_ema_params",
+  "make_checkpoint_manager",
+  "restore_checkpoint",
+  "restore_latest_intact",
+  "save_checkpoint",
+  "saved_fields",
+]
+
+STATE_FIELDS = ("step", "params", "opt_state", "ema_params", "time_moments")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint step that cannot be restored as saved."""
+
+
+def make_checkpoint_manager(workdir: str, *, max_to_keep: int) -> ocp.CheckpointManager:
+  """The writing manager of `<workdir>/checkpoints` (async saves, `max_to_keep` steps)."""
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep,
+    cleanup_tmp_directories=True,
+    enable_async_checkpointing=True,
+  )
+  return ocp.CheckpointManager(
+    os.path.join(os.path.abspath(workdir), "checkpoints"), options=options
+  )
+
+
+def abstract_tree(shapes, sharding):
+  """ShapeDtypeStructs carrying shardings of the current mesh: an orbax restore target.
+
+  `sharding` is one sharding for every array, or a pytree of them (`state_shardings`).
+  """
+  if isinstance(sharding, jax.sharding.Sharding):
+    sharding = jax.tree.map(lambda _: sharding, shapes)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sharding
+  )
+
+
+def saved_fields(state) -> dict:
+  """The train state's array fields as a dict, leaving out those that are None.
+
+  Checkpoints hold this dict, so a field used only by some configs (`time_moments`, with
+  importance sampling of t) is absent from the others' checkpoints instead of a None that
+  would make older checkpoints unreadable.
+  """
+  return {n: getattr(state, n) for n in STATE_FIELDS if getattr(state, n, None) is not None}
+
+
+def _checksum_path(workdir: str, step: int) -> str:
+  return os.path.join(workdir, "checksums", f"{step}.json")
+
+
+def checksums(tree) -> dict:
+  """{leaf path: "crc32:dtype:shape"} of a pytree of arrays, for integrity checks.
+
+  Call on every process (a sharded array spread over processes is gathered collectively).
+  """
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    array = mesh_lib.host_array(leaf)
+    crc = zlib.crc32(np.ascontiguousarray(array).tobytes())
+    out[jax.tree_util.keystr(path)] = f"{crc:08x}:{array.dtype}:{array.shape}"
+  return out
+
+
+def save_checkpoint(manager, step: int, state, *, force: bool = False) -> None:
+  """Saves the state at `step` (asynchronously), and, first, the checksum of every array
+  beside it (`<workdir>/checksums/<step>.json`, process 0).
+
+  The data position needs no saving: it is the step (`data.make_train_iterator(...,
+  start_step=step)`), the same whatever the number of processes that resume it.
+  """
+  fields = saved_fields(state)
+  sums = checksums(fields)
+  if jax.process_index() == 0:
+    workdir = os.path.dirname(os.path.abspath(os.fspath(manager.directory)))
+    path = _checksum_path(workdir, step)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    workdir_lib.write_json_atomic(path, json.dumps(sums, indent=0))
+    kept = manager.all_steps()  # those of steps orbax has deleted (max_to_keep) go too
+    for name in os.listdir(os.path.dirname(path)):
+      old = name.removesuffix(".json")
+      if old.isdigit() and kept and int(old) < min(kept):
+        os.remove(os.path.join(os.path.dirname(path), name))
+  manager.save(
+    step,
+    args=ocp.args.Composite(state=ocp.args.PyTreeSave(fields)),
+    force=force,
+  )
+
+
+def first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else ""
+
+
+def _restore_fields(manager, step: int, fields: dict) -> dict:
+  """Restores the subtree `fields` (a dict of abstract arrays, any subset of the saved
+  fields) of step `step`, verified against the checksums recorded at save time."""
+  directory = os.fspath(manager.directory)
+  # Checkpoints of earlier versions also hold a per-process "data" item; it is not read.
+  # A partial restore: the fields not asked for (the optimizer's, for inference) are not read.
+  restore = ocp.args.PyTreeRestore(
+    item=fields,
+    restore_args=ocp.checkpoint_utils.construct_restore_args(fields),
+    partial_restore=True,
+  )
+  args = ocp.args.Composite(state=restore)
+  try:
+    restored = manager.restore(step, args=args)["state"]
+  except Exception as e:  # orbax/tensorstore raise many kinds; all mean "cannot read"
+    raise CheckpointError(
+      f"Checkpoint step {step} in {directory} cannot be read: {type(e).__name__}: {first_line(e)}"
+    ) from e
+  restored = {name: restored[name] for name in fields}
+  path = _checksum_path(os.path.dirname(os.path.abspath(directory)), step)
+  if os.path.exists(path):
+    with open(path) as f:
+      expected = json.load(f)
+    actual = checksums(restored)
+    bad = [k for k in actual if expected.get(k) != actual[k]]
+    if bad:
+      raise CheckpointError(
+        f"Checkpoint step {step} in {directory} is damaged: {len(bad)} array(s) differ from "
+        f"the checksums recorded when it was saved ({path}), e.g. {bad[0]}."
+      )
+  else:
+    logging.warning("Checkpoint step %d has no recorded checksums; not verified.", step)
+  return restored
+
+
+def restore_checkpoint(manager, step: int, target):
+  """Restores the train state into `target`'s shardings (any process or device count).
+
+  `target` is a TrainState of ShapeDtypeStructs (`abstract_tree`); returns a TrainState.
+  Raises `CheckpointError` naming the step if the files are damaged (unreadable, or an
+  array whose checksum differs from the one recorded when it was saved).
+  """
+  return target.replace(**_restore_fields(manager, step, saved_fields(target)))
+
+
+def restore_latest_intact(manager, target):
+  """Restores the newest checkpoint that is intact; damaged newer steps are moved aside.
+
+  A damaged step (see `restore_checkpoint`) is reported and the next older one tried; once
+  one restores, the damaged newer steps are moved to `<workdir>/checkpoints_damaged/` (kept
+  for inspection, no longer seen by orbax) so that training can write those steps again.
+  If no step restores, nothing is moved and `CheckpointError` lists every step's problem
+  (e.g. a model config that differs from the checkpoints').
+
+  Returns:
+    (state, step), or (None, None) when there is no checkpoint.
+  """
+  problems = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state = restore_checkpoint(manager, step, target)
+    except CheckpointError as e:
+      logging.warning("%s", e)
+      print(f"WARNING: {e} Trying the previous checkpoint.", file=sys.stderr, flush=True)
+      problems.append((step, str(e)))
+      continue
+    if problems:
+      _quarantine(manager, [s for s, _ in problems])
+      print(
+        f"Resuming from step {step}, the newest intact checkpoint; damaged step(s) "
+        f"{[s for s, _ in problems]} moved to checkpoints_damaged/.",
+        file=sys.stderr,
+        flush=True,
+      )
+    return state, step
+  if problems:
+    listing = "\n".join(f"  step {s}: {p}" for s, p in problems)
+    raise CheckpointError(
+      f"No checkpoint in {os.fspath(manager.directory)} could be restored:\n{listing}\n"
+      "If the config's model differs from the one these checkpoints were trained with, "
+      "use the original config or a new --workdir."
+    )
+  return None, None
+
+
+def _quarantine(manager, steps) -> None:
+  directory = os.fspath(manager.directory)
+  if jax.process_index() == 0:
+    damaged = os.path.join(os.path.dirname(os.path.abspath(directory)), "checkpoints_damaged")
+    os.makedirs(damaged, exist_ok=True)
+    for step in steps:
+      source = os.path.join(directory, str(step))
+      if os.path.exists(source):
+        target, n = os.path.join(damaged, str(step)), 1
+        while os.path.exists(target):
+          target, n = os.path.join(damaged, f"{step}.{n}"), n + 1
+        os.replace(source, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("vdm_jax: damaged checkpoints moved")
+  manager.reload()
+
+
+def load_ema_params(config, workdir: str, *, step: int | None = None):
+  """Restores a checkpoint's EMA params alone, replicated over the current devices.
+
+  Only the `ema_params` subtree is read (no optimizer is built and the Adam moments and raw
+  params stay on disk). Works whatever device count trained it: the restore target carries
+  this process's mesh. The arrays are verified against the checksums recorded at save time.
+
+  Returns:
+    (model, mesh, ema_params, step).
+  """
+  config_lib.validate(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"No checkpoints in {workdir!r} (expected {ckpt_dir!r}).")
+  mesh = mesh_lib.make_mesh()
+  model = models.make_model(config, data.static_info(config.data))
+  shapes = jax.eval_shape(model.init, jax.random.key(0))
+  options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+  with ocp.CheckpointManager(ckpt_dir, options=options) as manager:
+    steps = manager.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"No finished checkpoint in {ckpt_dir!r}.")
+    step = manager.latest_step() if step is None else step
+    if step not in steps:
+      raise ValueError(
+        f"No checkpoint for step {step} in {ckpt_dir!r}; available: {sorted(steps)}."
+      )
+    target = {"ema_params": abstract_tree(shapes, mesh_lib.replicated(mesh))}
+    try:
+      params = _restore_fields(manager, step, target)["ema_params"]
+    except CheckpointError as e:
+      older = sorted(s for s in steps if s < step)
+      hint = f" Choose an older one with --step={older[-1]}." if older else ""
+      raise CheckpointError(
+        f"{e}{hint} (If the config's model differs from the training run's, pass the "
+        f"training config: {os.path.join(workdir, 'config.json')} records it.)"
+      ) from e
+  return model, mesh, params, step

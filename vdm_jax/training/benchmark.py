@@ -1,0 +1,169 @@
+"""Speed and memory of the train and eval steps (`scripts/benchmark.py`).
+
+Benchmarks print numbers; tests never time anything. The "bare" step is the denoiser's
+eps-MSE with Adam and nothing else, so `framework_overhead` is what the trainer adds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vdm_jax import data, models
+from vdm_jax.evaluation import bpd
+from vdm_jax.runtime import checkpoints
+from vdm_jax.runtime import mesh as mesh_lib
+from vdm_jax.training.state import create_train_state, make_optimizer
+from vdm_jax.training.step import jit_train_step
+
+__all__ = ["benchmark", "memory"]
+
+
+def _time_steps(fn, num_steps: int, warmup: int):
+  """Median seconds per call of fn() -> result (blocked on), after `warmup` calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  seconds = []
+  for _ in range(num_steps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    seconds.append(time.perf_counter() - t)
+  return statistics.median(seconds)
+
+
+def memory(config) -> dict:
+  """Compile time and per-device memory of the train step, from abstract arrays."""
+  info = data.static_info(config.data)
+  vdm = models.make_model(config, info)
+  mesh_lib.check_batch_size(config.train.batch_size)
+  mesh = mesh_lib.make_mesh()
+  tx = make_optimizer(config)
+  shapes = jax.eval_shape(lambda k: create_train_state(vdm, k, tx), jax.random.key(0))
+  sharding = mesh_lib.state_shardings(
+    shapes, mesh, config.train.sharding, min_size=config.train.fsdp_min_size
+  )
+  state = checkpoints.abstract_tree(shapes, sharding)
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  batch = {
+    "image": jax.ShapeDtypeStruct(
+      (config.train.batch_size, *info.shape), np.int32, sharding=batch_sharding
+    )
+  }
+  step_fn = jit_train_step(vdm, config, mesh, sharding)
+  t = time.perf_counter()
+  compiled = step_fn.lower(state, batch, jax.random.key(0)).compile()
+  seconds = time.perf_counter() - t
+  stats = compiled.memory_analysis()
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+  return {
+    "config": {
+      "n_layer": config.model.n_layer,
+      "n_embd": config.model.n_embd,
+      "batch_size": config.train.batch_size,
+      "sharding": config.train.sharding,
+      "num_params": int(sum(x.size for x in jax.tree.leaves(shapes.params))),
+    },
+    "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+    "train_compile_s": seconds,
+    "state_bytes_total": int(state_bytes),
+    "per_device_argument_bytes": int(stats.argument_size_in_bytes),
+    "per_device_temp_bytes": int(stats.temp_size_in_bytes),
+    "per_device_output_bytes": int(stats.output_size_in_bytes),
+  }
+
+
+def benchmark(config, num_steps: int, warmup: int) -> dict:
+  """Train step, eval step and the bare network's step (fwd+bwd+Adam of the denoiser alone):
+  median seconds, examples/s and compile times, on synthetic data of the config's shape."""
+  info = data.static_info(config.data)
+  vdm = models.make_model(config, info)
+  batch_size = config.train.batch_size
+  mesh_lib.check_batch_size(batch_size)
+  mesh = mesh_lib.make_mesh()
+  replicated = mesh_lib.replicated(mesh)
+  rng = np.random.default_rng(0)
+  local = {"image": rng.integers(0, info.vocab_size, (batch_size, *info.shape), dtype=np.int32)}
+  batch = mesh_lib.to_global(local, mesh)
+  key = jax.random.key(0)
+  tx = make_optimizer(config)
+  state = jax.jit(lambda k: create_train_state(vdm, k, tx), out_shardings=replicated)(key)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+
+  # Framework train step (donates its state, so thread it through).
+  step_fn = jit_train_step(vdm, config, mesh, replicated)
+  t = time.perf_counter()
+  compiled = step_fn.lower(state, batch, key).compile()
+  train_compile = time.perf_counter() - t
+  holder = {"state": state}
+
+  def one_train_step():
+    holder["state"], metrics = compiled(holder["state"], batch, key)
+    return metrics
+
+  train_time = _time_steps(one_train_step, num_steps, warmup)
+
+  # Framework eval step.
+  eval_fn = bpd.jit_eval_step(vdm, mesh, config.loss.num_steps, explicit_t=True)
+  params = holder["state"].ema_params
+  eval_batch = mesh_lib.to_global({**local, "index": np.arange(batch_size, dtype=np.int32)}, mesh)
+  t_eval = mesh_lib.to_global({"t": rng.uniform(size=batch_size).astype(np.float32)}, mesh)["t"]
+  t = time.perf_counter()
+  eval_compiled = eval_fn.lower(params, eval_batch, key, t_eval).compile()
+  eval_compile = time.perf_counter() - t
+  eval_time = _time_steps(lambda: eval_compiled(params, eval_batch, key, t_eval), num_steps, warmup)
+
+  # Bare: the same network, eps-MSE, Adam, nothing else.
+  net = vdm.denoiser
+  bare_params = holder["state"].params["denoiser"]
+  opt = optax.adam(1e-4)
+  z = jnp.asarray(rng.normal(size=(batch_size, *info.shape)), jnp.float32)
+  eps = jnp.asarray(rng.normal(size=z.shape), jnp.float32)
+  gamma = jnp.asarray(rng.uniform(-13.3, 5.0, size=(batch_size,)), jnp.float32)
+
+  @jax.jit
+  def bare_step(p, opt_state, dropout_key):
+    def loss(p):
+      out = net.apply({"params": p}, z, gamma, train=True, rngs={"dropout": dropout_key})
+      return jnp.mean(jnp.square(out - eps))
+
+    value, grads = jax.value_and_grad(loss)(p)
+    updates, opt_state = opt.update(grads, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state, value
+
+  bare = {"p": bare_params, "o": opt.init(bare_params)}
+
+  def one_bare_step():
+    bare["p"], bare["o"], value = bare_step(bare["p"], bare["o"], key)
+    return value
+
+  t = time.perf_counter()
+  jax.block_until_ready(one_bare_step())
+  bare_compile = time.perf_counter() - t
+  bare_time = _time_steps(one_bare_step, num_steps, warmup)
+
+  return {
+    "config": {
+      "data": config.data.name,
+      "shape": list(info.shape),
+      "n_layer": config.model.n_layer,
+      "n_embd": config.model.n_embd,
+      "batch_size": batch_size,
+      "num_params": int(num_params),
+    },
+    "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+    "train_step_s": train_time,
+    "train_examples_per_s": batch_size / train_time,
+    "train_compile_s": train_compile,
+    "eval_step_s": eval_time,
+    "eval_examples_per_s": batch_size / eval_time,
+    "eval_compile_s": eval_compile,
+    "bare_train_step_s": bare_time,
+    "bare_compile_s": bare_compile,
+    "framework_overhead": train_time / bare_time - 1.0,
+    "timed_steps": num_steps,
+  }

@@ -1,0 +1,339 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Checks everything before the work directory is touched, restores the newest intact
+checkpoint (or initialises), trains with periodic logging, checkpoints, evaluation and
+sample grids, stops cleanly on SIGTERM/SIGINT, and ends with the final evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from vdm_jax import config as config_lib
+from vdm_jax import data, models
+from vdm_jax.evaluation import bpd, sampling
+from vdm_jax.runtime import checkpoints, distributed
+from vdm_jax.runtime import mesh as mesh_lib
+from vdm_jax.runtime import workdir as workdir_lib
+from vdm_jax.runtime.checkpoints import CheckpointError
+from vdm_jax.training.metrics import MetricWriter, progress_bar, say
+from vdm_jax.training.state import create_train_state, make_optimizer
+from vdm_jax.training.step import jit_train_step
+
+__all__ = [
+  "USER_ERRORS",
+  "CheckpointSaveError",
+  "NonFiniteLossError",
+  "TrainingInterrupted",
+  "check_workdir",
+  "train_and_evaluate",
+  "write_samples",
+]
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+class CheckpointSaveError(RuntimeError):
+  """An asynchronous checkpoint save failed (disk full, permissions, ...)."""
+
+
+class TrainingInterrupted(Exception):
+  """SIGTERM or SIGINT stopped training after saving a checkpoint at `step`."""
+
+  def __init__(self, signum: int, step: int, workdir: str):
+    self.signum, self.step = signum, step
+    super().__init__(
+      f"Stopped by {signal.Signals(signum).name} after step {step}; checkpoint {step} saved "
+      f"in {workdir}/checkpoints. Run the same command again to resume."
+    )
+
+
+def check_workdir(workdir: str) -> str:
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"Work directory {workdir!r} is not writable: {e}") from e
+  return workdir
+
+
+class _StopSignals:
+  """SIGTERM (how clusters and TPU VMs preempt) and SIGINT (Ctrl-C) request a clean stop.
+
+  The handler only records the signal; the loop finishes its step, saves and exits. A
+  second signal interrupts at once (KeyboardInterrupt). With several processes, a signal
+  received by any of them stops all at the same step (`requested` is a collective).
+  Handlers are installed only in the main thread, and restored on exit.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    if self.signum is not None:
+      raise KeyboardInterrupt
+    self.signum = signum
+    print(
+      f"\n{signal.Signals(signum).name} received: finishing the current step, saving a "
+      "checkpoint, then exiting (send it again to stop at once).",
+      file=sys.stderr,
+      flush=True,
+    )
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+  def requested(self) -> int | None:
+    """The signal number if any process received one, else None."""
+    if jax.process_count() == 1:
+      return self.signum
+    signums = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    return int(np.max(signums)) or None
+
+
+def _read_final_metrics(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "final_metrics.json")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def write_samples(model, params, config, mesh, workdir: str, step: int, writer=None) -> str | None:
+  """Draws `config.train.num_samples` samples (split over the devices) and writes a PNG
+  grid `samples_<step>.png`; returns its path (None for non-image data or no samples)."""
+  if config.train.num_samples <= 0 or len(model.data_shape) != 3:
+    return None
+  key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
+  options = {"num_steps": config.train.sample_steps} if model.diffusion_time else {}
+  samples = sampling.draw_samples(model, params, key, config.train.num_samples, mesh, **options)
+  path = os.path.join(workdir, f"samples_{step:08d}.png")
+  grid = sampling.write_sample_grid(samples, model.vocab_size, path)
+  if writer is not None:
+    writer.image(step, "samples", grid)
+  return path
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
+
+  Everything is checked before the work directory is touched (the config, the devices,
+  the data, a concurrent run, a resume with a config that changes what the checkpoints
+  mean); the config is recorded only once the state is restored. SIGTERM/SIGINT save a
+  checkpoint and raise `TrainingInterrupted`. A run ends with its final evaluation and
+  sample grid (`final_metrics.json`); a rerun of a finished run whose final evaluation
+  did not complete performs it, and one whose evaluation is recorded returns it.
+
+  Returns:
+    {"step": final step, "train": last logged train metrics, "eval": final eval result}.
+  """
+  config_lib.validate(config)
+  distributed.initialize(None, None, None, auto=config.distributed)  # if not yet
+  mesh_lib.check_batch_size(config.train.batch_size)
+  mesh_lib.check_batch_size(config.eval.batch_size, "config.eval.batch_size")
+  workdir = check_workdir(workdir)
+  lock, error = None, ""
+  if jax.process_index() == 0:
+    try:
+      lock = workdir_lib.RunLock(workdir).__enter__()
+    except workdir_lib.WorkdirLockedError as e:
+      error = str(e)
+  if jax.process_count() > 1:
+    locked = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
+    error = error or ("work directory locked (see process 0)" if int(locked) else "")
+  if error:
+    raise workdir_lib.WorkdirLockedError(error)
+  try:
+    return _train(config, workdir)
+  finally:
+    if lock is not None:
+      lock.__exit__(None, None, None)
+
+
+def _train(config, workdir: str) -> dict:
+  # Process 0 builds the offline datasets first; then the others, which find them ready
+  # on a shared data_dir or build their own copy on a host-local one (prepare is
+  # idempotent; for the public datasets it checks that this host has the files).
+  if jax.process_index() == 0:
+    data.prepare(config.data)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("vdm_jax: data prepared on process 0")
+    if jax.process_index() != 0:
+      data.prepare(config.data)
+    multihost_utils.sync_global_devices("vdm_jax: data prepared")
+  info = data.dataset_info(config.data)
+  mesh = mesh_lib.make_mesh()
+  vdm = models.make_model(config, info)
+
+  # State: shapes first, then allocate directly with their shardings.
+  key = jax.random.key(config.seed)
+  init_key, step_key = jax.random.split(key)
+  replicated = mesh_lib.replicated(mesh)
+  tx = make_optimizer(config)
+  shapes = jax.eval_shape(lambda k: create_train_state(vdm, k, tx, config), init_key)
+  state_sharding = mesh_lib.state_shardings(
+    shapes, mesh, config.train.sharding, min_size=config.train.fsdp_min_size
+  )
+  manager = checkpoints.make_checkpoint_manager(workdir, max_to_keep=config.train.max_to_keep)
+  try:
+    changes = workdir_lib.check_resume_config(config, workdir, manager.latest_step())
+    target = checkpoints.abstract_tree(shapes, state_sharding)
+    state, restored_step = checkpoints.restore_latest_intact(manager, target)
+  except Exception:
+    manager.close()
+    raise
+  if state is not None:
+    say(f"Resumed from {workdir}/checkpoints at step {restored_step}.")
+    for field, (old, new) in changes.items():
+      say(f"  config.{field}: {old!r} -> {new!r}")
+  else:
+    state = jax.jit(lambda k: create_train_state(vdm, k, tx, config), out_shardings=state_sharding)(
+      init_key
+    )
+  step = int(state.step)
+  train_iter = data.make_train_iterator(
+    config.data, global_batch_size=config.train.batch_size, seed=config.seed, start_step=step
+  )
+  if jax.process_index() == 0:
+    workdir_lib.record_config(config, workdir, step)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  say(
+    f"{info.name}: {info.shape} x V={info.vocab_size}; model {num_params:,} params; "
+    f"{jax.device_count()} device(s) on {jax.process_count()} process(es)."
+  )
+
+  step_fn = jit_train_step(vdm, config, mesh, state_sharding)
+  writer = MetricWriter(workdir, step)
+  total = config.train.num_steps
+  pending, window_start, t0 = [], step, time.perf_counter()
+  last_train, last_saved = {}, restored_step
+  progress = progress_bar(total, step)
+  try:
+    with _StopSignals() as stop:
+      while step < total:
+        batch = mesh_lib.to_global(next(train_iter), mesh)
+        state, metrics = step_fn(state, batch, step_key)
+        step += 1
+        pending.append(metrics)
+        progress.update(1)
+        _check_saves(manager, last_saved)
+
+        signum = stop.requested()
+        saving = step % config.train.ckpt_every == 0 or step == total or signum is not None
+        evaluating = step % config.train.eval_every == 0 and step < total and signum is None
+        # Metrics are fetched (and checked) before anything is saved, so no checkpoint
+        # ever holds parameters from after a non-finite loss.
+        if step % config.train.log_every == 0 or saving or evaluating:
+          fetched = jax.device_get(pending)
+          bad = [
+            window_start + i + 1 for i, m in enumerate(fetched) if not np.isfinite(m["loss_bpd"])
+          ]
+          if bad:
+            where = (
+              f"the latest checkpoint, step {last_saved}, is before it"
+              if last_saved is not None
+              else "no checkpoint had been saved yet"
+            )
+            raise NonFiniteLossError(
+              f"Loss became {fetched[bad[0] - window_start - 1]['loss_bpd']} at step {bad[0]} "
+              f"(first non-finite step in {window_start + 1}..{step}); {where} "
+              f"({workdir}/checkpoints). Lower config.optim.learning_rate or check the data."
+            )
+          elapsed = time.perf_counter() - t0
+          last_train = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+          last_train["steps_per_sec"] = len(fetched) / elapsed
+          writer.scalars(step, last_train, "train")
+          pending, window_start, t0 = [], step, time.perf_counter()
+
+        if saving:
+          checkpoints.save_checkpoint(manager, step, state)
+          last_saved = step
+
+        if signum is not None:
+          manager.wait_until_finished()
+          _check_saves(manager, last_saved)
+          raise TrainingInterrupted(signum, step, workdir)
+
+        if evaluating:
+          ema = jax.device_put(state.ema_params, replicated)  # gathered if fsdp
+          result = bpd.public(bpd.evaluate(vdm, ema, config, mesh, split=config.eval.split))
+          writer.scalars(step, bpd.scalar_summary(result), "eval")
+          write_samples(vdm, ema, config, mesh, workdir, step, writer)
+          del ema
+          t0 = time.perf_counter()  # evaluation time is not training time
+    progress.close()
+    manager.wait_until_finished()
+    _check_saves(manager, last_saved)
+
+    # The final evaluation: done once per finished run (a rerun does it if it was cut off).
+    previous = _read_final_metrics(workdir)
+    if previous and previous.get("step") == step and previous.get("eval") is not None:
+      say(f"Training finished at step {step}; final evaluation already in final_metrics.json.")
+      return previous
+    ema = jax.device_put(state.ema_params, replicated)
+    last_eval = bpd.public(bpd.evaluate(vdm, ema, config, mesh, split=config.eval.split))
+    writer.scalars(step, bpd.scalar_summary(last_eval), "eval")
+    write_samples(vdm, ema, config, mesh, workdir, step, writer)
+  finally:
+    progress.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+  if not last_train and previous and previous.get("step") == step:
+    last_train = previous.get("train") or {}
+  result = {"step": step, "train": last_train, "eval": last_eval}
+  if jax.process_index() == 0:
+    workdir_lib.write_json_atomic(
+      os.path.join(workdir, "final_metrics.json"), json.dumps(result, indent=2, default=float)
+    )
+  return result
+
+
+USER_ERRORS = (
+  ValueError,
+  FileNotFoundError,
+  workdir_lib.WorkdirLockedError,
+  CheckpointError,
+  CheckpointSaveError,
+  NonFiniteLossError,
+)
+"""Errors whose message says what is wrong and what to do (the CLI prints them alone)."""
+
+
+def _check_saves(manager, step: int | None) -> None:
+  """Raises `CheckpointSaveError` if an asynchronous save has failed."""
+  try:
+    manager.check_for_errors()
+  except Exception as e:
+    raise CheckpointSaveError(
+      f"Saving checkpoint step {step} to {os.fspath(manager.directory)} failed: "
+      f"{type(e).__name__}: {checkpoints.first_line(e)}. Check free disk space and permissions; "
+      "older checkpoints are intact and a rerun resumes from the newest of them."
+    ) from e

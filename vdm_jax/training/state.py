@@ -1,0 +1,78 @@
+"""The train state (params, optimizer state, EMA params, time-sampling moments) and the
+optimizer: AdamW with linear warm-up, global-norm clipping and weight decay on kernels only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from vdm_jax import times
+
+__all__ = [
+  "TrainState",
+  "create_train_state",
+  "learning_rate_schedule",
+  "make_optimizer",
+  "num_time_bins",
+  "weight_decay_mask",
+]
+
+
+class TrainState(train_state.TrainState):
+  """flax TrainState plus an exponential moving average of the params and, with
+  importance sampling of t, the running per-bin second moments of the diffusion loss."""
+
+  ema_params: Any = None
+  time_moments: Any = None
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  """Linear warm-up from 0 to `optim.learning_rate` over `optim.warmup_steps`, then constant."""
+  o = config.optim
+  return optax.warmup_constant_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1))
+
+
+def weight_decay_mask(params):
+  """Decay only the networks' kernels: not biases, norm scales or the schedule's parameters."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+  mask = {path: path[0] != "schedule" and path[-1] == "kernel" for path in flat}
+  return flax.traverse_util.unflatten_dict(mask)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  o = config.optim
+  parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
+  parts.append(
+    optax.adamw(
+      learning_rate_schedule(config),
+      b1=o.b1,
+      b2=o.b2,
+      eps=o.eps,
+      weight_decay=o.weight_decay,
+      mask=weight_decay_mask,
+    )
+  )
+  return optax.chain(*parts)
+
+
+def num_time_bins(vdm, config) -> int:
+  """Bins of the importance proposal over t: T in discrete time, else loss.time_bins."""
+  return vdm.num_steps or config.loss.time_bins
+
+
+def create_train_state(vdm, key, tx: optax.GradientTransformation, config=None) -> TrainState:
+  params = vdm.init(key)
+  importance = config is not None and config.loss.time_sampling == "importance"
+  return TrainState.create(
+    apply_fn=None,
+    params=params,
+    tx=tx,
+    ema_params=jax.tree.map(jnp.copy, params),  # its own buffers: the step donates both
+    time_moments=times.init_time_moments(num_time_bins(vdm, config)) if importance else None,
+  )
