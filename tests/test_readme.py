@@ -38,3 +38,25 @@ def test_readme_checked_mode_example():
   exec(block, {"jax": jax, "elbo": elbo, "k": jnp.array([[0, 1, 255]] * 2), "z_0": z_0})
   with pytest.raises(Exception, match=r"must hold integers in \[0, 255\].*\[0, 256\]"):
     exec(block, {"jax": jax, "elbo": elbo, "k": jnp.array([[0, 1, 256]] * 2), "z_0": z_0})
+
+
+def test_readme_registers_a_denoiser_that_config_and_training_accept():
+  from vdm_jax import data, models
+  from vdm_jax.config import base_config, validate
+
+  text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+  block = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "DENOISERS" in b][0]
+  config = base_config()
+  config.model.denoiser = "tiny"
+  with pytest.raises(ValueError, match=r"config.model.denoiser='tiny' is not one of \['unet', 'mlp'\]"):
+    validate(config)
+  exec(block, {})
+  try:
+    validate(config)  # the registry is the list of choices
+    model = models.make_model(config, data.static_info(config.data))
+    params = model.init(jax.random.key(0))
+    k = jnp.zeros((2, *model.data_shape), jnp.int32)
+    terms = model.loss_terms(params, k, jax.random.key(1))
+    assert terms["total"].shape == (2,) and np.all(np.isfinite(terms["total"]))
+  finally:
+    models.DENOISERS.unregister("tiny")
