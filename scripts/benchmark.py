@@ -15,6 +15,8 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
+from vdm_jax import _cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after warm-up).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
@@ -28,11 +30,7 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from vdm_jax._cli import quiet_logging
-
-  quiet_logging()
+  _cli.start(argv)
   from vdm_jax.training import benchmark
 
   if _MEMORY_ONLY.value:

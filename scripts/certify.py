@@ -15,6 +15,8 @@ import os
 
 from absl import app, flags
 
+from vdm_jax import _cli
+
 _SCHEDULE = flags.DEFINE_enum("schedule", "linear", ["linear", "cosine"], "Noise schedule.")
 _GAMMA_MIN = flags.DEFINE_float("gamma_min", -13.3, "gamma(0).")
 _GAMMA_MAX = flags.DEFINE_float("gamma_max", 13.3, "gamma(1).")
@@ -26,10 +28,7 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/certify", "Where to write 
 
 
 def main(argv):
-  from vdm_jax._cli import quiet_logging
-
-  quiet_logging()
-  del argv
+  _cli.start(argv)
   import jax
 
   from vdm_jax import _deps
@@ -39,8 +38,8 @@ def main(argv):
   import matplotlib.pyplot as plt
 
   from vdm_jax import schedules, testing
-  from vdm_jax.evaluation import certify
   from vdm_jax.data import toy2d
+  from vdm_jax.evaluation import certify
 
   cls = {"linear": schedules.LinearSchedule, "cosine": schedules.CosineSchedule}[_SCHEDULE.value]
   schedule = cls(_GAMMA_MIN.value, _GAMMA_MAX.value)

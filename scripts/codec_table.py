@@ -16,6 +16,8 @@ import time
 
 from absl import app, flags
 
+from vdm_jax import _cli
+
 _NAME = flags.DEFINE_string("name", "photos", "Dataset (data.name): registered or imported.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "tfds data directory.")
 _SPLIT = flags.DEFINE_string("split", "test", "Split the table is about.")
@@ -49,11 +51,7 @@ def _model_row(path, name, num_examples):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from vdm_jax._cli import quiet_logging
-
-  quiet_logging()
+  _cli.start(argv)
   import ml_collections
 
   from vdm_jax import data

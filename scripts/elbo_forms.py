@@ -12,6 +12,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from vdm_jax import _cli
+
 _TARGET = flags.DEFINE_enum("target", "gaussian", ["gaussian", "checkpoint"], "What to measure.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (checkpoint).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (checkpoint).")
@@ -37,11 +39,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "JSON (default runs/elbo_forms_<ta
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from vdm_jax._cli import quiet_logging
-
-  quiet_logging()
+  _cli.start(argv)
   from vdm_jax.evaluation import elbo_forms
 
   try:

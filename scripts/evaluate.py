@@ -17,6 +17,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from vdm_jax import _cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the training run.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -30,41 +32,31 @@ _NUM_BINS = flags.DEFINE_integer("num_bins", 20, "Bins of t for the decompositio
 _ODE_TOL = flags.DEFINE_float("ode_tol", 1e-4, "rtol = atol of the ODE solver (--method=ode).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of t, noise and dequantisation.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output (default: in the workdir).")
-_COORDINATOR = flags.DEFINE_string(
-  "coordinator_address", None, "Several processes: host:port of process 0 (all processes)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one's index.")
+_LAUNCH = _cli.define_launch_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from vdm_jax._cli import initialize_distributed, quiet_logging
-
-  quiet_logging()
-  initialize_distributed(
-    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_CONFIG.value.distributed
-  )
+  _cli.start(argv, _LAUNCH, _CONFIG.value)
   from vdm_jax.evaluation import report
 
-  report.evaluate_checkpoint(
-    _CONFIG.value,
-    _WORKDIR.value,
-    step=_STEP.value,
-    split=_SPLIT.value,
-    method=_METHOD.value,
-    num_steps=_NUM_STEPS.value,
-    passes=_PASSES.value,
-    batch_size=_BATCH_SIZE.value,
-    exact_time_sum=_EXACT.value,
-    num_bins=_NUM_BINS.value,
-    ode_tol=_ODE_TOL.value,
-    seed=_SEED.value,
-    output=_OUTPUT.value,
-    command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-  )
+  with _cli.user_errors_exit():
+    report.evaluate_checkpoint(
+      _CONFIG.value,
+      _WORKDIR.value,
+      step=_STEP.value,
+      split=_SPLIT.value,
+      method=_METHOD.value,
+      num_steps=_NUM_STEPS.value,
+      passes=_PASSES.value,
+      batch_size=_BATCH_SIZE.value,
+      exact_time_sum=_EXACT.value,
+      num_bins=_NUM_BINS.value,
+      ode_tol=_ODE_TOL.value,
+      seed=_SEED.value,
+      output=_OUTPUT.value,
+      command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+    )
 
 
 def run():

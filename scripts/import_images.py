@@ -16,6 +16,8 @@ import time
 
 from absl import app, flags
 
+from vdm_jax import _cli
+
 _IMAGES = flags.DEFINE_string("images", None, "Folder of PNG/JPEG images (searched recursively).")
 _NAME = flags.DEFINE_string("name", None, "Dataset name: then train with --config.data.name=NAME.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "tfds data directory.")
@@ -32,11 +34,7 @@ flags.mark_flags_as_required(["images", "name"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from vdm_jax._cli import quiet_logging
-
-  quiet_logging()
+  _cli.start(argv)
   import tensorflow_datasets as tfds
 
   from vdm_jax.data import folder

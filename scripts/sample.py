@@ -10,6 +10,8 @@ ddim: the deterministic DDIM update. Integer data from the exact discrete decode
 from absl import app, flags
 from ml_collections import config_flags
 
+from vdm_jax import _cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the training run.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -18,37 +20,27 @@ _NUM_STEPS = flags.DEFINE_integer("num_steps", 1000, "Reverse steps T.")
 _METHOD = flags.DEFINE_enum("method", "ancestral", ["ancestral", "ddim"], "Sampler.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output path prefix (default: in the workdir).")
-_COORDINATOR = flags.DEFINE_string(
-  "coordinator_address", None, "Several processes: host:port of process 0 (all processes)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one's index.")
+_LAUNCH = _cli.define_launch_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 flags.register_validator("num_samples", lambda n: n > 0, "--num_samples must be a positive int.")
 flags.register_validator("num_steps", lambda n: n > 0, "--num_steps must be a positive int.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from vdm_jax._cli import initialize_distributed, quiet_logging
-
-  quiet_logging()
-  initialize_distributed(
-    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_CONFIG.value.distributed
-  )
+  _cli.start(argv, _LAUNCH, _CONFIG.value)
   from vdm_jax.evaluation import sampling
 
-  sampling.sample_checkpoint(
-    _CONFIG.value,
-    _WORKDIR.value,
-    step=_STEP.value,
-    num_samples=_NUM_SAMPLES.value,
-    num_steps=_NUM_STEPS.value,
-    method=_METHOD.value,
-    seed=_SEED.value,
-    output=_OUTPUT.value,
-  )
+  with _cli.user_errors_exit():
+    sampling.sample_checkpoint(
+      _CONFIG.value,
+      _WORKDIR.value,
+      step=_STEP.value,
+      num_samples=_NUM_SAMPLES.value,
+      num_steps=_NUM_STEPS.value,
+      method=_METHOD.value,
+      seed=_SEED.value,
+      output=_OUTPUT.value,
+    )
 
 
 def run():

@@ -11,6 +11,8 @@ batch mean and of one example's estimate; writes JSON. All four estimate the sam
 from absl import app, flags
 from ml_collections import config_flags
 
+from vdm_jax import _cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the training run.")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 256, "Test examples in the batch.")
@@ -24,11 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from vdm_jax._cli import quiet_logging
-
-  quiet_logging()
+  _cli.start(argv)
   from vdm_jax.evaluation import diagnostics
 
   diagnostics.time_variance_report(

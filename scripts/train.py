@@ -12,41 +12,22 @@ save, a non-finite loss) exits with status 1 and a one-paragraph message.
 from absl import app, flags
 from ml_collections import config_flags
 
+from vdm_jax import _cli
+
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Path to a config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs, samples).")
-_COORDINATOR = flags.DEFINE_string(
-  "coordinator_address", None, "Several processes: host:port of process 0 (all processes)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one's index.")
+_LAUNCH = _cli.define_launch_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from vdm_jax._cli import initialize_distributed, quiet_logging
+  _cli.start(argv, _LAUNCH, _CONFIG.value)
+  from vdm_jax import training
 
-  quiet_logging()
-  initialize_distributed(
-    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_CONFIG.value.distributed
-  )
-  import sys
-
-  from vdm_jax import train
-
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except train.TrainingInterrupted as e:
-    print(e, file=sys.stderr)
-    sys.exit(128 + e.signum)  # the shell's code for "ended by this signal"
-  except train.USER_ERRORS as e:
-    import jax
-
-    where = f"[process {jax.process_index()}] " if jax.process_count() > 1 else ""
-    sys.exit(f"{where}error: {e}")
+  with _cli.user_errors_exit(training.USER_ERRORS, (training.TrainingInterrupted,)):
+    training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 def run():
