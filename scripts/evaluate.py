@@ -48,8 +48,9 @@ def _table(rows):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from vdm_jax._cli import initialize_distributed, quiet_logging
+  from vdm_jax._cli import enable_compilation_cache, initialize_distributed, quiet_logging
 
+  enable_compilation_cache()
   quiet_logging()
   initialize_distributed(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_CONFIG.value.distributed
