@@ -106,6 +106,9 @@ def split_times(key, num_examples: int, *, num_steps: int = 0) -> np.ndarray:
   return np.asarray(t[jax.random.permutation(key_perm, num_examples)])
 
 
+EXACT_SUM_ROWS = 2048  # examples x steps per network call of the exact time sum
+
+
 def global_batches(config, split: str, batch_size: int, mesh, *, progress: bool, desc: str):
   """The split's evaluation batches as global arrays over `mesh`, with a progress bar on
   process 0.
@@ -164,7 +167,9 @@ def per_example_terms(
     else None
   )
   if exact_time_sum:
-    step = jit_exact_time_sum(vdm, mesh, num_steps)
+    # Steps per vmapped chunk: about EXACT_SUM_ROWS network rows at once per call.
+    chunk = max(1, min(num_steps, EXACT_SUM_ROWS // batch_size))
+    step = jit_exact_time_sum(vdm, mesh, num_steps, chunk)
   else:
     step = jit_eval_step(vdm, mesh, num_steps, explicit_t=vdm.diffusion_time)
   out = {name: [] for name in (*outputs(vdm), "index")}

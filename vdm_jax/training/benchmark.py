@@ -16,6 +16,7 @@ import optax
 
 from vdm_jax import data, models
 from vdm_jax.evaluation import bpd
+from vdm_jax.models import flops as flops_lib
 from vdm_jax.runtime import checkpoints
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.training.state import create_train_state, make_optimizer
@@ -58,7 +59,7 @@ def memory(config) -> dict:
   t = time.perf_counter()
   compiled = step_fn.lower(state, batch, jax.random.key(0)).compile()
   seconds = time.perf_counter() - t
-  stats = compiled.memory_analysis()
+  stats = _memory(compiled)
   state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
   return {
     "config": {
@@ -71,9 +72,9 @@ def memory(config) -> dict:
     "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     "train_compile_s": seconds,
     "state_bytes_total": int(state_bytes),
-    "per_device_argument_bytes": int(stats.argument_size_in_bytes),
-    "per_device_temp_bytes": int(stats.temp_size_in_bytes),
-    "per_device_output_bytes": int(stats.output_size_in_bytes),
+    "per_device_argument_bytes": stats.get("argument_bytes"),
+    "per_device_temp_bytes": stats.get("temp_bytes"),
+    "per_device_output_bytes": stats.get("output_bytes"),
   }
 
 
@@ -106,6 +107,7 @@ def benchmark(config, num_steps: int, warmup: int) -> dict:
     return metrics
 
   train_time = _time_steps(one_train_step, num_steps, warmup)
+  train_memory = _memory(compiled)
 
   # Framework eval step.
   eval_fn = bpd.jit_eval_step(vdm, mesh, config.loss.num_steps, explicit_t=True)
@@ -146,7 +148,7 @@ def benchmark(config, num_steps: int, warmup: int) -> dict:
   bare_compile = time.perf_counter() - t
   bare_time = _time_steps(one_bare_step, num_steps, warmup)
 
-  return {
+  result = {
     "config": {
       "data": config.data.name,
       "shape": list(info.shape),
@@ -154,11 +156,14 @@ def benchmark(config, num_steps: int, warmup: int) -> dict:
       "n_embd": config.model.n_embd,
       "batch_size": batch_size,
       "num_params": int(num_params),
+      **{k: config.model[k] for k in ("dtype", "scan_layers", "remat") if k in config.model},
     },
     "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+    "jax": jax.__version__,
     "train_step_s": train_time,
     "train_examples_per_s": batch_size / train_time,
     "train_compile_s": train_compile,
+    "train_memory": train_memory,
     "eval_step_s": eval_time,
     "eval_examples_per_s": batch_size / eval_time,
     "eval_compile_s": eval_compile,
@@ -167,3 +172,29 @@ def benchmark(config, num_steps: int, warmup: int) -> dict:
     "framework_overhead": train_time / bare_time - 1.0,
     "timed_steps": num_steps,
   }
+  if config.model.denoiser == "unet":
+    # Analytic (XLA's GPU cost analysis leaves cuDNN convolutions out): 3 x forward.
+    step_flops = flops_lib.unet_flops_from_config(config, info, batch_size, train=True)
+    result["train_step_tflop"] = step_flops / 1e12
+    result["train_tflop_per_s"] = step_flops / train_time / 1e12
+    result["xla_cost_analysis_tflop"] = _xla_flops(compiled)
+  return result
+
+
+def _memory(compiled) -> dict:
+  """Per-device bytes of a compiled step (`memory_analysis()`), where the backend says."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return {}
+  names = ("argument", "output", "temp", "generated_code")
+  return {f"{n}_bytes": int(getattr(stats, f"{n}_size_in_bytes", 0)) for n in names}
+
+
+def _xla_flops(compiled) -> float | None:
+  """XLA's own FLOP count of a compiled step in TFLOP (counts convolutions on CPU, not
+  cuDNN's on GPU), or None where the backend gives none."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list):
+    analysis = analysis[0] if analysis else None
+  flops = (analysis or {}).get("flops")
+  return None if flops is None else float(flops) / 1e12
