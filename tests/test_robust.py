@@ -17,6 +17,7 @@ from helpers import tiny_config
 from jax.experimental import checkify
 
 from vdm_jax import elbo, evaluation, training
+from vdm_jax.evaluation import bpd
 from vdm_jax.runtime import checkpoints, workdir
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -103,22 +104,22 @@ def test_sigterm_saves_and_the_rerun_is_bit_identical(data_dir, tmp_path):
 
 def test_cut_off_final_evaluation_is_redone(data_dir, tmp_path, monkeypatch):
   run = tmp_path / "run"
-  evaluate = evaluation.evaluate
+  evaluate = bpd.evaluate
 
   def dies(*args, **kwargs):
     raise KeyboardInterrupt  # the process is killed during the final evaluation
 
-  monkeypatch.setattr(evaluation, "evaluate", dies)
+  monkeypatch.setattr(bpd, "evaluate", dies)
   with pytest.raises(KeyboardInterrupt):
     training.train_and_evaluate(tiny_config(data_dir), str(run))
   assert not (run / "final_metrics.json").exists()
-  monkeypatch.setattr(evaluation, "evaluate", evaluate)
+  monkeypatch.setattr(bpd, "evaluate", evaluate)
   out = training.train_and_evaluate(tiny_config(data_dir), str(run))
   assert out["step"] == 6 and out["eval"]["num_examples"] == 300
   recorded = json.loads((run / "final_metrics.json").read_text())
   assert recorded["eval"]["bpd"] == out["eval"]["bpd"]
   # A further rerun neither re-evaluates nor loses the evaluation.
-  monkeypatch.setattr(evaluation, "evaluate", dies)
+  monkeypatch.setattr(bpd, "evaluate", dies)
   assert training.train_and_evaluate(tiny_config(data_dir), str(run))["eval"] == recorded["eval"]
 
 
@@ -139,16 +140,24 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(data_dir, tmp
   _flip_bytes(run / "checkpoints" / "6")
   (run / "final_metrics.json").unlink()
   capsys.readouterr()
-  with pytest.raises(
-    checkpoints.CheckpointError, match="Checkpoint step 6 .* (damaged|cannot be read)"
-  ):
-    checkpoints.load_ema_params(tiny_config(data_dir), str(run))
   out = training.train_and_evaluate(tiny_config(data_dir), str(run))
   err = capsys.readouterr().err
   assert "Checkpoint step 6" in err and "Resuming from step 3" in err, err
   assert (run / "checkpoints_damaged" / "6").is_dir()
   assert out["step"] == 6
   _assert_same(_leaves(run, 6), _leaves(straight, 6))
+
+  # Inference reads (and verifies) only the EMA params: an EMA array that differs from its
+  # recorded checksum is refused, naming the step and the way out.
+  sums_path = run / "checksums" / "6.json"
+  sums = json.loads(sums_path.read_text())
+  ema_key = next(k for k in sums if k.startswith("['ema_params']"))
+  sums[ema_key] = "00000000" + sums[ema_key][8:]
+  sums_path.write_text(json.dumps(sums))
+  with pytest.raises(checkpoints.CheckpointError, match=r"step 6 .* damaged.*--step=3"):
+    checkpoints.load_ema_params(tiny_config(data_dir), str(run))
+  _, _, params, step = checkpoints.load_ema_params(tiny_config(data_dir), str(run), step=3)
+  assert step == 3 and jax.tree.leaves(params)
 
 
 def test_resume_with_a_different_meaning_is_refused(data_dir, tmp_path):

@@ -278,12 +278,12 @@ def diffusion_loss_discrete(
 
   Example: divided by T it is the seed's KL (`denoising_matching_kl`) of the same step.
     >>> import jax, jax.numpy as jnp
-    >>> from vdm_jax import gaussian
+    >>> from vdm_jax import gaussian, predictions
     >>> x, x_hat = jnp.zeros((2, 3)), jnp.full((2, 3), 0.1)
     >>> g_s, g_t = jnp.array([-1.0, 0.0]), jnp.array([-0.5, 1.0])
     >>> eps = jax.random.normal(jax.random.key(0), x.shape)
     >>> z_t = gaussian.q_sample(x, g_t, eps)
-    >>> eps_hat = eps_from_x(z_t, x_hat, g_t)
+    >>> eps_hat = predictions.eps_from_x(z_t, x_hat, g_t)
     >>> (diffusion_loss_discrete(eps, eps_hat, g_s, g_t, num_steps=10) / 10).tolist()
     [0.016043, 0.009482]
     >>> denoising_matching_kl(x, x_hat, z_t, g_s, g_t).tolist()
@@ -336,7 +336,7 @@ def denoising_matching_kl(
 # ---------------------------------------------------------------------------
 
 
-def bits_per_dim(nats: ArrayLike, num_dims: int) -> jax.Array:
+def bits_per_dim(nats: ArrayLike, num_dims: int) -> jax.Array | np.ndarray:
   """nats / (D ln 2): a per-example loss in nats to bits per data dimension.
 
   Args:
@@ -356,5 +356,5 @@ def bits_per_dim(nats: ArrayLike, num_dims: int) -> jax.Array:
   if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:
     raise ValueError(f"`num_dims` must be a positive int, got {num_dims!r}.")
   if isinstance(nats, np.ndarray | np.floating) and np.issubdtype(nats.dtype, np.floating):
-    return nats / (num_dims * math.log(2.0))  # numpy stays numpy (float64 sums stay float64)
+    return np.asarray(nats / (num_dims * math.log(2.0)))  # numpy stays numpy (float64 stays)
   return _checks.as_float("nats", nats) / (num_dims * math.log(2.0))

@@ -6,3 +6,5 @@ sampling share below them.
 * `workdir`: the run lock, the config record, atomic writes.
 * `distributed`: `jax.distributed` start-up from launch flags.
 """
+
+__all__: list[str] = []  # the modules above are imported by name
