@@ -2,6 +2,10 @@
 
 import itertools
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +19,8 @@ from vdm_jax import data, models, training
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import workdir as workdir_lib
 from vdm_jax.training import step as step_lib
+
+TESTS = pathlib.Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +134,39 @@ def test_accumulation_averages_the_micro_batch_gradients(data_dir):
   expected = state.apply_gradients(grads=grads)
   _assert_trees_close(expected.params, accumulated.params)
   np.testing.assert_allclose(metrics["loss_bpd"], loss, rtol=1e-6)
+
+
+_ACCUMULATED_STEP = """
+import sys, numpy as np, jax
+sys.path.insert(0, {tests!r})
+import test_train_options as T
+from vdm_jax.runtime import mesh as mesh_lib
+from vdm_jax.training.step import jit_train_step
+c, model, state, batch = T._setup({data_dir!r}, "importance")
+c.train.grad_accum_steps = 2
+mesh = mesh_lib.make_mesh()
+fn = jit_train_step(model, c, mesh, jax.tree.map(lambda _: mesh_lib.replicated(mesh), state))
+batch = mesh_lib.to_global({{"image": np.asarray(batch["image"])}}, mesh)
+hlo = fn.lower(state, batch, jax.random.key(3)).compile().as_text()
+print("moves", hlo.count("all-to-all") + hlo.count("collective-permute") + hlo.count("all-gather"))
+state, _ = fn(state, batch, jax.random.key(3))
+np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(state.params)])
+"""
+
+
+def test_accumulation_on_four_devices_matches_one_and_moves_no_rows(data_dir, tmp_path):
+  """The strided micro-batches of a batch split over the devices stay where they are."""
+  params = {}
+  for n in [1, 4]:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+    out = tmp_path / f"p{n}.npz"
+    code = _ACCUMULATED_STEP.format(tests=str(TESTS), data_dir=str(data_dir), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "moves 0" in proc.stdout
+    params[n] = np.load(out)
+  for name in params[1].files:
+    np.testing.assert_allclose(params[1][name], params[4][name], rtol=1e-5, atol=1e-7)
 
 
 def test_bad_grad_accum_steps_and_profile_steps_are_refused(data_dir):
