@@ -11,6 +11,7 @@ import ml_collections
 
 __all__ = [
   "base_config",
+  "profile_steps",
   "sibling_config",
   "validate",
 ]
@@ -87,6 +88,19 @@ def base_config() -> ml_collections.ConfigDict:
   # split over the devices (about 1/N of the state's memory per device; same results).
   c.train.sharding = "replicated"
   c.train.fsdp_min_size = 2**14  # "fsdp" leaves arrays of fewer elements replicated
+  # Gradient accumulation: each step's batch is cut into this many micro-batches whose
+  # gradients are averaged (a lax.scan) before one optimiser step: the same update, with
+  # about 1/k of the activation memory. Opt-in for memory on accelerators: on CPU a scanned
+  # convolution gradient is ~40x slower (DESIGN §4). Must divide batch_size, and
+  # batch_size / grad_accum_steps must be divisible by the device count. Changes the random
+  # draws (each micro-batch has its own key), so a resume refuses a change of it.
+  c.train.grad_accum_steps = 1
+  # Device prefetch: while a step runs, the next `prefetch` batches are already copied to
+  # the devices (sharded over the mesh). Same batches in the same order; 0 disables.
+  c.train.prefetch = 2
+  # Profile steps a..b (inclusive), "a,b" with 1 <= a < b: jax.profiler traces them into
+  # <workdir>/profile (TensorBoard's profile plugin or xprof read it); "" disables.
+  c.train.profile_steps = ""
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
@@ -130,6 +144,26 @@ def _in_unit_interval(path: str, value):
   """0 <= value < 1 (decay rates, Adam's betas)."""
   if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
     raise ValueError(f"config.{path} must be in [0, 1), got {value!r}.")
+
+
+def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """`config.train.profile_steps` "a,b" as (a, b), or None for ""; ValueError if malformed."""
+  value = config.train.profile_steps
+  if not isinstance(value, str):
+    raise ValueError(f"config.train.profile_steps must be a string 'a,b' or '', got {value!r}.")
+  if not value.strip():
+    return None
+  parts = value.split(",")
+  try:
+    a, b = (int(x) for x in parts)
+  except ValueError:
+    a = b = None
+  if len(parts) != 2 or a is None or not 1 <= a < b:
+    raise ValueError(
+      f"config.train.profile_steps={value!r} must be two step numbers 'a,b' with "
+      "1 <= a < b (trace steps a..b), or '' for no profile."
+    )
+  return a, b
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -218,6 +252,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive(f"train.{path}", config.train[path], integer=True)
   _positive("train.num_samples", config.train.num_samples, allow_zero=True, integer=True)
   _positive("train.fsdp_min_size", config.train.fsdp_min_size, integer=True)
+  _positive("train.grad_accum_steps", config.train.grad_accum_steps, integer=True)
+  if config.train.batch_size % config.train.grad_accum_steps:
+    raise ValueError(
+      f"config.train.grad_accum_steps ({config.train.grad_accum_steps}) must divide "
+      f"config.train.batch_size ({config.train.batch_size})."
+    )
+  _positive("train.prefetch", config.train.prefetch, allow_zero=True, integer=True)
+  profile_steps(config)
   _positive("eval.batch_size", config.eval.batch_size, integer=True)
   if not isinstance(config.train.allow_config_changes, str):
     raise ValueError(

@@ -7,6 +7,10 @@ evaluation and sampling all build their shardings here.
 
 from __future__ import annotations
 
+import collections
+import itertools
+from collections.abc import Iterable, Iterator
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -19,6 +23,7 @@ __all__ = [
   "gather",
   "host_array",
   "make_mesh",
+  "prefetch_to_mesh",
   "replicated",
   "state_shardings",
   "to_global",
@@ -41,8 +46,18 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
-def check_batch_size(batch_size: int, what: str = "config.train.batch_size") -> None:
+def check_batch_size(
+  batch_size: int, what: str = "config.train.batch_size", *, micro_batches: int = 1
+) -> None:
+  """Each device gets an equal share of the batch (of each of `micro_batches` parts of it,
+  with gradient accumulation)."""
   n = jax.device_count()
+  if micro_batches > 1 and batch_size % (micro_batches * n):
+    raise ValueError(
+      f"{what} ({batch_size}) / config.train.grad_accum_steps ({micro_batches}) must be "
+      f"divisible by the number of devices ({n}); try {what}="
+      f"{-(-batch_size // (micro_batches * n)) * micro_batches * n}."
+    )
   if batch_size % n:
     raise ValueError(
       f"{what} ({batch_size}) must be divisible by the number of devices ({n}); "
@@ -93,6 +108,29 @@ def to_global(batch: dict, mesh) -> dict:
   """Process-local numpy batch -> global jax.Arrays split over the mesh's "data" axis."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def prefetch_to_mesh(batches: Iterable[dict], mesh, size: int = 2) -> Iterator[dict]:
+  """Yields `to_global(batch, mesh)` for each batch of `batches`, in order, keeping up to
+  `size` of the next ones already put on the devices (`size` = 0: none ahead).
+
+  The transfers of the next batches are dispatched before the current one is handed out,
+  so they overlap with the step that runs on it. The same batches come out in the same
+  order; the iterator is read up to `size` batches ahead of the consumer (a resumed run
+  restarts its data iterator at its step, so reading ahead changes nothing it sees).
+  """
+  iterator = iter(batches)
+  queue = collections.deque()
+
+  def fill(n: int) -> None:
+    for batch in itertools.islice(iterator, n):
+      queue.append(to_global(batch, mesh))
+
+  while True:
+    fill(size + 1 - len(queue))
+    if not queue:
+      return
+    yield queue.popleft()
 
 
 def gather(tree):

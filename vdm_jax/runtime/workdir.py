@@ -6,8 +6,8 @@
   alive is refused at once, naming the owner.
 * `check_resume_config`: a resumed run must mean the same thing as the run that wrote
   the checkpoints. Fields that only steer how training continues (`RESUME_SAFE`: the
-  number of steps, the learning rate, logging and evaluation settings, where the data
-  live) may change; any other difference is refused with the list of differing fields,
+  number of steps, the learning rate, logging, evaluation and profiling settings, where the
+  data live) may change; any other difference is refused with the list of differing fields,
   unless the user names them in `config.train.allow_config_changes`.
 * `record_config`: `config.json` (the config the checkpoints are now being made with)
   and `config_history/config.step<N>.json`, one per (re)start at step N, written only
@@ -45,6 +45,8 @@ RESUME_SAFE = frozenset(
     "train.allow_config_changes",
     "train.sharding",
     "train.fsdp_min_size",
+    "train.prefetch",
+    "train.profile_steps",
     "optim.learning_rate",
     "optim.warmup_steps",
     "optim.grad_clip",

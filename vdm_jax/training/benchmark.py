@@ -41,7 +41,7 @@ def memory(config) -> dict:
   """Compile time and per-device memory of the train step, from abstract arrays."""
   info = data.static_info(config.data)
   vdm = models.make_model(config, info)
-  mesh_lib.check_batch_size(config.train.batch_size)
+  mesh_lib.check_batch_size(config.train.batch_size, micro_batches=config.train.grad_accum_steps)
   mesh = mesh_lib.make_mesh()
   tx = make_optimizer(config)
   shapes = jax.eval_shape(lambda k: create_train_state(vdm, k, tx), jax.random.key(0))
@@ -84,7 +84,7 @@ def benchmark(config, num_steps: int, warmup: int) -> dict:
   info = data.static_info(config.data)
   vdm = models.make_model(config, info)
   batch_size = config.train.batch_size
-  mesh_lib.check_batch_size(batch_size)
+  mesh_lib.check_batch_size(batch_size, micro_batches=config.train.grad_accum_steps)
   mesh = mesh_lib.make_mesh()
   replicated = mesh_lib.replicated(mesh)
   rng = np.random.default_rng(0)

@@ -156,7 +156,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   config_lib.validate(config)
   distributed.initialize(None, None, None, auto=config.distributed)  # if not yet
-  mesh_lib.check_batch_size(config.train.batch_size)
+  mesh_lib.check_batch_size(config.train.batch_size, micro_batches=config.train.grad_accum_steps)
   mesh_lib.check_batch_size(config.eval.batch_size, "config.eval.batch_size")
   workdir = check_workdir(workdir)
   lock, error = None, ""
@@ -221,6 +221,8 @@ def _train(config, workdir: str) -> dict:
   train_iter = data.make_train_iterator(
     config.data, global_batch_size=config.train.batch_size, seed=config.seed, start_step=step
   )
+  # Batch `step + i` is the i-th yielded: prefetching reads ahead, never skips or reorders.
+  batches = mesh_lib.prefetch_to_mesh(train_iter, mesh, size=config.train.prefetch)
   if jax.process_index() == 0:
     workdir_lib.record_config(config, workdir, step)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -235,12 +237,14 @@ def _train(config, workdir: str) -> dict:
   pending, window_start, t0 = [], step, time.perf_counter()
   last_train, last_saved = {}, restored_step
   progress = progress_bar(total, step)
+  profiler = _Profiler(config, workdir)
   try:
     with _StopSignals() as stop:
       while step < total:
-        batch = mesh_lib.to_global(next(train_iter), mesh)
-        state, metrics = step_fn(state, batch, step_key)
+        profiler.before(step + 1)
+        state, metrics = step_fn(state, next(batches), step_key)
         step += 1
+        profiler.after(step, state)
         pending.append(metrics)
         progress.update(1)
         _check_saves(manager, last_saved)
@@ -302,6 +306,7 @@ def _train(config, workdir: str) -> dict:
     writer.scalars(step, bpd.scalar_summary(last_eval), "eval")
     write_samples(vdm, ema, config, mesh, workdir, step, writer)
   finally:
+    profiler.stop()
     progress.close()
     manager.wait_until_finished()
     manager.close()
@@ -325,6 +330,34 @@ USER_ERRORS = (
   NonFiniteLossError,
 )
 """Errors whose message says what is wrong and what to do (the CLI prints them alone)."""
+
+
+class _Profiler:
+  """`jax.profiler` trace of the steps a..b of `config.train.profile_steps` into
+  `<workdir>/profile`, on process 0. A run resumed inside the window traces the rest of it."""
+
+  def __init__(self, config, workdir: str):
+    window = config_lib.profile_steps(config)
+    self.window = window if jax.process_index() == 0 else None
+    self.directory = os.path.join(workdir, "profile")
+    self.active = False
+
+  def before(self, step: int) -> None:
+    """Called before running step `step` (the step that makes state.step == step)."""
+    if self.window and not self.active and self.window[0] <= step <= self.window[1]:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int, state) -> None:
+    if self.active and step >= self.window[1]:
+      jax.block_until_ready(state)
+      self.stop()
+      say(f"Profile of steps {self.window[0]}..{step} written to {self.directory}.")
+
+  def stop(self) -> None:
+    if self.active:
+      self.active = False
+      jax.profiler.stop_trace()
 
 
 def _check_saves(manager, step: int | None) -> None:

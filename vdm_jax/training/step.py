@@ -1,7 +1,8 @@
 """The pure training step and its jitted, sharded form.
 
 Not wrapped in `lax.scan`: on XLA:CPU a convolution's weight gradient inside a scan is
-~40x slower (DESIGN §4).
+~40x slower (DESIGN §4). Gradient accumulation (`config.train.grad_accum_steps` > 1), an
+opt-in for memory on accelerators, does scan over the micro-batches of one step.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ __all__ = ["jit_train_step", "train_step"]
 
 def train_step(state: TrainState, batch: dict, key, *, vdm, config):
   """One optimiser step on the mean bits/dim of the batch. Pure; jit it.
+
+  With `config.train.grad_accum_steps` = k > 1 the batch is cut into k micro-batches
+  (`micro_batches`) whose gradients are averaged in a `lax.scan` before the one optimiser
+  step: the same update as on the whole batch, for the same per-example draws, with about
+  1/k of the activation memory. The importance-sampled times are drawn for the whole batch
+  and the time moments updated with every micro-batch's losses; the metrics are batch means.
 
   Args:
     vdm: the model (a `models.Model`; static).
@@ -40,14 +47,21 @@ def train_step(state: TrainState, batch: dict, key, *, vdm, config):
       antithetic=vdm.antithetic,
     )
 
-  def loss_fn(params):
-    if t is None:
-      terms = vdm.loss_terms(params, batch["image"], step_key, train=True)
-    else:
-      terms = vdm.loss_terms(params, batch["image"], step_key, train=True, t=t, t_weight=t_weight)
-    return jnp.mean(terms["bpd"]), terms
+  accum = config.train.grad_accum_steps
+  if accum == 1:
 
-  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def loss_fn(params):
+      if t is None:
+        terms = vdm.loss_terms(params, batch["image"], step_key, train=True)
+      else:
+        terms = vdm.loss_terms(params, batch["image"], step_key, train=True, t=t, t_weight=t_weight)
+      return jnp.mean(terms["bpd"]), terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  else:
+    loss, terms, grads = _accumulated_gradient(
+      vdm, state.params, batch["image"], step_key, accum, t, t_weight
+    )
   new_state = state.apply_gradients(grads=grads)
   if state.time_moments is not None:
     new_state = new_state.replace(
@@ -80,3 +94,53 @@ def jit_train_step(vdm, config, mesh, state_sharding):
     out_shardings=(state_sharding, replicated),
     donate_argnums=(0,),
   )
+
+
+def micro_batches(x, k: int):
+  """`[B, ...]` -> `[k, B/k, ...]`, micro-batch i holding rows i, i + k, i + 2k, ...
+
+  Strided, not contiguous: with the batch split over N devices (B divisible by k N), every
+  device holds B/(k N) rows of every micro-batch, so the split moves no data between devices.
+  """
+  return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+
+def merge_micro_batches(x):
+  """Inverse of `micro_batches`: `[k, B/k, ...]` -> `[B, ...]` in the batch's order."""
+  return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def micro_batch_key(step_key, i):
+  """Key of micro-batch i of a step with gradient accumulation (time, noise and dropout)."""
+  return jax.random.fold_in(jax.random.fold_in(step_key, 2), i)
+
+
+def _accumulated_gradient(vdm, params, images, step_key, k: int, t, t_weight):
+  """The gradient of the batch's mean bits/dim, summed over k micro-batches in a `lax.scan`
+  (one micro-batch's activations live at a time).
+
+  Returns (mean loss, per-example terms `[B]` in the batch's order, mean gradient). Each
+  micro-batch draws its own times (unless `t` is given), noise and dropout from
+  `micro_batch_key(step_key, i)`; the result equals one step on the whole batch with those
+  same per-example draws. Batch-level statistics are per micro-batch: antithetic times are
+  stratified within each micro-batch, and the "variance" schedule objective normalises by the
+  micro-batch's mean diffusion loss.
+  """
+  xs = {"image": micro_batches(images, k), "index": jnp.arange(k)}
+  if t is not None:
+    xs |= {"t": micro_batches(t, k), "t_weight": micro_batches(t_weight, k)}
+
+  def loss_fn(p, x):
+    key = micro_batch_key(step_key, x["index"])
+    options = {} if t is None else {"t": x["t"], "t_weight": x["t_weight"]}
+    terms = vdm.loss_terms(p, x["image"], key, train=True, **options)
+    return jnp.mean(terms["bpd"]), terms
+
+  def body(grad_sum, x):
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x)
+    return jax.tree.map(jnp.add, grad_sum, grads), (loss, terms)
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  grad_sum, (losses, terms) = jax.lax.scan(body, zeros, xs)
+  grads = jax.tree.map(lambda g: g / k, grad_sum)
+  return jnp.mean(losses), jax.tree.map(merge_micro_batches, terms), grads
