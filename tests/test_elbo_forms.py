@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+
 from vdm_jax.evaluation import elbo_forms
 
 NUM_STEPS = 8

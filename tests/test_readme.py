@@ -48,7 +48,9 @@ def test_readme_registers_a_denoiser_that_config_and_training_accept():
   block = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "DENOISERS" in b][0]
   config = base_config()
   config.model.denoiser = "tiny"
-  with pytest.raises(ValueError, match=r"config.model.denoiser='tiny' is not one of \['unet', 'mlp'\]"):
+  with pytest.raises(
+    ValueError, match=r"config.model.denoiser='tiny' is not one of \['unet', 'mlp'\]"
+  ):
     validate(config)
   exec(block, {})
   try:

@@ -16,7 +16,7 @@ import pytest
 from helpers import tiny_config
 from jax.experimental import checkify
 
-from vdm_jax import elbo, evaluation, training
+from vdm_jax import elbo, training
 from vdm_jax.evaluation import bpd
 from vdm_jax.runtime import checkpoints, workdir
 
