@@ -21,7 +21,7 @@ from scipy import stats
 
 from vdm_jax import data, evaluation, sampling, schedules, testing, training
 from vdm_jax.data import toy2d
-from vdm_jax.evaluation import ode
+from vdm_jax.evaluation import bpd, ode
 from vdm_jax.runtime import checkpoints
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -171,6 +171,7 @@ from vdm_jax import evaluation
 from vdm_jax import training
 from vdm_jax import sampling
 from vdm_jax.evaluation import ode
+from vdm_jax.evaluation import bpd
 from vdm_jax.runtime import checkpoints
 config = tiny_config({data_dir!r}, num_steps=3, ckpt_every=3)
 training.train_and_evaluate(config, {workdir!r})
@@ -266,3 +267,53 @@ def test_dequantized_ode_bpd_bounds_the_exact_discrete_likelihood():
   # A bound up to Monte Carlo error, and a tight one: bins (2/256) are narrow next to 0.06.
   assert gap.mean() > -4 * se, (gap.mean(), se)
   assert gap.mean() < 0.01, gap.mean()
+
+
+def test_exact_time_sum_on_the_device_equals_the_loop_over_steps(trained, monkeypatch):
+  """The on-device sum over T (chunks of steps vmapped, one gather per batch) gives each
+  example the same terms as T separate `eval_step` calls with the same keys; evaluation,
+  the exact sum and sampling trace their step once per model, however often called."""
+  import chex
+
+  config, workdir = trained
+  vdm, mesh, params, _ = checkpoints.load_ema_params(config, workdir)
+  num_steps, key = 6, jax.random.key(3)
+  for fn in (evaluation.jit_eval_step, evaluation.jit_exact_time_sum):
+    fn.cache_clear()
+  counted = chex.assert_max_traces(bpd.eval_step, n=2)  # the exact sum's map and last step
+  monkeypatch.setattr(bpd, "eval_step", counted)
+  result = bpd.per_example_terms(
+    vdm, params, config, mesh, split="test", num_steps=num_steps, key=key, exact_time_sum=True
+  )
+  again = bpd.per_example_terms(
+    vdm, params, config, mesh, split="test", num_steps=num_steps, key=key, exact_time_sum=True
+  )
+  np.testing.assert_array_equal(again["total"], result["total"])  # and no retrace
+  monkeypatch.undo()
+
+  # Reference: the host loop over steps i = 1..T of eval_step at t = i/T.
+  _, key_noise = jax.random.split(key)
+  batch = next(data.eval_batches(config.data, "test", global_batch_size=300))
+  images, index = jnp.asarray(batch["image"]), jnp.asarray(batch["index"])
+  step = jax.jit(
+    lambda k, t: bpd.eval_step(
+      params, {"image": images, "index": index}, k, t, vdm=vdm, num_steps=num_steps
+    )
+  )
+  per_step = []
+  for i in range(1, num_steps + 1):
+    terms = step(jax.random.fold_in(key_noise, i), jnp.full((300,), i / num_steps))
+    per_step.append(np.asarray(terms["diffusion"], np.float64) / num_steps)
+  np.testing.assert_allclose(result["diffusion"], np.sum(per_step, axis=0), rtol=2e-5)
+  np.testing.assert_allclose(result["recon"], np.asarray(terms["recon"]), rtol=2e-5)
+  np.testing.assert_allclose(result["per_step"], np.mean(per_step, axis=1), rtol=2e-5)
+  assert np.all(np.isnan(result["t"]))
+
+  # Sampling: one trace for any number of calls (the jitted sampler is built once).
+  evaluation.sampling.jit_sampler.cache_clear()
+  sample_counted = chex.assert_max_traces(vdm.sample.__func__, n=1)
+  monkeypatch.setattr(type(vdm), "sample", sample_counted)
+  a = evaluation.draw_samples(vdm, params, jax.random.key(0), 4, mesh, num_steps=3)
+  b = evaluation.draw_samples(vdm, params, jax.random.key(0), 4, mesh, num_steps=3)
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == (4, 8, 8, 1)
