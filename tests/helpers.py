@@ -1,5 +1,9 @@
 """Shared test helpers (importable from tests: pytest puts this folder on sys.path)."""
 
+import pathlib
+import subprocess
+import sys
+
 from vdm_jax.config import base_config
 
 
@@ -21,3 +25,32 @@ def tiny_config(data_dir, **train_overrides):
   for k, v in train_overrides.items():
     c.train[k] = v
   return c
+
+
+REPO = pathlib.Path(__file__).parents[1]
+TINY_MODEL_FLAGS = (
+  "--config.model.n_layer=1",
+  "--config.model.n_embd=16",
+  "--config.model.norm_groups=8",
+)
+
+
+def run_script(script: str, *args, config: str = "digits.py", tiny: bool = False, env=None):
+  """Runs `scripts/<script> --config=configs/<config> *args` (with the tiny model of
+  `tiny_config` when `tiny`) and returns the completed process (text output captured)."""
+  command = [
+    sys.executable,
+    str(REPO / "scripts" / script),
+    f"--config={REPO / 'configs' / config}",
+  ]
+  command += [str(a) for a in args] + (list(TINY_MODEL_FLAGS) if tiny else [])
+  return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
+def restore_state(workdir, step: int) -> dict:
+  """The saved train-state fields of checkpoint `step` of `workdir`, as saved (no target)."""
+  import orbax.checkpoint as ocp
+
+  with ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints") as manager:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
+  return restored["state"]

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import run_script, tiny_config
 from scipy import stats
 
 from vdm_jax import data, evaluation, sampling, schedules, testing, training
@@ -39,22 +39,14 @@ def trained(tmp_path_factory):
 def test_cli_bpd_equals_independent_recomputation(trained, tmp_path):
   config, workdir = trained
   out = tmp_path / "eval.json"
-  proc = subprocess.run(
-    [
-      sys.executable,
-      str(REPO / "scripts" / "evaluate.py"),
-      f"--config={REPO / 'configs' / 'digits.py'}",
-      f"--workdir={workdir}",
-      f"--output={out}",
-      "--seed=3",
-      "--batch_size=128",
-      f"--config.data.data_dir={config.data.data_dir}",
-      "--config.model.n_layer=1",
-      "--config.model.n_embd=16",
-      "--config.model.norm_groups=8",
-    ],
-    capture_output=True,
-    text=True,
+  proc = run_script(
+    "evaluate.py",
+    f"--workdir={workdir}",
+    f"--output={out}",
+    "--seed=3",
+    "--batch_size=128",
+    f"--config.data.data_dir={config.data.data_dir}",
+    tiny=True,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "bits/dim" in proc.stdout and "reproduce:" in proc.stdout
@@ -135,22 +127,14 @@ def test_single_pass_standard_error_covers_the_spread_between_passes(trained):
 
 def test_sample_cli_and_missing_checkpoint(trained, tmp_path):
   config, workdir = trained
-  proc = subprocess.run(
-    [
-      sys.executable,
-      str(REPO / "scripts" / "sample.py"),
-      f"--config={REPO / 'configs' / 'digits.py'}",
-      f"--workdir={workdir}",
-      "--num_samples=4",
-      "--num_steps=5",
-      f"--output={tmp_path / 's'}",
-      f"--config.data.data_dir={config.data.data_dir}",
-      "--config.model.n_layer=1",
-      "--config.model.n_embd=16",
-      "--config.model.norm_groups=8",
-    ],
-    capture_output=True,
-    text=True,
+  proc = run_script(
+    "sample.py",
+    f"--workdir={workdir}",
+    "--num_samples=4",
+    "--num_steps=5",
+    f"--output={tmp_path / 's'}",
+    f"--config.data.data_dir={config.data.data_dir}",
+    tiny=True,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   samples = np.load(tmp_path / "s.npz")["samples"]

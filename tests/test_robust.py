@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import restore_state, run_script, tiny_config
 from jax.experimental import checkify
 
 from vdm_jax import elbo, training
@@ -29,9 +29,7 @@ def data_dir(tmp_path_factory):
 
 
 def _leaves(workdir_path, step):
-  from test_train import _restore_params
-
-  return [np.asarray(x) for x in jax.tree.leaves(_restore_params(str(workdir_path), step))]
+  return [np.asarray(x) for x in jax.tree.leaves(restore_state(str(workdir_path), step))]
 
 
 def _assert_same(a, b):
@@ -243,16 +241,10 @@ def test_checked_mode_of_the_pure_terms():
 
 
 def test_sample_cli_rejects_a_bad_number_of_samples(tmp_path):
-  proc = subprocess.run(
-    [
-      sys.executable,
-      str(REPO / "scripts" / "sample.py"),
-      f"--config={REPO / 'configs' / 'digits.py'}",
-      f"--workdir={tmp_path}",
-      "--num_samples=0",
-    ],
-    capture_output=True,
-    text=True,
+  proc = run_script(
+    "sample.py",
+    f"--workdir={tmp_path}",
+    "--num_samples=0",
     env=dict(os.environ, JAX_PLATFORMS="cpu"),
   )
   assert proc.returncode != 0 and "--num_samples must be a positive int" in proc.stderr

@@ -4,30 +4,19 @@ variance-minimising schedule objective."""
 import dataclasses
 import json
 import math
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import restore_state, run_script, tiny_config
 from scipy import stats
 
 from vdm_jax import models, times, training
 from vdm_jax.config import base_config
 
 REPO = pathlib.Path(__file__).parents[1]
-
-
-def _restore_state(workdir, step):
-  import orbax.checkpoint as ocp
-
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as m:
-    restored = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return restored["state"]
 
 
 def _loss_of_t(t):
@@ -169,7 +158,7 @@ def test_trainer_with_importance_sampling(tmp_path):
   config.loss.time_sampling, config.loss.time_bins = "importance", 8
   result = training.train_and_evaluate(config, str(tmp_path / "run"))
   assert np.isfinite(result["train"]["loss_bpd"])
-  state = _restore_state(tmp_path / "run", 6)
+  state = restore_state(tmp_path / "run", 6)
   assert np.all(state["time_moments"]["seen"]) and np.all(
     state["time_moments"]["second_moment"] > 0
   )
@@ -178,26 +167,18 @@ def test_trainer_with_importance_sampling(tmp_path):
 
   # The variance-measuring script on this checkpoint.
   out = tmp_path / "var.json"
-  proc = subprocess.run(
-    [
-      sys.executable,
-      str(REPO / "scripts" / "time_variance.py"),
-      f"--config={REPO / 'configs' / 'digits.py'}",
-      f"--workdir={tmp_path / 'run'}",
-      f"--output={out}",
-      "--num_examples=32",
-      "--reps=4",
-      "--pilot=2",
-      "--num_bins=8",
-      f"--config.data.data_dir={config.data.data_dir}",
-      "--config.model.n_layer=1",
-      "--config.model.n_embd=16",
-      "--config.model.norm_groups=8",
-      "--config.loss.time_sampling=importance",
-      "--config.loss.time_bins=8",
-    ],
-    capture_output=True,
-    text=True,
+  proc = run_script(
+    "time_variance.py",
+    f"--workdir={tmp_path / 'run'}",
+    f"--output={out}",
+    "--num_examples=32",
+    "--reps=4",
+    "--pilot=2",
+    "--num_bins=8",
+    f"--config.data.data_dir={config.data.data_dir}",
+    "--config.loss.time_sampling=importance",
+    "--config.loss.time_bins=8",
+    tiny=True,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   got = json.loads(out.read_text())

@@ -8,9 +8,8 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from helpers import tiny_config
+from helpers import restore_state, run_script, tiny_config
 
 from vdm_jax import training
 
@@ -20,12 +19,6 @@ REPO = pathlib.Path(__file__).parents[1]
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("tfds")
-
-
-def _restore_params(workdir, step):
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as m:
-    restored = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return restored["state"]
 
 
 def test_short_run_loss_decreases_and_writes_outputs(data_dir, tmp_path):
@@ -56,7 +49,7 @@ def test_resume_reaches_the_same_parameters(data_dir, tmp_path):
   training.train_and_evaluate(tiny_config(data_dir, num_steps=3), str(interrupted))
   out = training.train_and_evaluate(tiny_config(data_dir, num_steps=6), str(interrupted))
   assert out["step"] == 6
-  a, b = _restore_params(straight, 6), _restore_params(interrupted, 6)
+  a, b = restore_state(straight, 6), restore_state(interrupted, 6)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # And a run that is already finished does nothing more.
@@ -68,12 +61,11 @@ def test_resume_reaches_the_same_parameters(data_dir, tmp_path):
 _MULTI_DEVICE = """
 import sys, json, numpy as np, jax
 sys.path.insert(0, {tests!r})
-from helpers import tiny_config
-from test_train import _restore_params
+from helpers import restore_state, tiny_config
 from vdm_jax import training
 c = tiny_config({data_dir!r}, num_steps=3, ckpt_every=3, log_every=1)
 training.train_and_evaluate(c, {workdir!r})
-state = _restore_params({workdir!r}, 3)
+state = restore_state({workdir!r}, 3)
 np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(state["params"])])
 print("devices", jax.device_count())
 """
@@ -137,17 +129,7 @@ def test_batch_size_must_divide_device_count(tmp_path):
 
 
 def test_cli_rejects_config_typos(tmp_path):
-  proc = subprocess.run(
-    [
-      sys.executable,
-      str(REPO / "scripts" / "train.py"),
-      f"--config={REPO / 'configs' / 'digits.py'}",
-      f"--workdir={tmp_path}",
-      "--config.model.gama_min=1",
-    ],
-    capture_output=True,
-    text=True,
-  )
+  proc = run_script("train.py", f"--workdir={tmp_path}", "--config.model.gama_min=1")
   assert proc.returncode != 0
   assert "gama_min" in proc.stderr
 
