@@ -285,6 +285,9 @@ def make_vdm(config, info) -> VDM:
       gamma_min=lo,
       gamma_max=hi,
       vocab_size=info.vocab_size,
+      dtype=m.dtype,
+      scan_layers=m.scan_layers,
+      remat=m.remat,
     )
   elif m.denoiser == "mlp":
     if len(info.shape) != 1:
@@ -298,6 +301,7 @@ def make_vdm(config, info) -> VDM:
       gamma_min=lo,
       gamma_max=hi,
       vocab_size=info.vocab_size,
+      dtype=m.dtype,
     )
   else:
     raise ValueError(f"Unknown config.model.denoiser {m.denoiser!r}.")
