@@ -64,6 +64,9 @@ def _unet(config, info) -> UNet:
     gamma_min=config.schedule.gamma_min,
     gamma_max=config.schedule.gamma_max,
     vocab_size=info.vocab_size,
+    dtype=m.dtype,
+    scan_layers=m.scan_layers,
+    remat=m.remat,
   )
 
 
@@ -80,6 +83,7 @@ def _mlp(config, info) -> MLPDenoiser:
     gamma_min=config.schedule.gamma_min,
     gamma_max=config.schedule.gamma_max,
     vocab_size=info.vocab_size,
+    dtype=m.dtype,
   )
 
 
