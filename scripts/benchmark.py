@@ -7,7 +7,13 @@ Measures, on synthetic integer data of the config's shape (the input pipeline is
 timed): compile time and median step time (after warm-up) of the framework's sharded
 `train_step` (ELBO terms, AdamW, clipping, EMA, metrics) and `eval_step`; and the median
 time of a bare jitted forward + backward + Adam update of the same network on a plain
-epsilon-MSE loss, with nothing around it. overhead = framework / bare - 1.
+epsilon-MSE loss, with nothing around it. overhead = framework / bare - 1. Also the
+compiled train step's per-device memory (`memory_analysis()`), its FLOPs (analytic for the
+U-Net: 3 x forward, `vdm_jax.models.flops`; and XLA's own count, which on GPU leaves out
+cuDNN's convolutions) and the achieved TFLOP/s. `--dtype=bfloat16` overrides
+config.model.dtype; `--layer_loop` adds the compile time (and temporaries) of the train step
+unrolled, as a layer loop and as a rematerialised loop; `--memory_only` compiles on
+abstract arrays and allocates nothing (for configs larger than this machine).
 """
 
 import json
@@ -26,6 +32,15 @@ _MEMORY_ONLY = flags.DEFINE_bool(
   "Only compile the train step (on abstract arrays, nothing allocated) and print its "
   "per-device memory under config.train.sharding.",
 )
+_DTYPE = flags.DEFINE_enum(
+  "dtype", None, ["float32", "bfloat16"], "Overrides config.model.dtype (compute dtype)."
+)
+_LAYER_LOOP = flags.DEFINE_bool(
+  "layer_loop",
+  False,
+  "Also compile the train step unrolled, as a layer loop, and as a rematerialised loop "
+  "(model.scan_layers / model.remat) and print the compile times.",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -33,10 +48,17 @@ def main(argv):
   _cli.start(argv)
   from vdm_jax.training import benchmark
 
+  config = _CONFIG.value
+  if _DTYPE.value is not None:
+    config = config.copy_and_resolve_references()
+    config.model.dtype = _DTYPE.value
   if _MEMORY_ONLY.value:
-    print(json.dumps(benchmark.memory(_CONFIG.value), indent=2))
-    return
-  print(json.dumps(benchmark.benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value), indent=2))
+    result = benchmark.memory(config)
+  else:
+    result = benchmark.benchmark(config, _STEPS.value, _WARMUP.value)
+  if _LAYER_LOOP.value:
+    result["layer_loop"] = benchmark.layer_loop_compile_times(config)
+  print(json.dumps(result, indent=2))
 
 
 def run():

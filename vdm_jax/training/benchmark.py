@@ -22,7 +22,7 @@ from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.training.state import create_train_state, make_optimizer
 from vdm_jax.training.step import jit_train_step
 
-__all__ = ["benchmark", "memory"]
+__all__ = ["LAYOUTS", "benchmark", "layer_loop_compile_times", "memory"]
 
 
 def _time_steps(fn, num_steps: int, warmup: int):
@@ -37,8 +37,9 @@ def _time_steps(fn, num_steps: int, warmup: int):
   return statistics.median(seconds)
 
 
-def memory(config) -> dict:
-  """Compile time and per-device memory of the train step, from abstract arrays."""
+def _compile_train_step(config):
+  """Compiles the train step on abstract arrays (nothing allocated); returns (compiled,
+  seconds, state shapes)."""
   info = data.static_info(config.data)
   vdm = models.make_model(config, info)
   mesh_lib.check_batch_size(config.train.batch_size, micro_batches=config.train.grad_accum_steps)
@@ -58,7 +59,12 @@ def memory(config) -> dict:
   step_fn = jit_train_step(vdm, config, mesh, sharding)
   t = time.perf_counter()
   compiled = step_fn.lower(state, batch, jax.random.key(0)).compile()
-  seconds = time.perf_counter() - t
+  return compiled, time.perf_counter() - t, shapes
+
+
+def memory(config) -> dict:
+  """Compile time and per-device memory of the train step, from abstract arrays."""
+  compiled, seconds, shapes = _compile_train_step(config)
   stats = _memory(compiled)
   state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
   return {
@@ -67,6 +73,9 @@ def memory(config) -> dict:
       "n_embd": config.model.n_embd,
       "batch_size": config.train.batch_size,
       "sharding": config.train.sharding,
+      "dtype": config.model.dtype,
+      "scan_layers": config.model.scan_layers,
+      "remat": config.model.remat,
       "num_params": int(sum(x.size for x in jax.tree.leaves(shapes.params))),
     },
     "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
@@ -76,6 +85,22 @@ def memory(config) -> dict:
     "per_device_temp_bytes": stats.get("temp_bytes"),
     "per_device_output_bytes": stats.get("output_bytes"),
   }
+
+
+LAYOUTS = {"unrolled": (False, False), "scan": (True, False), "scan_remat": (True, True)}
+
+
+def layer_loop_compile_times(config, layouts=tuple(LAYOUTS)) -> dict:
+  """Compile time and temporary memory of the train step for each of `layouts`: the U-Net's
+  blocks "unrolled", as a layer loop ("scan", `model.scan_layers`), and as a
+  rematerialised loop ("scan_remat", `model.remat`)."""
+  out = {}
+  for name in layouts:
+    variant = config.copy_and_resolve_references()
+    variant.model.scan_layers, variant.model.remat = LAYOUTS[name]
+    compiled, seconds, _ = _compile_train_step(variant)
+    out[name] = {"compile_s": seconds, "temp_bytes": _memory(compiled).get("temp_bytes")}
+  return out
 
 
 def benchmark(config, num_steps: int, warmup: int) -> dict:
