@@ -301,3 +301,12 @@ def test_exact_time_sum_on_the_device_equals_the_loop_over_steps(trained, monkey
   b = evaluation.draw_samples(vdm, params, jax.random.key(0), 4, mesh, num_steps=3)
   np.testing.assert_array_equal(a, b)
   assert a.shape == (4, 8, 8, 1)
+
+
+def test_balanced_batches_cover_the_split_with_least_padding():
+  assert bpd.balanced_batch_size(300, 256, 1) == 150  # 2 batches, no padding (not 256 + 44)
+  assert bpd.balanced_batch_size(300, 256, 8) == 152  # a multiple of the device count
+  assert bpd.balanced_batch_size(300, 1000, 8) == 304
+  for n, b, d in [(1797, 256, 1), (1797, 256, 8), (7, 8, 8), (524, 128, 2)]:
+    size = bpd.balanced_batch_size(n, b, d)
+    assert size % d == 0 and size <= max(b, d) and -(-n // size) == -(-n // b)

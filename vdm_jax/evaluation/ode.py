@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import _checks, _deps, elbo, schedules
+from vdm_jax import _checks, _deps, data, elbo, schedules
 from vdm_jax.evaluation import bpd
 from vdm_jax.runtime import mesh as mesh_lib
 
@@ -156,7 +156,11 @@ def evaluate_ode(
     )
   if exact_divergence is None:
     exact_divergence = vdm.num_dims <= 8
-  batch_size = batch_size or config.eval.batch_size
+  batch_size = bpd.balanced_batch_size(
+    data.dataset_info(config.data).num_examples[split],
+    batch_size or config.eval.batch_size,
+    jax.device_count(),
+  )
   key = jax.random.key(config.seed + 2) if key is None else key
   data_sharding = mesh_lib.batch_sharding(mesh)
 
