@@ -37,6 +37,13 @@ import math
 import os
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdm_jax import data, elbo, gaussian, hvae, schedules, testing
+from vdm_jax.runtime import checkpoints
+
 __all__ = [
   "GAUSSIAN_MODELS",
   "UNBIASED",
@@ -62,10 +69,6 @@ def negative_elbo_one_step(key, x, x_hat_fn, schedule, num_steps: int, nll_fn):
   The estimator of `VDM.loss_terms(num_steps=N)` with independent (not antithetic) steps:
   the same mean as the other forms for one denoiser call instead of N.
   """
-  import jax
-  import jax.numpy as jnp
-
-  from vdm_jax import elbo, gaussian
 
   batch = x.shape[0]
   key_0, key_i, key_t = jax.random.split(key, 3)
@@ -81,7 +84,6 @@ def negative_elbo_one_step(key, x, x_hat_fn, schedule, num_steps: int, nll_fn):
 
 
 def _forms(literal: bool, one_step: bool) -> dict:
-  from vdm_jax import hvae
 
   forms = {
     "consistency": hvae.negative_elbo_consistency,
@@ -104,10 +106,6 @@ def _shared_denoiser_forms(forms: dict):
   different trajectory) returns NaN, which `estimates` refuses, so the cache cannot
   silently change a result.
   """
-  import jax
-  import jax.numpy as jnp
-
-  from vdm_jax import hvae
 
   def fn(key, x, x_hat_fn, schedule, num_steps, nll_fn):
     gammas, z = hvae.sample_trajectory(key, x, schedule, num_steps)
@@ -154,9 +152,6 @@ def estimates(
     (values, seconds): form -> float64 `[S, B]` nats; group of forms -> wall seconds
     (compilation included).
   """
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
 
   chunk = max(1, min(chunk, num_samples))
   num_chunks = -(-num_samples // chunk)
@@ -202,7 +197,6 @@ def summarize(values: dict, num_dims: int, reference: str = "denoising", z_max: 
   Returns:
     dict form -> dict of floats (nats per example unless named bpd).
   """
-  import numpy as np
 
   to_bpd = 1.0 / (num_dims * math.log(2.0))
   ref = values[reference]
@@ -244,30 +238,20 @@ def measure(key, x, x_hat_fn, schedule, num_steps, nll_fn, *, num_samples, **kwa
 
 def gaussian_target(key, *, num_examples, dims, scale, gamma_min, gamma_max):
   """(x, x_hat_fn, schedule, nll_fn, exact -log p(x) per example) of the Gaussian toy."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
 
-  from vdm_jax import schedules, testing
-
-  data = testing.GaussianData(GAUSSIAN_MEAN, GAUSSIAN_STD)
+  toy = testing.GaussianData(GAUSSIAN_MEAN, GAUSSIAN_STD)
   x = GAUSSIAN_MEAN + GAUSSIAN_STD * jax.random.normal(key, (num_examples, dims))
   if scale == 0.0:
     x_hat_fn = lambda z, g: jnp.zeros_like(z)
   else:
-    x_hat_fn = lambda z, g: scale * data.x_hat(z, g)
+    x_hat_fn = lambda z, g: scale * toy.x_hat(z, g)
   schedule = schedules.LinearSchedule(gamma_min, gamma_max)
-  nll = np.asarray(-data.log_prob(x), np.float64)
+  nll = np.asarray(-toy.log_prob(x), np.float64)
   return x, x_hat_fn, schedule, testing.gaussian_decoder_nll, nll
 
 
 def checkpoint_target(config, workdir, *, step, split, num_examples):
   """(x, x_hat_fn, schedule, nll_fn, info) of a trained VDM on a split's first examples."""
-  import jax.numpy as jnp
-  import numpy as np
-
-  from vdm_jax import data, elbo
-  from vdm_jax.runtime import checkpoints
 
   vdm, _, params, step = checkpoints.load_ema_params(config, workdir, step=step)
   batches = data.eval_batches(config.data, split, global_batch_size=num_examples)
@@ -362,7 +346,6 @@ def report(
 ) -> dict:
   """Measures every form on `target` ("gaussian" or "checkpoint"), prints the tables and
   writes the JSON (`output`, default runs/elbo_forms_<target>.json); returns the result."""
-  import jax
 
   if target not in ("gaussian", "checkpoint"):
     raise ValueError(f"Unknown target {target!r}; choose 'gaussian' or 'checkpoint'.")
