@@ -124,24 +124,22 @@ def _assert_same_run(got, want):
   # float32 round-off only: XLA orders the sums differently in a loop or a remat.
   np.testing.assert_allclose(out_a, out_b, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+  # Gradients: round-off relative to each array's scale (entries reach ~1e2 here).
   jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), grads_a, grads_b
+    lambda a, b: np.testing.assert_allclose(
+      a, b, atol=1e-6 * float(np.max(np.abs(b))) + 1e-7, rtol=1e-4
+    ),
+    grads_a,
+    grads_b,
   )
 
 
-@pytest.mark.parametrize("attention_everywhere", [False, True])
-def test_scanned_layers_equal_unrolled_for_the_same_weights(attention_everywhere):
-  _assert_same_run(
-    _layer_loop_run(attention_everywhere, scan_layers=True), _layer_loop_run(attention_everywhere)
-  )
-
-
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_remat_same_loss_and_grads(scan_layers):
-  _assert_same_run(
-    _layer_loop_run(True, scan_layers=scan_layers, remat=True),
-    _layer_loop_run(True, scan_layers=scan_layers),
-  )
+def test_scanned_and_rematerialised_layers_equal_unrolled_for_the_same_weights():
+  # With attention everywhere (the scanned body holds both blocks); nn.remat wraps the same
+  # block function scanned or not, so one remat layout is tested.
+  unrolled = _layer_loop_run(True)
+  _assert_same_run(_layer_loop_run(True, scan_layers=True), unrolled)
+  _assert_same_run(_layer_loop_run(True, scan_layers=True, remat=True), unrolled)
 
 
 def test_layer_param_conversion_round_trip():

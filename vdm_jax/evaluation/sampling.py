@@ -48,8 +48,12 @@ def draw_samples(model, params, key, num_samples: int, mesh, **options) -> np.nd
     raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
   n_dev = jax.device_count()
   padded = -(-num_samples // n_dev) * n_dev
-  keys = jax.vmap(lambda n: jax.random.fold_in(key, n))(jnp.arange(padded))
-  keys = jax.device_put(keys, mesh_lib.batch_sharding(mesh))
+  # Made by a jitted function with a global output sharding: the same call on every
+  # process (several processes cannot device_put host data to devices they do not own).
+  keys = jax.jit(
+    lambda k: jax.vmap(lambda n: jax.random.fold_in(k, n))(jnp.arange(padded)),
+    out_shardings=mesh_lib.batch_sharding(mesh),
+  )(key)
   fn = jit_sampler(model, mesh, tuple(sorted(options.items())))
   return np.asarray(mesh_lib.gather(fn(params, keys)))[:num_samples]
 
