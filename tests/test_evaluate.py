@@ -151,19 +151,17 @@ import json, sys
 import jax
 sys.path.insert(0, {tests!r})
 from helpers import tiny_config
-from vdm_jax import evaluation
-from vdm_jax import training
-from vdm_jax import sampling
-from vdm_jax.evaluation import ode
-from vdm_jax.evaluation import bpd
+from vdm_jax import evaluation, training
 from vdm_jax.runtime import checkpoints
 config = tiny_config({data_dir!r}, num_steps=3, ckpt_every=3)
 training.train_and_evaluate(config, {workdir!r})
 vdm, mesh, params, _ = checkpoints.load_ema_params(config, {workdir!r})
-print(json.dumps([
+bpd = [
   evaluation.evaluate(vdm, params, config, mesh, batch_size=b, key=jax.random.key(4))["bpd"]
-  for b in (64, 296, 1000)
-]))
+  for b in (64, 1000)
+]
+samples = evaluation.draw_samples(vdm, params, jax.random.key(0), 5, mesh, num_steps=2)
+print(json.dumps({{"bpd": bpd, "samples": samples.tolist()}}))
 """
 
 
@@ -180,8 +178,12 @@ def test_checkpoint_from_eight_devices_evaluates_on_one(tmp_path):
   assert step == 3
   result = evaluation.evaluate(vdm, params, config, mesh, key=jax.random.key(4))
   assert result["num_examples"] == 300 and np.isfinite(result["bpd"])
-  on_eight = json.loads(proc.stdout.strip().splitlines()[-1])  # batch 64, 296, 1000
-  np.testing.assert_allclose(on_eight, result["bpd"], rtol=1e-5)
+  on_eight = json.loads(proc.stdout.strip().splitlines()[-1])
+  np.testing.assert_allclose(on_eight["bpd"], result["bpd"], rtol=1e-5)  # batch 64, 1000
+  # Samples: one key per sample, split over the devices; 5 on 8 devices (3 padding rows)
+  # equal 5 on one device.
+  samples = evaluation.draw_samples(vdm, params, jax.random.key(0), 5, mesh, num_steps=2)
+  np.testing.assert_array_equal(np.asarray(on_eight["samples"]), samples)
 
 
 # --- Closed-form checks on a Gaussian mixture -------------------------------------------
