@@ -54,3 +54,10 @@ def restore_state(workdir, step: int) -> dict:
   with ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints") as manager:
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
   return restored["state"]
+
+
+def devices_flags(count: int) -> str:
+  """XLA_FLAGS for a subprocess with `count` fake CPU devices, keeping the suite's flags."""
+  import os
+
+  return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run_script, tiny_config
+from helpers import devices_flags, run_script, tiny_config
 from scipy import stats
 
 from vdm_jax import data, evaluation, sampling, schedules, testing, training
@@ -166,7 +166,7 @@ print(json.dumps({{"bpd": bpd, "samples": samples.tolist()}}))
 
 
 def test_checkpoint_from_eight_devices_evaluates_on_one(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = dict(os.environ, XLA_FLAGS=devices_flags(8))
   code = _TRAIN_ON_8.format(
     tests=str(REPO / "tests"), data_dir=str(tmp_path / "tfds"), workdir=str(tmp_path / "run")
   )

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import devices_flags, tiny_config
 
 from vdm_jax import evaluation
 from vdm_jax.runtime import checkpoints
@@ -74,7 +74,7 @@ def _train_cli(workdir, data_dir, num_steps, *, process=None, devices=1):
       "--num_processes=2",
       f"--process_id={index}",
     ]
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(os.environ, XLA_FLAGS=devices_flags(devices))
   return subprocess.Popen(
     [
       sys.executable,

@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import restore_state, run_script, tiny_config
+from helpers import devices_flags, restore_state, run_script, tiny_config
 
 from vdm_jax import training
 
@@ -74,7 +74,7 @@ print("devices", jax.device_count())
 def test_eight_devices_match_one_device(data_dir, tmp_path):
   results = {}
   for n in [1, 8]:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+    env = dict(os.environ, XLA_FLAGS=devices_flags(n))
     code = _MULTI_DEVICE.format(
       tests=str(REPO / "tests"),
       data_dir=str(data_dir),
@@ -121,7 +121,7 @@ def test_batch_size_must_divide_device_count(tmp_path):
     "from vdm_jax.runtime import mesh as mesh_lib\n"
     "try:\n  mesh_lib.check_batch_size(12)\nexcept ValueError as e:\n  print(e)\n"
   )
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = dict(os.environ, XLA_FLAGS=devices_flags(8))
   proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
   assert (
     "config.train.batch_size (12) must be divisible by the number of devices (8)" in proc.stdout
@@ -162,7 +162,7 @@ print("SHARDED", json.dumps(sharded))
 
 
 def test_fully_sharded_state_trains_like_replicated(data_dir, tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = dict(os.environ, XLA_FLAGS=devices_flags(8))
   code = _SHARDINGS.format(
     tests=str(REPO / "tests"), data_dir=str(data_dir), workdir=str(tmp_path / "w_")
   )

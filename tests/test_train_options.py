@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import tiny_config
+from helpers import devices_flags, tiny_config
 
 from vdm_jax import config as config_lib
 from vdm_jax import data, models, training
@@ -140,7 +140,7 @@ def test_accumulation_on_four_devices_matches_one_and_moves_no_rows(data_dir, tm
   """The strided micro-batches of a batch split over the devices stay where they are."""
   params = {}
   for n in [1, 4]:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+    env = dict(os.environ, XLA_FLAGS=devices_flags(n))
     out = tmp_path / f"p{n}.npz"
     code = _ACCUMULATED_STEP.format(tests=str(TESTS), data_dir=str(data_dir), out=str(out))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
