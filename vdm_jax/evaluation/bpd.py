@@ -225,23 +225,21 @@ def exact_time_sum_step(params, batch: dict, key, *, vdm, num_steps: int, chunk:
   def one_step(i):
     t = jnp.full(batch["index"].shape, i / num_steps, jnp.float32)
     terms = eval_step(params, batch, jax.random.fold_in(key, i), t, vdm=vdm, num_steps=num_steps)
-    return terms["diffusion"] / num_steps
+    return {
+      "diffusion": terms["diffusion"] / num_steps,
+      **{n: terms[n] for n in ("recon", "prior")},
+    }
 
   steps = jnp.arange(1, num_steps + 1)
-  by_step = jax.lax.map(one_step, steps, batch_size=min(chunk or num_steps, num_steps))
-  last = eval_step(
-    params,
-    batch,
-    jax.random.fold_in(key, num_steps),
-    jnp.ones(batch["index"].shape, jnp.float32),
-    vdm=vdm,
-    num_steps=num_steps,
-  )
+  per_step = jax.lax.map(one_step, steps, batch_size=min(chunk or num_steps, num_steps))
+  by_step = per_step["diffusion"]
   diffusion = by_step.sum(axis=0)
+  recon, prior = per_step["recon"][-1], per_step["prior"][-1]  # step T's draws
   terms = {
-    **last,
+    "recon": recon,
+    "prior": prior,
     "diffusion": diffusion,
-    "total": last["recon"] + last["prior"] + diffusion,
+    "total": recon + prior + diffusion,
     "t": jnp.full_like(diffusion, jnp.nan),
   }
   return terms, by_step

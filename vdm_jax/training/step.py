@@ -49,12 +49,10 @@ def train_step(state: TrainState, batch: dict, key, *, vdm, config):
 
   accum = config.train.grad_accum_steps
   if accum == 1:
+    options = {} if t is None else {"t": t, "t_weight": t_weight}  # only diffusion models
 
     def loss_fn(params):
-      if t is None:
-        terms = vdm.loss_terms(params, batch["image"], step_key, train=True)
-      else:
-        terms = vdm.loss_terms(params, batch["image"], step_key, train=True, t=t, t_weight=t_weight)
+      terms = vdm.loss_terms(params, batch["image"], step_key, train=True, **options)
       return jnp.mean(terms["bpd"]), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
