@@ -1,6 +1,6 @@
 """Train-step and eval-step throughput of a config, and the framework's overhead, as JSON.
 
-  python scripts/benchmark.py --config=configs/cifar10.py \
+  vdm-benchmark --config=cifar10 \
       --config.model.n_layer=4 --config.model.n_embd=64 --config.train.batch_size=16
 
 Measures, on synthetic integer data of the config's shape (the input pipeline is not
@@ -18,12 +18,11 @@ abstract arrays and allocates nothing (for configs larger than this machine).
 
 import json
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from vdm_jax import _cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_CONFIG = _cli.define_config("Config: a packaged name (cifar10), a .py file or a config.json.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after warm-up).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _MEMORY_ONLY = flags.DEFINE_bool(
@@ -41,11 +40,10 @@ _LAYER_LOOP = flags.DEFINE_bool(
   "Also compile the train step unrolled, as a layer loop, and as a rematerialised loop "
   "(model.scan_layers / model.remat) and print the compile times.",
 )
-flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-  _cli.start(argv)
+  _cli.start(argv, config=_CONFIG.value)
   from vdm_jax.training import benchmark
 
   config = _CONFIG.value
@@ -62,7 +60,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  _cli.run(main)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Certify the ELBO with a Bayes-optimal denoiser: exact NLL vs discrete and continuous ELBO.
 
-  python scripts/certify.py --schedule=linear --gamma_min=-13.3 --gamma_max=13.3
+  vdm-certify --schedule=linear --gamma_min=-13.3 --gamma_max=13.3
 
 Data: the 2-D Gaussian mixture of the toy2d set (continuous), whose optimal denoiser and
 density are closed form. Prints, for T = 1, 2, 4, ..., 1024 and continuous time, the ELBO
@@ -13,7 +13,7 @@ schedule's end-point terms.
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
 from vdm_jax import _cli
 
@@ -81,7 +81,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  _cli.run(main)
 
 
 if __name__ == "__main__":

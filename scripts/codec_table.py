@@ -1,6 +1,6 @@
 """A model's test bits/dim beside lossless codecs and simple models on the same images.
 
-  python scripts/codec_table.py --name=photos \
+  vdm-codec-table --name=photos \
       --eval_json=runs/photos/eval_test_step500_T0.json
 
 Loads the dataset's train and test splits (building the offline ones if needed), and
@@ -14,7 +14,7 @@ test images.
 import json
 import time
 
-from absl import app, flags
+from absl import flags
 
 from vdm_jax import _cli
 
@@ -37,7 +37,7 @@ def _model_row(path, name, num_examples):
   with open(path) as f:
     result = json.load(f)
   if result.get("data") != name or result.get("num_examples") != num_examples:
-    raise app.UsageError(
+    raise ValueError(
       f"{path} evaluates {result.get('data')!r} with {result.get('num_examples')} examples, "
       f"not {name!r} with {num_examples}."
     )
@@ -83,7 +83,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  _cli.run(main)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,17 @@
 """The seed's ELBO forms side by side: same -ELBO, different Monte Carlo variance.
 
-  python scripts/elbo_forms.py --target=gaussian
-  python scripts/elbo_forms.py --target=checkpoint --config=configs/digits.py --workdir=runs/digits
+  vdm-elbo-forms --target=gaussian
+  vdm-elbo-forms --target=checkpoint --workdir=runs/digits
 
 The forms, the targets and the columns are described in `vdm_jax.evaluation.elbo_forms`.
 """
 
-import shlex
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from vdm_jax import _cli
 
 _TARGET = flags.DEFINE_enum("target", "gaussian", ["gaussian", "checkpoint"], "What to measure.")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (checkpoint).")
+_CONFIG = _cli.define_config("checkpoint: default the run's record.", required=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (checkpoint).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _SPLIT = flags.DEFINE_string("split", "test", "Split whose first examples are used (checkpoint).")
@@ -39,37 +35,34 @@ _OUTPUT = flags.DEFINE_string("output", None, "JSON (default runs/elbo_forms_<ta
 
 
 def main(argv):
-  _cli.start(argv)
+  _cli.start(argv, config=_CONFIG.value)
   from vdm_jax.evaluation import elbo_forms
 
-  try:
-    elbo_forms.report(
-      _TARGET.value,
-      config=_CONFIG.value,
-      workdir=_WORKDIR.value,
-      step=_STEP.value,
-      split=_SPLIT.value,
-      num_steps=_NUM_STEPS.value,
-      num_samples=_NUM_SAMPLES.value,
-      num_examples=_NUM_EXAMPLES.value,
-      chunk=_CHUNK.value,
-      literal=_LITERAL.value,
-      one_step=_ONE_STEP.value,
-      share_denoiser=_SHARE.value,
-      gamma_min=_GAMMA_MIN.value,
-      gamma_max=_GAMMA_MAX.value,
-      dims=_DIMS.value,
-      gaussian_models=_MODELS.value,
-      seed=_SEED.value,
-      output=_OUTPUT.value,
-      command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-    )
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+  elbo_forms.report(
+    _TARGET.value,
+    config=_CONFIG.value,
+    workdir=_WORKDIR.value,
+    step=_STEP.value,
+    split=_SPLIT.value,
+    num_steps=_NUM_STEPS.value,
+    num_samples=_NUM_SAMPLES.value,
+    num_examples=_NUM_EXAMPLES.value,
+    chunk=_CHUNK.value,
+    literal=_LITERAL.value,
+    one_step=_ONE_STEP.value,
+    share_denoiser=_SHARE.value,
+    gamma_min=_GAMMA_MIN.value,
+    gamma_max=_GAMMA_MAX.value,
+    dims=_DIMS.value,
+    gaussian_models=_MODELS.value,
+    seed=_SEED.value,
+    output=_OUTPUT.value,
+    command=_cli.reproduce_command(),
+  )
 
 
 def run():
-  app.run(main)
+  _cli.run(main, reads_run=True)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,27 @@
-"""Test bits/dim of a trained VDM (or Gaussian VAE), exactly and with error bars (also installed as `vdm-evaluate`).
+"""Test bits/dim of a trained VDM (or Gaussian VAE), exactly and with error bars (`vdm-evaluate`).
 
-  python scripts/evaluate.py --config=configs/digits.py --workdir=runs/digits
-  python scripts/evaluate.py --config=configs/digits.py --workdir=runs/digits \
-      --num_steps=1000 --exact_time_sum --passes=3
-  python scripts/evaluate.py --config=configs/digits.py --workdir=runs/digits --method=ode
+  vdm-evaluate --workdir=runs/digits
+  vdm-evaluate --workdir=runs/digits --num_steps=1000 --exact_time_sum --passes=3
+  vdm-evaluate --workdir=runs/digits --method=ode
+  vdm-evaluate --workdir=runs/digits --config.data.name=photos_gray   # another dataset
 
+The run's recorded config (<workdir>/config.json) is used; --config.<field> overrides
+apply to it, and a --config given (a name, a .py file or a config.json) is checked against
+it: fields that change what the checkpoint means (model, schedule, T of the loss, a dataset
+of another shape) are refused, evaluation options, data.data_dir and model.dtype may change.
 Loads the EMA parameters of the latest checkpoint (or --step) onto the current devices,
 visits every example of the split once per pass in a fixed order (the last batch padded
 and masked), and prints a table; writes JSON (--output), and for the ELBO a CSV and a PNG
 of the diffusion term decomposed over t.
 """
 
-import shlex
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from vdm_jax import _cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_CONFIG = _cli.define_config(
+  "Default: the run's record. A name, .py file or config.json.", required=False
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the training run.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
@@ -33,34 +35,32 @@ _ODE_TOL = flags.DEFINE_float("ode_tol", 1e-4, "rtol = atol of the ODE solver (-
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of t, noise and dequantisation.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output (default: in the workdir).")
 _LAUNCH = _cli.define_launch_flags()
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   _cli.start(argv, _LAUNCH, _CONFIG.value)
-  from vdm_jax.evaluation import report
+  from vdm_jax.evaluation import report, runs
 
-  with _cli.user_errors_exit():
-    report.evaluate_checkpoint(
-      _CONFIG.value,
-      _WORKDIR.value,
-      step=_STEP.value,
-      split=_SPLIT.value,
-      method=_METHOD.value,
-      num_steps=_NUM_STEPS.value,
-      passes=_PASSES.value,
-      batch_size=_BATCH_SIZE.value,
-      exact_time_sum=_EXACT.value,
-      num_bins=_NUM_BINS.value,
-      ode_tol=_ODE_TOL.value,
-      seed=_SEED.value,
-      output=_OUTPUT.value,
-      command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-    )
+  run_ = runs.load_run(_WORKDIR.value, step=_STEP.value, config=_CONFIG.value)
+  report.evaluate_checkpoint(
+    run_,
+    split=_SPLIT.value,
+    method=_METHOD.value,
+    num_steps=_NUM_STEPS.value,
+    passes=_PASSES.value,
+    batch_size=_BATCH_SIZE.value,
+    exact_time_sum=_EXACT.value,
+    num_bins=_NUM_BINS.value,
+    ode_tol=_ODE_TOL.value,
+    seed=_SEED.value,
+    output=_OUTPUT.value,
+    command=_cli.reproduce_command(run_.step),
+  )
 
 
 def run():
-  app.run(main)
+  _cli.run(main, reads_run=True)
 
 
 if __name__ == "__main__":

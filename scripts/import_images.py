@@ -1,8 +1,7 @@
 """Turn a folder of your PNG/JPEG images into a dataset to train on (also `vdm-import-images`).
 
-  python scripts/import_images.py --images=~/pictures/cats --name=cats --resolution=32
-  python scripts/train.py --config=configs/photos.py --workdir=runs/cats \
-      --config.data.name=cats
+  vdm-import-images --images=~/pictures/cats --name=cats --resolution=32
+  vdm-train --config=photos --workdir=runs/cats --config.data.name=cats
 
 Writes the tfds array_record dataset `<data_dir>/<name>/1.0.0/` (same --data_dir as the
 config's data.data_dir, default ~/tensorflow_datasets). Each image gives its centred
@@ -11,10 +10,9 @@ square resized to --resolution (--mode=crop) or its non-overlapping patches
 are all named in one error, before anything is written.
 """
 
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from vdm_jax import _cli
 
@@ -41,20 +39,16 @@ def main(argv):
 
   tfds.disable_progress_bar()
   start = time.perf_counter()
-  try:
-    summary = folder.import_images(
-      _IMAGES.value,
-      name=_NAME.value,
-      data_dir=_DATA_DIR.value,
-      resolution=_RESOLUTION.value,
-      mode=_MODE.value,
-      test_fraction=_TEST_FRACTION.value,
-      channels=0 if _CHANNELS.value == "auto" else int(_CHANNELS.value),
-      overwrite=_OVERWRITE.value,
-    )
-  except folder.ImageFolderError as e:
-    print(f"vdm-import-images: {e}", file=sys.stderr)
-    sys.exit(1)
+  summary = folder.import_images(
+    _IMAGES.value,
+    name=_NAME.value,
+    data_dir=_DATA_DIR.value,
+    resolution=_RESOLUTION.value,
+    mode=_MODE.value,
+    test_fraction=_TEST_FRACTION.value,
+    channels=0 if _CHANNELS.value == "auto" else int(_CHANNELS.value),
+    overwrite=_OVERWRITE.value,
+  )
   n, f = summary["num_examples"], summary["num_files"]
   print(
     f"Imported {summary['name']!r} in {time.perf_counter() - start:.1f} s: "
@@ -63,13 +57,13 @@ def main(argv):
     f"  test:  {n['test']} examples from {f['test']} files\n"
     f"  other files ignored: {summary['ignored_files']}\n"
     f"  written to {summary['path']}\n"
-    f"Train on it:\n  vdm-train --config=configs/photos.py --workdir=runs/{summary['name']} "
+    f"Train on it:\n  vdm-train --config=photos --workdir=runs/{summary['name']} "
     f"--config.data.name={summary['name']} --config.data.data_dir={_DATA_DIR.value}"
   )
 
 
 def run():
-  app.run(main)
+  _cli.run(main)
 
 
 if __name__ == "__main__":

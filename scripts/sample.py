@@ -1,18 +1,21 @@
-"""Draw samples from a trained VDM (or Gaussian VAE) and write a PNG grid and an .npz (also `vdm-sample`).
+"""Draw samples from a trained VDM (or Gaussian VAE) and write a PNG grid and an .npz (`vdm-sample`).
 
-  python scripts/sample.py --config=configs/digits.py --workdir=runs/digits \
-      --num_samples=64 --num_steps=1000 --method=ancestral --seed=0
+  vdm-sample --workdir=runs/digits --num_samples=64 --num_steps=1000 --method=ancestral
+
+The run's recorded config (<workdir>/config.json) is used (a --config given is checked
+against it, as by vdm-evaluate).
 
 ancestral: the seed's reverse process p(z_s|z_t) = N(mu_theta, sigma_q^2) with T steps;
 ddim: the deterministic DDIM update. Integer data from the exact discrete decoder.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from vdm_jax import _cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_CONFIG = _cli.define_config(
+  "Default: the run's record. A name, .py file or config.json.", required=False
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the training run.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Number of samples.")
@@ -21,30 +24,28 @@ _METHOD = flags.DEFINE_enum("method", "ancestral", ["ancestral", "ddim"], "Sampl
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output path prefix (default: in the workdir).")
 _LAUNCH = _cli.define_launch_flags()
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 flags.register_validator("num_samples", lambda n: n > 0, "--num_samples must be a positive int.")
 flags.register_validator("num_steps", lambda n: n > 0, "--num_steps must be a positive int.")
 
 
 def main(argv):
   _cli.start(argv, _LAUNCH, _CONFIG.value)
-  from vdm_jax.evaluation import sampling
+  from vdm_jax.evaluation import runs, sampling
 
-  with _cli.user_errors_exit():
-    sampling.sample_checkpoint(
-      _CONFIG.value,
-      _WORKDIR.value,
-      step=_STEP.value,
-      num_samples=_NUM_SAMPLES.value,
-      num_steps=_NUM_STEPS.value,
-      method=_METHOD.value,
-      seed=_SEED.value,
-      output=_OUTPUT.value,
-    )
+  run_ = runs.load_run(_WORKDIR.value, step=_STEP.value, config=_CONFIG.value)
+  sampling.sample_checkpoint(
+    run_,
+    num_samples=_NUM_SAMPLES.value,
+    num_steps=_NUM_STEPS.value,
+    method=_METHOD.value,
+    seed=_SEED.value,
+    output=_OUTPUT.value,
+  )
 
 
 def run():
-  app.run(main)
+  _cli.run(main, reads_run=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Variance of the ELBO estimator under four ways of drawing t, for a trained VDM.
 
-  python scripts/time_variance.py --config=configs/digits.py --workdir=runs/digits
+  vdm-time-variance --workdir=runs/digits
 
 For the first --num_examples test examples, draws t and noise --reps times with each
 scheme (i.i.d. uniform, antithetic, importance sampling with a sqrt(E[L^2]) proposal per
@@ -8,13 +8,15 @@ t-bin from a pilot run, and both) and prints the mean bits/dim and the variances
 batch mean and of one example's estimate; writes JSON. All four estimate the same ELBO.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from vdm_jax import _cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_CONFIG = _cli.define_config(
+  "Default: the run's record. A name, .py file or config.json.", required=False
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the training run.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 256, "Test examples in the batch.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 0, "T (0 = continuous time).")
 _NUM_BINS = flags.DEFINE_integer("num_bins", 32, "Bins of the proposal (continuous time).")
@@ -22,16 +24,15 @@ _REPS = flags.DEFINE_integer("reps", 32, "Repetitions per scheme.")
 _PILOT = flags.DEFINE_integer("pilot", 16, "Uniform draws that estimate the proposal.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output (default: in the workdir).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  _cli.start(argv)
-  from vdm_jax.evaluation import diagnostics
+  _cli.start(argv, config=_CONFIG.value)
+  from vdm_jax.evaluation import diagnostics, runs
 
   diagnostics.time_variance_report(
-    _CONFIG.value,
-    _WORKDIR.value,
+    runs.load_run(_WORKDIR.value, step=_STEP.value, config=_CONFIG.value),
     num_examples=_NUM_EXAMPLES.value,
     num_steps=_NUM_STEPS.value,
     num_bins=_NUM_BINS.value,
@@ -43,7 +44,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  _cli.run(main, reads_run=True)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ LAYERS = {
   "vdm_jax.evaluation": 5,
   "vdm_jax.training": 6,
   "vdm_jax._cli": 7,
+  "vdm_jax._entry": 7,
 }
 PURE_MATHS_THIRD_PARTY = {"jax", "numpy"}
 PURE = {name for name, layer in LAYERS.items() if layer <= 1}

@@ -1,7 +1,22 @@
-"""Helpers shared by the entry points in `scripts/` (which alone define flags)."""
+"""What the command-line tools in `scripts/` share (they alone define flags).
+
+* `run(main)`: every tool's entry point. `--help` prints the tool's own flags (launch and
+  plugin flags included); a bad flag, config name or config field is one `error:` line
+  with exit status 1; a user error raised while working (`user_errors_exit`) likewise;
+  only bugs print a traceback. With `reads_run=True` (evaluate, sample, diagnostics) the
+  run's recorded config is the default `--config`.
+* `define_config()`: `--config` takes a packaged config's name (`--config=digits`), a
+  `.py` config file, or a run's record (`<workdir>/config.json`, or the work directory).
+* `--import=my_package.my_module` (every tool, repeatable): plugin modules imported before
+  the config is validated, recorded in `config.imports`.
+* `start()`: quiet logs, the compilation cache, plugins, several processes.
+"""
 
 import contextlib
+import importlib.util
 import os
+import re
+import shlex
 import sys
 
 from absl import flags, logging
@@ -10,13 +25,28 @@ from vdm_jax.runtime.distributed import initialize as initialize_distributed
 
 __all__ = [
   "compilation_cache_dir",
+  "config_names",
+  "define_config",
   "define_launch_flags",
   "enable_compilation_cache",
   "initialize_distributed",
   "quiet_logging",
+  "reproduce_command",
+  "resolve_config",
+  "run",
   "start",
   "user_errors_exit",
 ]
+
+CONFIGS_PACKAGE = "vdm_jax_configs"  # configs/ of the repository, installed as a package
+_IMPORTS = flags.DEFINE_multi_string(
+  "import",
+  [],
+  "Plugin module to import before the config is validated (repeatable), e.g. one that "
+  "registers a denoiser, schedule or dataset (recorded in the run's config.imports)",
+)
+# The command line as typed, before `run` adds the run's record as --config.
+_TYPED_ARGV: list[str] = []
 
 CACHE_ENV = "VDM_JAX_COMPILATION_CACHE_DIR"
 _CACHE_OFF = ("", "0", "none", "off", "false", "no")
@@ -91,32 +121,290 @@ def define_launch_flags():
   )
 
 
-def start(argv, launch_flags=None, config=None) -> None:
-  """What every entry point does first: refuse stray arguments, quiet the libraries' logs,
-  turn on the persistent compilation cache (`enable_compilation_cache`), and (with `launch_flags` from `define_launch_flags`) start the multi-process runtime."""
+def config_names() -> list[str]:
+  """Names of the packaged configs (`--config=<name>`): the `.py` files of configs/."""
+  directory = _configs_dir()
+  if directory is None:
+    return []
+  return sorted(n[:-3] for n in os.listdir(directory) if n.endswith(".py") and n[0] != "_")
+
+
+def _configs_dir() -> str | None:
+  spec = importlib.util.find_spec(CONFIGS_PACKAGE)
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return list(spec.submodule_search_locations)[0]
+
+
+def resolve_config(value: str) -> tuple[str, str]:
+  """What a `--config` value names: ("record", config.json path) or ("file", .py path).
+
+  A value ending in `.json`, or naming a folder, is a run's record (a work directory
+  stands for its config.json); one ending in `.py` (optionally `file.py:argument`, as
+  ml_collections allows) is a config file; a bare name is a packaged config.
+
+  Raises:
+    ValueError naming the value and the choices when nothing of that name exists.
+  """
+  path = os.path.expanduser(value)
+  if path.endswith(".json") or os.path.isdir(path):
+    record = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    if not os.path.isfile(record):
+      raise ValueError(
+        f"{value!r} holds no run record ({record!r} does not exist). A training run's work "
+        "directory has a config.json; otherwise pass a config file or a packaged config name."
+      )
+    return "record", record
+  file_part = path.split(":", 1)[0]
+  if file_part.endswith(".py") or os.sep in file_part:
+    if not os.path.isfile(file_part):
+      names = ", ".join(config_names())
+      raise ValueError(
+        f"No config file {file_part!r} (from {os.getcwd()}). Give the path of a .py config "
+        f"file, a run's config.json, or a packaged config by name: {names}."
+      )
+    return "file", path
+  if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value) and value in config_names():
+    return "file", os.path.join(_configs_dir(), value + ".py")
+  names = ", ".join(config_names()) or "(none installed)"
+  raise ValueError(
+    f"Unknown config {value!r}: not a packaged config ({names}), a .py file or a run's config.json."
+  )
+
+
+class _ConfigParser(flags.ArgumentParser):
+  """ml_collections' config-file parser (`inner`), taught names and run records."""
+
+  def __init__(self, inner):
+    self._inner = inner
+
+  def parse(self, value):
+    from ml_collections import config_dict
+
+    from vdm_jax.runtime import workdir as workdir_lib
+
+    if isinstance(value, config_dict.ConfigDict):
+      return value
+    kind, path = resolve_config(value)
+    if kind == "file":
+      return self._inner.parse(path)
+    try:
+      config = workdir_lib.read_config_record(path)
+    except (OSError, ValueError) as e:
+      raise ValueError(str(e)) from e
+    config.lock()
+    return config
+
+  def flag_type(self):
+    return self._inner.flag_type()
+
+
+def define_config(help_string: str, *, required: bool = True):
+  """Defines `--config` (with its `--config.<field>=value` overrides); returns the holder.
+
+  `--config` takes a packaged config name, a `.py` file or a run's record
+  (`resolve_config`). With `required=False`, a tool that reads a run (`run(...,
+  reads_run=True)`) uses the run's record when it is left out.
+  """
+  from ml_collections import config_flags
+
+  holder = config_flags.DEFINE_config_file("config", None, help_string, lock_config=True)
+  flags.FLAGS["config"].parser = _ConfigParser(flags.FLAGS["config"].parser)
+  if required:
+    flags.mark_flag_as_required("config")
+  return holder
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _with_record_config(argv: list[str]) -> list[str]:
+  """argv with `--config=<workdir>` (the run's record) added when --config is left out."""
+  if any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+    return argv
+  workdir = _flag_value(argv, "workdir")
+  overrides = [a for a in argv[1:] if re.match(r"--(no)?config\.", a)]
+  if workdir and os.path.isfile(os.path.join(os.path.expanduser(workdir), "config.json")):
+    return [argv[0], f"--config={workdir}", *argv[1:]]
+  if overrides:
+    where = f"{workdir!r} has no config.json" if workdir else "no --workdir was given"
+    _fail(
+      f"{overrides[0]} overrides a field of the run's recorded config, but {where}. "
+      "Give --workdir of a training run, or the config itself with --config=<name or file>."
+    )
+  return argv
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def _flag_error(e: Exception, argv: list[str]) -> str:
+  text = str(e)
+  required = re.match(r"flag --(\w+)=None: Flag --\w+ must have a value other than None", text)
+  if required:
+    return f"--{required.group(1)} is required (--help lists the flags)."
+  return f"{text.rstrip('.')} (--help lists the flags)."
+
+
+def _config_field_error(e: Exception, argv: list[str]) -> str:
+  """One line for a `--config.<field>` override that names no field of the config."""
+  text = str(e.args[0]) if e.args else str(e)
+  text = text.strip("'\"").replace("\\n", "\n").replace("\\'", "'")
+  key, _, suggestion = text.partition("\n")
+  key = key.strip("'\"")
+  bad = [a.split("=")[0] for a in argv if re.match(r"--(no)?config\.", a)]
+  named = [a for a in bad if a.split(".")[-1] == key or f".{key}." in a + "."] or bad[:1]
+  where = named[0] if named else "a --config override"
+  return f"{where}: the config has no field {key!r}. {suggestion}".strip()
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(_flag_error(e, argv))
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of an unknown field
+    _fail(_config_field_error(e, argv))
+
+
+def _help_key(module) -> str:
+  """absl's key for the flags a module defined (the script path when run as __main__)."""
+  return sys.argv[0] if module.__name__ == "__main__" else module.__name__
+
+
+def print_help(module) -> None:
+  """The tool's docstring, then its flags and the shared ones (launch, --import, --config)."""
+  print((module.__doc__ or "").strip() + "\n")
+  sections = {
+    "Flags:": flags.FLAGS.module_help(_help_key(module)),
+    "Config, plugins and several processes:": flags.FLAGS.module_help(__name__),
+  }
+  for title, text in sections.items():
+    lines = [line for line in text.splitlines() if line.startswith(" ")]  # not the header
+    if lines:
+      print("\n".join([title, *lines]))
+  if "config" in flags.FLAGS:
+    print(
+      "  --config.<field>=<value>: override a field of the config, e.g.\n"
+      "    --config.train.num_steps=500 (a misspelled field fails with a suggestion)."
+    )
+  if "config" in flags.FLAGS and config_names():
+    print(f"  Packaged configs (--config=<name>): {', '.join(config_names())}.")
+  print("  --helpfull: every flag, absl's and JAX's included.")
+
+
+def reproduce_command(step: int | None = None) -> str:
+  """The command line as typed (a console script by its name), with `--step=<step>` added
+  when it was left out: the command that computes the same result again."""
+  argv = list(_TYPED_ARGV or sys.argv)
+  program = argv[0]
+  if program.endswith(".py"):
+    head = ["python", program]
+  else:
+    head = [os.path.basename(program)]
+  args = argv[1:]
+  if step is not None and _flag_value(argv, "step") is None:
+    args.append(f"--step={step}")
+  return " ".join(shlex.quote(a) for a in head + args)
+
+
+def run(main, *, reads_run: bool = False, errors: tuple = (), interrupted: tuple = ()) -> None:
+  """Runs a tool's `main(argv)` the way every vdm_jax command does (module docstring).
+
+  Args:
+    main: the tool's main function (its module's docstring is the help text).
+    reads_run: the tool reads a trained run: `--config` defaults to its record.
+    errors: user errors besides the default ones of `user_errors_exit`.
+    interrupted: exceptions with `signum` that mean "stopped by a signal".
+  """
   from absl import app
 
+  module = sys.modules[main.__module__]
+  argv = list(sys.argv)
+  _TYPED_ARGV[:] = argv
+  if any(a in ("-h", "--help", "-?", "--helpshort") for a in argv[1:]):
+    print_help(module)
+    sys.exit(0)
+  if reads_run:
+    argv = _with_record_config(argv)
+  sys.argv[:] = argv  # ml_collections reads the config overrides from sys.argv
+
+  def guarded(args):
+    with user_errors_exit(errors, interrupted):
+      main(args)
+
+  app.run(guarded, argv=argv, flags_parser=_parse_flags)
+
+
+def start(argv, launch_flags=None, config=None) -> None:
+  """What every entry point does first: refuse stray arguments, quiet the libraries' logs,
+  turn on the persistent compilation cache (`enable_compilation_cache`), import the
+  plugins (`--import`, added to `config.imports`, and those `config.imports` names), and
+  (with `launch_flags` from `define_launch_flags`) start the multi-process runtime."""
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise ValueError(
+      f"Unexpected arguments {argv[1:]}: every option is a --flag=value (--help lists them)."
+    )
   quiet_logging()
   enable_compilation_cache()
+  _import_plugins(config)
   if launch_flags is not None:
     coordinator, num_processes, process_id = (f.value for f in launch_flags)
     auto = bool(config is not None and config.get("distributed", False))
     initialize_distributed(coordinator, num_processes, process_id, auto=auto)
 
 
+def _import_plugins(config) -> None:
+  from vdm_jax import config as config_lib
+
+  flagged = [name for value in _IMPORTS.value for name in value.split(",") if name.strip()]
+  if config is not None:
+    names = config_lib.plugin_modules(config)
+    names += [n.strip() for n in flagged if n.strip() not in names]
+    config.imports = ",".join(names)
+    config_lib.import_plugins(config)
+  elif flagged:
+    import ml_collections
+
+    config_lib.import_plugins(ml_collections.ConfigDict({"imports": ",".join(flagged)}))
+
+
 @contextlib.contextmanager
 def user_errors_exit(errors: tuple | None = None, interrupted: tuple = ()):
-  """Prints an error of `errors` (default: ValueError, FileNotFoundError and
-  `CheckpointError`, whose messages say what to do) as one paragraph, prefixed
-  with the process index when there are several, and exits 1; an exception of
-  `interrupted` (`training.TrainingInterrupted`, which has `signum`) exits 128 + its signal
-  number (the shell's code for "ended by this signal")."""
-  if errors is None:
-    from vdm_jax.runtime.checkpoints import CheckpointError
+  """Prints a user error as one paragraph, prefixed with the process index when there are
+  several, and exits 1; an exception of `interrupted` (`training.TrainingInterrupted`,
+  which has `signum`) exits 128 + its signal number (the shell's code for "ended by this
+  signal"); Ctrl-C elsewhere exits 130 with one line.
 
-    errors = (ValueError, FileNotFoundError, CheckpointError)
+  User errors are those whose messages say what to do: ValueError (bad values, refused
+  configs), FileNotFoundError and NotADirectoryError (missing files and folders),
+  PermissionError, `CheckpointError`, a missing optional extra, and `errors`. Anything
+  else is a bug and keeps its traceback.
+  """
+  from absl import app
+
+  from vdm_jax import _deps
+  from vdm_jax.runtime.checkpoints import CheckpointError
+
+  errors = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+    CheckpointError,
+    _deps.MissingExtraError,
+    app.UsageError,
+    *(errors or ()),
+  )
   try:
     yield
   except interrupted as e:
@@ -127,3 +415,6 @@ def user_errors_exit(errors: tuple | None = None, interrupted: tuple = ()):
 
     where = f"[process {jax.process_index()}] " if jax.process_count() > 1 else ""
     sys.exit(f"{where}error: {e}")
+  except KeyboardInterrupt:
+    print("Interrupted (Ctrl-C).", file=sys.stderr)
+    sys.exit(130)

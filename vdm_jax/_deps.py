@@ -12,17 +12,21 @@ import importlib.util
 from types import ModuleType
 
 
+class MissingExtraError(ImportError):
+  """An optional dependency is missing; the message names the extra that installs it."""
+
+
 def available(module: str) -> bool:
   """Whether `module` can be imported (without importing it)."""
   return importlib.util.find_spec(module) is not None
 
 
 def require(module: str, *, extra: str, feature: str) -> ModuleType:
-  """Imports `module`, or raises ImportError naming the extra that installs it."""
+  """Imports `module`, or raises `MissingExtraError` naming the extra that installs it."""
   try:
     return importlib.import_module(module)
   except ImportError as e:
-    raise ImportError(
+    raise MissingExtraError(
       f"{feature} needs {module!r}, which is not installed. Install the {extra!r} extra: "
       f"pip install 'vdm_jax[{extra}]' (in a clone: pip install -e '.[{extra}]')."
     ) from e

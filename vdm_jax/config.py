@@ -12,6 +12,8 @@ import ml_collections
 __all__ = [
   "DTYPES",
   "base_config",
+  "import_plugins",
+  "plugin_modules",
   "profile_steps",
   "sibling_config",
   "validate",
@@ -128,6 +130,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.split = "test"
 
   c.distributed = False  # call jax.distributed.initialize() (multi-host)
+  # Plugins: comma-separated Python modules imported before the config is validated (the
+  # command-line tools' --import adds to it), e.g. a module that registers a denoiser,
+  # a schedule or a dataset. Recorded with the run, so evaluating it imports them again.
+  c.imports = ""
   return c
 
 
@@ -145,6 +151,55 @@ def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def plugin_modules(config: ml_collections.ConfigDict) -> list[str]:
+  """The module names of `config.imports` (comma-separated; absent in older configs: none).
+
+  Raises ValueError for an entry that is not a dotted Python module name.
+  """
+  value = config.get("imports", "")
+  if not isinstance(value, str):
+    raise ValueError(
+      f"config.imports must be a comma-separated string of module names, got {value!r}."
+    )
+  names = [name.strip() for name in value.split(",") if name.strip()]
+  for name in names:
+    if not all(part.isidentifier() for part in name.split(".")):
+      raise ValueError(
+        f"config.imports: {name!r} is not a Python module name (e.g. my_package.my_module)."
+      )
+  return names
+
+
+def import_plugins(config: ml_collections.ConfigDict) -> list[str]:
+  """Imports the modules of `config.imports` (what they register becomes selectable).
+
+  The current directory is searched too (after everything else on `sys.path`), so a
+  module beside where a command is run is found, as with `python -m`. Returns the names.
+
+  Raises:
+    ValueError naming a module that cannot be found, and how to make it importable.
+  """
+  import importlib
+  import os
+  import sys
+
+  names = plugin_modules(config)
+  if names and os.getcwd() not in sys.path:
+    sys.path.append(os.getcwd())
+  for name in names:
+    try:
+      importlib.import_module(name)
+    except ModuleNotFoundError as e:
+      if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+        raise  # the plugin itself imports something missing: its traceback says what
+      raise ValueError(
+        f"Plugin module {name!r} (config.imports / --import) cannot be imported: {e}. "
+        "Install the package that provides it, run from the folder that holds it, or add "
+        "that folder to PYTHONPATH."
+      ) from e
+  return names
 
 
 def _choice(path: str, value, choices):
@@ -200,6 +255,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.seed must be an int in [0, 2**32), got {config.seed!r}.")
   if not 0 <= config.seed < 2**32 - 2:  # evaluation uses seed + 1 and seed + 2
     raise ValueError(f"config.seed must be in [0, 2**32 - 2), got {config.seed}.")
+  plugin_modules(config)
   dataset = data.lookup(config.data)  # a registered dataset, or one imported into data_dir
   _choice("eval.split", config.eval.split, dataset.splits)
   _choice("model.kind", config.model.kind, models.MODELS)

@@ -5,11 +5,14 @@
 * `ode`: bits/dim under the probability-flow ODE (needs the `ode` extra: diffrax).
 * `sampling`: samples split over the devices, PNG grids (`images`).
 * `diagnostics`: the variance of the ELBO estimate under four time samplers.
+* `runs`: `load_run(workdir)`, a trained run (model, EMA params, config, step) from its
+  work directory alone, the config checked against the run's record.
 * `report`: the tables and JSON of `vdm-evaluate`.
 * `certify`, `elbo_forms`, `codecs`: the exactness check, the seed's two ELBO forms,
   bits/dim of standard image codecs.
 
-The checkpoint a function evaluates is loaded with `runtime.checkpoints.load_ema_params`.
+The checkpoint a function evaluates is loaded with `load_run` (which reads only the EMA
+parameters: `runtime.checkpoints.load_ema_params`).
 """
 
 from vdm_jax.evaluation.bpd import (
@@ -27,9 +30,12 @@ from vdm_jax.evaluation.bpd import (
   summarize,
 )
 from vdm_jax.evaluation.diagnostics import time_sampling_variance
+from vdm_jax.evaluation.runs import Run, check_against_record, load_run
 from vdm_jax.evaluation.sampling import draw_samples, write_sample_grid
 
 __all__ = [
+  "Run",
+  "check_against_record",
   "diffusion_by_time",
   "draw_samples",
   "eval_step",
@@ -38,6 +44,7 @@ __all__ = [
   "global_batches",
   "jit_eval_step",
   "jit_exact_time_sum",
+  "load_run",
   "per_example_terms",
   "public",
   "scalar_summary",

@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax import data, elbo, times
-from vdm_jax.runtime import checkpoints
 
 __all__ = ["time_sampling_variance", "time_variance_report"]
 
@@ -92,8 +91,7 @@ def time_sampling_variance(
 
 
 def time_variance_report(
-  config,
-  workdir: str,
+  run,
   *,
   num_examples: int = 256,
   num_steps: int = 0,
@@ -103,10 +101,10 @@ def time_variance_report(
   seed: int = 0,
   output: str | None = None,
 ) -> dict:
-  """`time_sampling_variance` of a checkpoint's EMA params on the first `num_examples` test
-  examples; writes the JSON (default `<workdir>/time_variance_T<T>.json`), prints a table
-  and returns the result."""
-  vdm, _, params, step = checkpoints.load_ema_params(config, workdir)
+  """`time_sampling_variance` of a loaded checkpoint's EMA params (`runs.load_run`) on the
+  first `num_examples` test examples; writes the JSON (default
+  `<workdir>/time_variance_T<T>.json`), prints a table and returns the result."""
+  vdm, params, step, config, workdir = run.model, run.params, run.step, run.config, run.workdir
   batches = data.eval_batches(config.data, "test", global_batch_size=num_examples)
   first = next(iter(batches))
   k = jax.numpy.asarray(np.asarray(first["image"])[np.asarray(first["mask"]) > 0])

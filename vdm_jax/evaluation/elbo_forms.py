@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax import data, elbo, gaussian, hvae, schedules, testing
-from vdm_jax.runtime import checkpoints
+from vdm_jax.evaluation import runs
 
 __all__ = [
   "GAUSSIAN_MODELS",
@@ -251,9 +251,13 @@ def gaussian_target(key, *, num_examples, dims, scale, gamma_min, gamma_max):
 
 
 def checkpoint_target(config, workdir, *, step, split, num_examples):
-  """(x, x_hat_fn, schedule, nll_fn, info) of a trained VDM on a split's first examples."""
+  """(x, x_hat_fn, schedule, nll_fn, info) of a trained VDM on a split's first examples.
 
-  vdm, _, params, step = checkpoints.load_ema_params(config, workdir, step=step)
+  `config` None: the run's recorded config (`runs.load_run`).
+  """
+
+  run = runs.load_run(workdir, step=step, config=config)
+  vdm, params, step, config = run.model, run.params, run.step, run.config
   batches = data.eval_batches(config.data, split, global_batch_size=num_examples)
   try:
     batch = next(batches)
@@ -402,8 +406,8 @@ def report(
       print(format_table(summary, seconds))
       print(agreement_line(summary))
   else:
-    if config is None or workdir is None:
-      raise ValueError("target='checkpoint' needs a config and a workdir (--config, --workdir).")
+    if workdir is None:
+      raise ValueError("target='checkpoint' needs the training run's --workdir.")
     x, x_hat_fn, schedule, nll_fn, info = checkpoint_target(
       config,
       workdir,

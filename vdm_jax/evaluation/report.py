@@ -15,17 +15,14 @@ import jax
 import jax.numpy as jnp
 
 from vdm_jax import _deps
-from vdm_jax.evaluation import bpd
-from vdm_jax.runtime import checkpoints
+from vdm_jax.evaluation import bpd, runs
 
 __all__ = ["evaluate_checkpoint", "format_table", "write_decomposition"]
 
 
 def evaluate_checkpoint(
-  config,
-  workdir: str,
+  run: runs.Run,
   *,
-  step: int | None = None,
   split: str = "test",
   method: str = "elbo",
   num_steps: int | None = None,
@@ -38,14 +35,15 @@ def evaluate_checkpoint(
   output: str | None = None,
   command: str = "",
 ) -> dict:
-  """Bits/dim of a checkpoint of `workdir` (the latest, or `step`); returns the JSON dict.
+  """Bits/dim of a loaded checkpoint (`runs.load_run`); returns the JSON dict.
 
   Raises ValueError for options a model does not support (a VAE has no diffusion time:
   `num_steps`, `exact_time_sum` and `method="ode"` need a diffusion model).
   """
   if method not in ("elbo", "ode"):
     raise ValueError(f"Unknown method {method!r}; choose 'elbo' or 'ode'.")
-  model, mesh, params, step = checkpoints.load_ema_params(config, workdir, step=step)
+  model, mesh, params, step, config = run.model, run.mesh, run.params, run.step, run.config
+  workdir = run.workdir
   key = jax.random.key(seed)
   num_steps = config.loss.num_steps if num_steps is None else num_steps
   if not model.diffusion_time and (num_steps or exact_time_sum or method == "ode"):
@@ -96,8 +94,10 @@ def evaluate_checkpoint(
   result |= {
     "method": method,
     "model": config.model.kind,
+    "model_dtype": config.model.dtype,
     "checkpoint_step": step,
     "data": config.data.name,
+    "seed": seed,
     "command": command,
   }
   if jax.process_index() != 0:

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax.evaluation import images
-from vdm_jax.runtime import checkpoints
 from vdm_jax.runtime import mesh as mesh_lib
 
 __all__ = ["draw_samples", "jit_sampler", "sample_checkpoint", "write_sample_grid"]
@@ -69,20 +68,18 @@ def write_sample_grid(samples, vocab_size: int, path: str, *, scale: int = 4) ->
 
 
 def sample_checkpoint(
-  config,
-  workdir: str,
+  run,
   *,
-  step: int | None = None,
   num_samples: int = 64,
   num_steps: int = 1000,
   method: str = "ancestral",
   seed: int = 0,
   output: str | None = None,
 ) -> list[str]:
-  """Draws samples from a checkpoint's EMA params and writes `<output>.npz` (and, for
-  images, `<output>.png`); returns the paths written. A model without diffusion time (the
-  Gaussian VAE) ignores `num_steps` and `method`."""
-  model, mesh, params, step = checkpoints.load_ema_params(config, workdir, step=step)
+  """Draws samples from a loaded checkpoint's EMA params (`runs.load_run`) and writes
+  `<output>.npz` (and, for images, `<output>.png`); returns the paths written. A model
+  without diffusion time (the Gaussian VAE) ignores `num_steps` and `method`."""
+  model, mesh, params, step, workdir = run.model, run.mesh, run.params, run.step, run.workdir
   options = {"num_steps": num_steps, "method": method} if model.diffusion_time else {}
   start = time.perf_counter()
   samples = draw_samples(model, params, jax.random.key(seed), num_samples, mesh, **options)

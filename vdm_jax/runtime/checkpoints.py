@@ -32,6 +32,7 @@ __all__ = [
   "abstract_tree",
   "checksums",
   "first_line",
+  "format_version",
   "load_ema_params",
   "make_checkpoint_manager",
   "restore_checkpoint",
@@ -100,7 +101,7 @@ def checksums(tree) -> dict:
 
 def save_checkpoint(manager, step: int, state, *, force: bool = False) -> None:
   """Saves the state at `step` (asynchronously), and, first, the checksum of every array
-  beside it (`<workdir>/checksums/<step>.json`, process 0).
+  beside it (`<workdir>/checksums/<step>.json`, process 0, with the format version).
 
   The data position needs no saving: it is the step (`data.make_train_iterator(...,
   start_step=step)`), the same whatever the number of processes that resume it.
@@ -111,7 +112,8 @@ def save_checkpoint(manager, step: int, state, *, force: bool = False) -> None:
     workdir = os.path.dirname(os.path.abspath(os.fspath(manager.directory)))
     path = _checksum_path(workdir, step)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    workdir_lib.write_json_atomic(path, json.dumps(sums, indent=0))
+    record = {workdir_lib.FORMAT_KEY: workdir_lib.FORMAT_VERSION} | sums
+    workdir_lib.write_json_atomic(path, json.dumps(record, indent=0))
     kept = manager.all_steps()  # those of steps orbax has deleted (max_to_keep) go too
     for name in os.listdir(os.path.dirname(path)):
       old = name.removesuffix(".json")
@@ -124,6 +126,28 @@ def save_checkpoint(manager, step: int, state, *, force: bool = False) -> None:
   )
 
 
+def format_version(workdir: str, step: int) -> int:
+  """The on-disk format version checkpoint `step` was written with (1: none recorded).
+
+  Read from the step's checksums record (`checksums/<step>.json`, key "_format_version").
+  Raises `workdir.FormatVersionError` for a version this vdm_jax cannot read (a newer
+  one): not a damaged step, so a resume does not set it aside and fall back.
+  """
+  path = _checksum_path(workdir, step)
+  try:
+    with open(path) as f:
+      version = json.load(f).get(workdir_lib.FORMAT_KEY, 1)
+  except (OSError, ValueError, AttributeError):
+    return 1  # no readable record: verification (`_restore_fields`) reports that
+  if not isinstance(version, int) or not 1 <= version <= workdir_lib.FORMAT_VERSION:
+    raise workdir_lib.FormatVersionError(
+      f"Checkpoint step {step} in {workdir} has format version {version!r} ({path}); this "
+      f"vdm_jax reads versions 1 to {workdir_lib.FORMAT_VERSION}: it was written by a newer "
+      "vdm_jax. Upgrade vdm_jax to read it."
+    )
+  return version
+
+
 def first_line(e: BaseException) -> str:
   text = str(e).strip()
   return text.splitlines()[0][:300] if text else ""
@@ -133,6 +157,7 @@ def _restore_fields(manager, step: int, fields: dict) -> dict:
   """Restores the subtree `fields` (a dict of abstract arrays, any subset of the saved
   fields) of step `step`, verified against the checksums recorded at save time."""
   directory = os.fspath(manager.directory)
+  format_version(os.path.dirname(os.path.abspath(directory)), step)
   # Checkpoints of earlier versions also hold a per-process "data" item; it is not read.
   # A partial restore: the fields not asked for (the optimizer's, for inference) are not read.
   restore = ocp.args.PyTreeRestore(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["initialize"]
+__all__ = ["initialize", "prepare_data"]
 
 
 def initialize(
@@ -43,3 +43,24 @@ def initialize(
   jax.distributed.initialize(
     coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
   )
+
+
+def prepare_data(data_config) -> None:
+  """`data.prepare` on every process: process 0 first, then the others.
+
+  They then find the offline datasets ready on a shared data_dir, or build their own copy
+  on a host-local one (`prepare` is idempotent; for the public datasets it checks that
+  this host has the files). Call on every process.
+  """
+  import jax
+  from jax.experimental import multihost_utils
+
+  from vdm_jax import data
+
+  if jax.process_index() == 0:
+    data.prepare(data_config)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("vdm_jax: data prepared on process 0")
+    if jax.process_index() != 0:
+      data.prepare(data_config)
+    multihost_utils.sync_global_devices("vdm_jax: data prepared")

@@ -11,7 +11,9 @@
   unless the user names them in `config.train.allow_config_changes`.
 * `record_config`: `config.json` (the config the checkpoints are now being made with)
   and `config_history/config.step<N>.json`, one per (re)start at step N, written only
-  after the config has been validated and the state restored.
+  after the config has been validated and the state restored. Both carry the on-disk
+  format version (`FORMAT_VERSION`, key `"_format_version"`); `read_config_record` reads
+  them back as a config, of this or any earlier format.
 """
 
 from __future__ import annotations
@@ -21,17 +23,29 @@ import json
 import os
 import socket
 
+import ml_collections
+
 __all__ = [
+  "FORMAT_KEY",
+  "FORMAT_VERSION",
   "RESUME_SAFE",
+  "FormatVersionError",
   "RunLock",
   "WorkdirLockedError",
   "changed_fields",
   "check_resume_config",
   "config_as_dict",
   "drop_replayed_rows",
+  "read_config_record",
   "record_config",
   "write_json_atomic",
 ]
+
+# The version of what a run writes to disk (config.json, the checkpoints' metadata).
+# 1: vdm_jax up to 373a7a5 (no version recorded); 2: the version recorded, `imports` in the
+# config. A reader accepts every version up to its own; see CHANGELOG.md for each change.
+FORMAT_VERSION = 2
+FORMAT_KEY = "_format_version"
 
 RESUME_SAFE = frozenset(
   {
@@ -55,12 +69,17 @@ RESUME_SAFE = frozenset(
     "data.data_dir",
     "data.num_workers",
     "distributed",
+    "imports",
   }
 )
 
 
 class WorkdirLockedError(RuntimeError):
   pass
+
+
+class FormatVersionError(ValueError):
+  """A run record or checkpoint written by a newer vdm_jax (a format this one cannot read)."""
 
 
 class RunLock:
@@ -146,9 +165,7 @@ def check_resume_config(config, workdir: str, latest_step: int | None) -> dict:
   path = os.path.join(workdir, "config.json")
   if latest_step is None or not os.path.exists(path):
     return {}
-  with open(path) as f:
-    old = json.load(f)
-  changes = changed_fields(old, config_as_dict(config))
+  changes = changed_fields(config_as_dict(read_config_record(path)), config_as_dict(config))
   refused = {k: v for k, v in changes.items() if k not in RESUME_SAFE | allowed_changes(config)}
   if refused:
     lines = "\n".join(f"  config.{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
@@ -173,8 +190,11 @@ def write_json_atomic(path: str, text: str) -> None:
 
 
 def record_config(config, workdir: str, step: int) -> str:
-  """Writes `config.json` and `config_history/config.step<step>[.<n>].json`; returns the latter."""
-  text = config.to_json_best_effort(indent=2)
+  """Writes `config.json` and `config_history/config.step<step>[.<n>].json`; returns the latter.
+
+  The JSON is the config's fields and `"_format_version": FORMAT_VERSION`.
+  """
+  text = json.dumps({FORMAT_KEY: FORMAT_VERSION} | config_as_dict(config), indent=2)
   history = os.path.join(workdir, "config_history")
   os.makedirs(history, exist_ok=True)
   path, n = os.path.join(history, f"config.step{step}.json"), 1
@@ -205,3 +225,61 @@ def drop_replayed_rows(path: str, step: int) -> int:
   if len(kept) != len(lines):
     write_json_atomic(path, "".join(kept))
   return len(lines) - len(kept)
+
+
+def _merge(config: ml_collections.ConfigDict, values: dict, prefix: str = "") -> None:
+  for key, value in values.items():
+    current = config.get(key) if key in config else None
+    if isinstance(value, dict) and isinstance(current, ml_collections.ConfigDict):
+      _merge(current, value, f"{prefix}{key}.")
+    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+      config[key] = float(value)
+    else:
+      try:
+        config[key] = value
+      except TypeError as e:
+        raise ValueError(f"config.{prefix}{key}={value!r} does not fit its field: {e}") from e
+
+
+def read_config_record(path: str) -> ml_collections.ConfigDict:
+  """The config a run recorded (`<workdir>/config.json`, or a file of `config_history/`).
+
+  The record's fields are laid over `base_config()`, so a record written before a field
+  existed gets that field's default (what the older code did); fields the record has and
+  the base lacks (a plugin's) are kept.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: unreadable, not a JSON object, or written by a newer vdm_jax (a format
+      version above `FORMAT_VERSION`), naming the file and the way out.
+  """
+  from vdm_jax.config import base_config  # local: config imports nothing of the runtime
+
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(path):
+    path = os.path.join(path, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f"No run record {path!r}: a training run's work directory holds the config.json "
+      "it was trained with. Check the path, or pass the training config with --config."
+    )
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(
+      f"The run record {path} cannot be read ({type(e).__name__}: {e}). Copies of it are "
+      f"in {os.path.join(os.path.dirname(path), 'config_history')}/ (one per start), or "
+      "pass the training config with --config."
+    ) from e
+  if not isinstance(values, dict):
+    raise ValueError(f"The run record {path} is not a JSON object of config fields.")
+  version = values.pop(FORMAT_KEY, 1)
+  if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+    raise FormatVersionError(
+      f"{path} has format version {version!r}; this vdm_jax reads versions 1 to "
+      f"{FORMAT_VERSION}: it was written by a newer vdm_jax. Upgrade vdm_jax to read it."
+    )
+  config = base_config()
+  _merge(config, values)
+  return config

@@ -178,16 +178,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train(config, workdir: str) -> dict:
-  # Process 0 builds the offline datasets first; then the others, which find them ready
-  # on a shared data_dir or build their own copy on a host-local one (prepare is
-  # idempotent; for the public datasets it checks that this host has the files).
-  if jax.process_index() == 0:
-    data.prepare(config.data)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("vdm_jax: data prepared on process 0")
-    if jax.process_index() != 0:
-      data.prepare(config.data)
-    multihost_utils.sync_global_devices("vdm_jax: data prepared")
+  distributed.prepare_data(config.data)
   info = data.dataset_info(config.data)
   mesh = mesh_lib.make_mesh()
   vdm = models.make_model(config, info)
