@@ -89,11 +89,44 @@ def test_unknown_dataset_lists_the_datasets():
     data.make_train_iterator(_config("cifar100"), global_batch_size=8, seed=0)
 
 
-def test_unknown_split_lists_the_splits():
+def test_unknown_dataset_names_the_data_dir_searched_and_the_way_out(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  with pytest.raises(ValueError) as error:
+    data.dataset_info(_config("dogs", "~/tfds"))
+  message = str(error.value)
+  for fragment in [
+    "Unknown dataset data.name='dogs'",
+    f"the data_dir {str(tmp_path / 'tfds')!r} searched for imported datasets does not exist",
+    "point --config.data.data_dir at that directory",
+    f"vdm-import-images --images=DIR --name=dogs --data_dir={tmp_path / 'tfds'}",
+  ]:
+    assert fragment in message, (fragment, message)
+  (tmp_path / "tfds" / "dogs").mkdir(parents=True)  # not an import: said so
+  with pytest.raises(ValueError, match=r"tfds' holds no imported dataset \('.*dogs' exists but"):
+    data.lookup(_config("dogs", "~/tfds"))
+  with pytest.raises(ValueError, match=r"no data_dir is set.*--name=NAME --data_dir=DATA_DIR"):
+    data.lookup(_config("Dogs", ""))
+  assert os.listdir(tmp_path / "tfds") == ["dogs"]
+
+
+def test_unknown_split_lists_the_splits(digits_dir):
   with pytest.raises(ValueError, match=r"'valid'.*\('train', 'test'\)"):
     data.eval_batches(_config("toy2d"), "valid", global_batch_size=8)
   with pytest.raises(ValueError, match=r"'validation'.*\('train', 'test'\)"):
     data.eval_batches(_config("imagenet32", "/nonexistent"), "validation", global_batch_size=8)
+  # Every place a split name is taken: the same message, never a bare KeyError.
+  config = _config("digits", digits_dir)
+  match = r"Unknown split 'valid' of dataset 'digits'; its splits are \('train', 'test'\)\."
+  for call in [
+    lambda: data.eval_batches(config, "valid", global_batch_size=8),
+    lambda: data.dataset_info(config).num_examples["valid"],  # how evaluation sizes a split
+    lambda: digits.data_source(str(digits_dir), "valid"),
+    lambda: data.DATASETS["cifar10"].source(str(digits_dir), "valid"),
+  ]:
+    with pytest.raises(ValueError, match=match.replace("digits", "(digits|cifar10)")):
+      call()
+  info = data.dataset_info(config)
+  assert info.num_examples["test"] == 300 and info.num_examples == {"train": 1497, "test": 300}
 
 
 def test_batch_size_must_divide_over_processes(num_processes):
@@ -411,10 +444,48 @@ def test_public_dataset_not_prepared(name, tfds_name, tmp_path):
   ]:
     with pytest.raises(FileNotFoundError) as error:
       call()
-    message = str(error.value)
-    assert name in message and str(tmp_path) in message
-    assert "pip install -e '.[prepare]'" in message and command in message, message
+    # One paragraph naming the data_dir and what is missing, then the two commands.
+    paragraph, *commands = str(error.value).split("\n")
+    assert paragraph.startswith(f"The {name} dataset (tfds {tfds_name!r}) is not prepared")
+    assert f"data_dir {str(tmp_path)!r}: there is no {tmp_path / tfds_name}." in paragraph
+    assert "point --config.data.data_dir at a directory where it is prepared" in paragraph
+    assert commands == ["  pip install -e '.[prepare]'", f"  {command}"]
   assert os.listdir(tmp_path) == []  # nothing downloaded or written
+
+
+def test_public_dataset_prepared_as_tfrecord_says_so(tmp_path):
+  version_dir = tmp_path / "mnist" / "3.0.1"
+  version_dir.mkdir(parents=True)
+  (version_dir / "mnist-train.tfrecord-00000-of-00001").write_bytes(b"")
+  with pytest.raises(FileNotFoundError, match=r"holds TFRecord files.*--file_format=array_record"):
+    data.prepare(_config("mnist", tmp_path))
+
+
+@pytest.mark.parametrize("name", ["digits", "photos"])
+def test_offline_dataset_into_an_unwritable_data_dir(name, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  cases = [(blocker / "tfds", f"{str(blocker)!r} is a file, not a directory")]
+  read_only = _read_only_dir(tmp_path / "read_only")
+  if read_only is not None:  # root writes anywhere: then only the first case applies
+    cases.append((read_only, f"{str(read_only)!r} is not writable by this process"))
+  for data_dir, problem in cases:
+    with pytest.raises(ValueError) as error:
+      data.prepare(_config(name, data_dir))
+    assert isinstance(error.value, PermissionError)
+    message = str(error.value)
+    assert f"Cannot build the {name} dataset under data_dir {str(data_dir)!r}: " in message
+    assert problem in message and "Set --config.data.data_dir=<writable dir>" in message
+  # Nothing written: no lock, no partial dataset.
+  assert blocker.read_text() == "x" and sorted(os.listdir(tmp_path)) == ["a_file", "read_only"]
+  assert os.listdir(tmp_path / "read_only") == []
+
+
+def _read_only_dir(path):
+  """A directory this process cannot write, or None where it can anyway (root)."""
+  path.mkdir()
+  path.chmod(0o555)
+  return None if os.access(path, os.W_OK) else path
 
 
 def _png(image):

@@ -129,6 +129,14 @@ def _png(path, array):
   PIL.Image.fromarray(array).save(path)
 
 
+def _png_bytes():
+  import io
+
+  buffer = io.BytesIO()
+  PIL.Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(buffer, "PNG")
+  return buffer.getvalue()
+
+
 @pytest.fixture
 def image_folder(tmp_path):
   """Eight colour PNGs of different sizes, one in a sub-folder, and a non-image file."""
@@ -228,7 +236,7 @@ def test_import_patches_mode_grey_and_the_split_by_content(tmp_path):
 @pytest.mark.parametrize(
   "make, match",
   [
-    (lambda d: None, r"No PNG or JPEG files in .*images.*1 other file"),
+    (lambda d: None, r"images' holds 1 file\(s\), none PNG/JPEG \(1 \.txt\)"),
     (lambda d: (d / "bad.png").write_bytes(b"not a png"), r"bad\.png: cannot be read"),
     (
       lambda d: (d / "cut.jpg").write_bytes(_jpeg_bytes()[:300]),
@@ -250,7 +258,7 @@ def test_bad_folders_fail_naming_the_file_and_write_nothing(make, match, tmp_pat
   images.mkdir()
   (images / "readme.txt").write_text("x")
   make(images)
-  if "No PNG" not in match:
+  if "none PNG" not in match:
     rng = np.random.default_rng(0)
     for i in range(2):
       _png(images / f"ok{i}.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
@@ -271,7 +279,7 @@ def _jpeg_bytes():
 def test_import_options_names_and_overwrite(image_folder, tmp_path):
   images, _ = image_folder
   data_dir = tmp_path / "tfds"
-  for name, match in [("Cats", "lower case"), ("photos", "taken by a registered"), ("", "lower")]:
+  for name, match in [("Cats", "lower case"), ("photos", "vdm_jax's registered"), ("", "lower")]:
     with pytest.raises(folder.ImageFolderError, match=match):
       folder.import_images(images, name=name, data_dir=data_dir)
   with pytest.raises(folder.ImageFolderError, match="does not exist"):
@@ -289,6 +297,89 @@ def test_import_options_names_and_overwrite(image_folder, tmp_path):
   assert data.splits("cats", str(data_dir)) == ("train", "test") == data.splits("photos")
   with pytest.raises(ValueError, match=r"Unknown dataset data.name='dogs'.*\('cats',\)"):
     data.dataset_info(_config("dogs", data_dir))
+
+
+def test_every_problem_of_a_folder_is_in_one_error(tmp_path):
+  images = tmp_path / "images"
+  rng = np.random.default_rng(0)
+  _png(images / "ok.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+  _png(images / "sub/grey.png", rng.integers(0, 256, (20, 20), dtype=np.uint8))
+  _png(images / "small.png", np.zeros((8, 30, 3), np.uint8))
+  (images / "bad.jpg").write_bytes(b"not a jpeg")
+  data_dir = tmp_path / "tfds"
+  with pytest.raises(folder.ImageFolderError) as error:
+    folder.import_images(images, name="Cats", data_dir=data_dir, resolution=16, mode="tiles")
+  message = str(error.value)
+  assert message.startswith(f"Cannot import {str(images)!r} as dataset 'Cats'; nothing was")
+  for fragment in [
+    "4 problems to fix",
+    "name 'Cats' must be lower case",
+    "--name=cats",
+    "mode='tiles' is not one of ('crop', 'patches')",
+    "1 of the 4 images cannot be used:\n      bad.jpg: cannot be read",
+    "mixes 1 greyscale and 2 colour images",  # not to be found only after fixing the rest
+    "--channels=3",
+  ]:
+    assert fragment in message, (fragment, message)
+  with pytest.raises(folder.ImageFolderError) as error:  # a valid mode: sizes are checked too
+    folder.import_images(images, name="cats", data_dir=data_dir, resolution=16)
+  message = str(error.value)
+  assert "2 of the 4 images cannot be used" in message and "small.png: is 30x8" in message
+  assert "mixes 1 greyscale" in message and not data_dir.exists()
+
+
+@pytest.mark.parametrize(
+  "files, match",
+  [
+    ({}, r"'[^']*images' is empty \(no files\)\. The images must be PNG or JPEG"),
+    (
+      {"a.gif": b"x", "b.GIF": b"x", "notes.txt": b"x", ".hidden.png": b"x"},
+      r"images' holds 3 file\(s\), none PNG/JPEG \(2 \.gif, 1 \.txt, and 1 hidden",
+    ),
+    (
+      {"one.png": _png_bytes(), "copy.png": _png_bytes()},
+      r"at least 2 different images; the folder has 2 image file\(s\) with 1 distinct",
+    ),
+  ],
+)
+def test_folder_without_usable_images_says_what_it_holds(files, match, tmp_path):
+  images = tmp_path / "images"
+  images.mkdir()
+  for rel, content in files.items():
+    (images / rel).write_bytes(content)
+  with pytest.raises(folder.ImageFolderError, match=match):
+    folder.import_images(images, name="mine", data_dir=tmp_path / "tfds", resolution=4)
+  assert not (tmp_path / "tfds").exists()
+
+
+@pytest.mark.parametrize(
+  "name, match",
+  [
+    ("beans", r"tensorflow-datasets catalog's dataset 'beans'.*shadow.*--name=my_beans"),
+    ("mnist", r"vdm_jax's registered dataset 'mnist'.*--name=my_mnist"),
+    ("cifar100", r"tensorflow-datasets catalog's dataset 'cifar100'.*--name=my_cifar100"),
+    ("glue", r"tensorflow-datasets catalog's dataset 'glue'"),  # a builder tfds lists late
+    ("sift1m", r"tensorflow-datasets catalog's dataset 'sift1m'"),  # needs h5py to import
+    ("photo_patches", r"catalog's dataset 'photo_patches'"),  # the photos' tfds directory
+    ("My-Cats", r"lower case letters, digits and underscores.*--name=my_cats"),
+    ("2cats", r"starting with a letter"),
+  ],
+)
+def test_import_refuses_names_that_are_taken_or_invalid(name, match, image_folder, tmp_path):
+  images, _ = image_folder
+  with pytest.raises(folder.ImageFolderError, match=match):
+    folder.import_images(images, name=name, data_dir=tmp_path / "tfds", resolution=4)
+  assert not (tmp_path / "tfds").exists()
+  assert "my_beans" not in folder.tfds_catalog_names() and "beans" in folder.tfds_catalog_names()
+
+
+def test_import_into_an_unwritable_data_dir(image_folder, tmp_path):
+  images, _ = image_folder
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  with pytest.raises(folder.ImageFolderError, match=r"a_file' is a file.*--data_dir=<writable"):
+    folder.import_images(images, name="mine", data_dir=blocker / "tfds", resolution=4)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "images"]
 
 
 def test_import_cli(image_folder, tmp_path):

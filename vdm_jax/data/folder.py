@@ -31,25 +31,33 @@ is registered in code, so the dataset is usable from any process.
   (row, column) of the example's top-left pixel in the (EXIF-rotated) file}. The
   dataset's `metadata.json` records the options and every file's split and SHA-256.
 
-Bad input fails before anything is written, with one error that names every bad file:
-an empty or missing folder, unreadable or truncated files, images too small for the
-resolution, transparent or 16-bit images, grey and colour mixed.
+Bad input fails before anything is written, with one error that lists every problem at
+once: bad options, a name that vdm_jax or the tensorflow-datasets catalog already uses (the
+import would shadow that dataset under data_dir), an existing dataset, an unwritable
+data_dir, a missing or empty folder or one without PNG/JPEG files, unreadable or truncated
+files, images too small for the resolution, transparent or 16-bit images, grey and colour
+mixed, fewer than two distinct images (no train and test split).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
+import importlib
 import json
+import numbers
 import os
+import pkgutil
 import re
 import shutil
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vdm_jax.data.registry import DATASETS, Dataset
+from vdm_jax.data import _offline
+from vdm_jax.data.registry import DATASETS, Dataset, check_split
 
 __all__ = [
   "EXTENSIONS",
@@ -62,6 +70,8 @@ __all__ = [
   "imported_names",
   "list_images",
   "split_files",
+  "tfds_catalog_names",
+  "valid_name",
 ]
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -71,16 +81,115 @@ VERSION = "1.0.0"
 _MARKER = "vdm_jax_image_folder"  # key in metadata.json of datasets written here
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _MAX_LISTED = 20  # bad files named in one error
+# tensorflow_datasets subpackages that hold no dataset builders.
+_TFDS_NOT_BUILDERS = frozenset({"core", "dataset_collections", "proto", "scripts", "testing"})
 
 
 class ImageFolderError(ValueError):
-  """A folder of images that cannot become a dataset; the message names the files."""
+  """A folder of images that cannot become a dataset; the message lists every problem."""
 
 
-def _problems(title: str, lines: list[str]) -> ImageFolderError:
+def _listed(lines: list[str], indent: str) -> str:
   shown = lines[:_MAX_LISTED]
-  more = f"\n  ... and {len(lines) - len(shown)} more" if len(lines) > len(shown) else ""
-  return ImageFolderError(title + "\n  " + "\n  ".join(shown) + more)
+  if len(lines) > len(shown):
+    shown.append(f"... and {len(lines) - len(shown)} more")
+  return "".join(f"\n{indent}{line}" for line in shown)
+
+
+def valid_name(name) -> bool:
+  """Whether `name` can name an imported dataset: [a-z][a-z0-9_]* (a tfds dataset name)."""
+  return isinstance(name, str) and bool(_NAME.match(name))
+
+
+@functools.cache
+def tfds_catalog_names() -> frozenset[str]:
+  """The dataset names of the tensorflow-datasets catalog installed here, without TensorFlow.
+
+  tfds keeps dataset `n` in `<data_dir>/n/`, so an import named `n` would shadow it. The
+  names are `tfds.list_builders()` (community datasets aside: listing them needs the
+  network), after importing each builder subpackage of tfds on its own (tfds stops at the
+  first that lacks an optional dependency, e.g. h5py), and the folders that hold a builder
+  module named after them (`<n>/<n>.py` or `<n>/<n>_dataset_builder.py`), whose imports may
+  fail. About 0.2 s.
+  """
+  root = os.path.dirname(tfds.__file__)
+  names = set()
+  for module in pkgutil.iter_modules([root]):
+    if not module.ispkg or module.name in _TFDS_NOT_BUILDERS:
+      continue
+    try:
+      importlib.import_module(f"tensorflow_datasets.{module.name}")
+    except Exception:  # a builder this installation cannot import still has its folder name
+      pass
+    for folder_, dirs, files in os.walk(os.path.join(root, module.name)):
+      dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]
+      base = os.path.basename(folder_)
+      if f"{base}.py" in files or f"{base}_dataset_builder.py" in files:
+        names.add(base)
+  names.update(tfds.list_builders(with_community_datasets=False))
+  return frozenset(names)
+
+
+def _name_problem(name) -> str | None:
+  """Why `name` cannot name an imported dataset, with another name to use; or None."""
+  if not valid_name(name):
+    suggestion = (
+      re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_") if isinstance(name, str) else ""
+    )
+    suggestion = suggestion if valid_name(suggestion) else "my_images"
+    return (
+      f"The dataset name {name!r} must be lower case letters, digits and underscores, "
+      f"starting with a letter (it becomes a directory name and data.name), e.g. "
+      f"--name={suggestion}."
+    )
+  if name in DATASETS:
+    clash = f"vdm_jax's registered dataset {name!r} (data.name={name} selects it)"
+  elif name in tfds_catalog_names():
+    clash = (
+      f"the tensorflow-datasets catalog's dataset {name!r} (tfds keeps it in "
+      f"<data_dir>/{name}/, so the import would shadow it for tfds users)"
+    )
+  else:
+    return None
+  taken = set(DATASETS) | tfds_catalog_names()
+  suggestion = next(
+    n
+    for n in (f"my_{name}", f"{name}_images", *(f"my_{name}_{i}" for i in range(2, 100)))
+    if n not in taken
+  )
+  return f"The dataset name {name!r} is taken by {clash}; choose another, e.g. --name={suggestion}."
+
+
+def _scan(images_dir: str) -> tuple[list[str], collections.Counter, int]:
+  """(sorted image paths, other files by lower-case extension, hidden files) of the folder."""
+  paths, others, hidden = [], collections.Counter(), 0
+  for root, dirs, files in os.walk(images_dir):
+    hidden += sum(d.startswith(".") for d in dirs)
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for file in files:
+      extension = os.path.splitext(file)[1].lower()
+      if file.startswith("."):
+        hidden += 1
+      elif extension in EXTENSIONS:
+        rel = os.path.relpath(os.path.join(root, file), images_dir)
+        paths.append(rel.replace(os.sep, "/"))
+      else:
+        others[extension] += 1
+  return sorted(paths), others, hidden
+
+
+def _folder_problem(images_dir: str, others: collections.Counter, hidden: int) -> str:
+  """The problem of a folder with no PNG/JPEG file: what it holds instead."""
+  skipped = f", and {hidden} hidden file(s) or folder(s), which are skipped" if hidden else ""
+  if not others:
+    found = f"{images_dir!r} is empty (no files{skipped})"
+  else:
+    kinds = ", ".join(f"{n} {ext or 'without extension'}" for ext, n in others.most_common())
+    found = f"{images_dir!r} holds {sum(others.values())} file(s), none PNG/JPEG ({kinds}{skipped})"
+  return (
+    f"{found}. The images must be PNG or JPEG files ({', '.join(EXTENSIONS)}, any case), "
+    "in the folder or its sub-folders: convert them, or point --images at their folder."
+  )
 
 
 def list_images(images_dir: str) -> tuple[list[str], int]:
@@ -88,27 +197,18 @@ def list_images(images_dir: str) -> tuple[list[str], int]:
 
   Returns:
     (paths, number of other files ignored).
+
+  Raises:
+    ImageFolderError if the folder is missing or holds no PNG/JPEG file (saying what it
+    holds instead).
   """
   images_dir = os.path.expanduser(os.fspath(images_dir))
   if not os.path.isdir(images_dir):
     raise ImageFolderError(f"The image folder {images_dir!r} does not exist or is not a folder.")
-  paths, ignored = [], 0
-  for root, dirs, files in os.walk(images_dir):
-    dirs[:] = [d for d in dirs if not d.startswith(".")]
-    for file in files:
-      if file.startswith("."):
-        continue
-      if os.path.splitext(file)[1].lower() in EXTENSIONS:
-        rel = os.path.relpath(os.path.join(root, file), images_dir)
-        paths.append(rel.replace(os.sep, "/"))
-      else:
-        ignored += 1
+  paths, others, hidden = _scan(images_dir)
   if not paths:
-    raise ImageFolderError(
-      f"No PNG or JPEG files in {images_dir!r} (looked for {', '.join(EXTENSIONS)} in any "
-      f"case, recursively; {ignored} other file(s) found)."
-    )
-  return sorted(paths), ignored
+    raise ImageFolderError(_folder_problem(images_dir, others, hidden))
+  return paths, sum(others.values())
 
 
 def split_files(digests: dict[str, str], test_fraction: float) -> dict[str, list[str]]:
@@ -259,6 +359,7 @@ def find(data_dir: str, name: str):
 
   def source(data_dir_, split):
     del data_dir_  # the entry was found in data_dir
+    check_split(name, SPLITS, split)
     return tfds.builder_from_directory(version_dir).as_data_source(split=split)
 
   return Dataset(
@@ -287,7 +388,8 @@ def import_images(
 
   Args:
     images_dir: the folder (searched recursively).
-    name: the dataset's name, [a-z][a-z0-9_]*, not a registered dataset's name; train
+    name: the dataset's name, [a-z][a-z0-9_]*, neither a registered dataset's nor one of
+      the tensorflow-datasets catalog (`tfds_catalog_names`); train
       with `data.name=<name>` and the same `data.data_dir`.
     data_dir: tfds data directory to write into.
     resolution: side of the square examples, in pixels.
@@ -301,65 +403,85 @@ def import_images(
     a summary: name, path, shape, num_examples and num_files per split, ignored files.
 
   Raises:
-    ImageFolderError (a ValueError) naming the bad files or options; nothing is written.
+    ImageFolderError (a ValueError) listing every problem at once (options, name, data_dir,
+    folder, each bad file); nothing is written.
   """
-  if not isinstance(name, str) or not _NAME.match(name):
-    raise ImageFolderError(
-      f"Dataset name {name!r} must be lower case letters, digits and underscores, starting "
-      "with a letter (it becomes a directory name and data.name)."
-    )
-  if name in DATASETS:
-    raise ImageFolderError(
-      f"Dataset name {name!r} is taken by a registered dataset {tuple(DATASETS)}; choose another."
-    )
-  if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-    raise ImageFolderError(f"resolution must be a positive int, got {resolution!r}.")
+  problems, file_problems = [], []  # every problem, listed in one error
+  name_problem = _name_problem(name)
+  if name_problem is not None:
+    problems.append(name_problem)
+  good_resolution = not isinstance(resolution, bool) and isinstance(resolution, int)
+  good_resolution = good_resolution and resolution >= 1
+  if not good_resolution:
+    problems.append(f"resolution must be a positive int, got {resolution!r}.")
   if mode not in MODES:
-    raise ImageFolderError(f"mode={mode!r} is not one of {MODES}.")
+    problems.append(f"mode={mode!r} is not one of {MODES}.")
   if channels not in (0, 1, 3):
-    raise ImageFolderError(f"channels must be 0 (from the files), 1 or 3, got {channels!r}.")
-  if not 0.0 < test_fraction < 1.0:
-    raise ImageFolderError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
+    problems.append(f"channels must be 0 (from the files), 1 or 3, got {channels!r}.")
+  if not (isinstance(test_fraction, numbers.Real) and 0.0 < test_fraction < 1.0):
+    problems.append(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
   images_dir = os.path.abspath(os.path.expanduser(os.fspath(images_dir)))
   data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-  target = os.path.join(data_dir, name)
-  if os.path.exists(target):
+  target = os.path.join(data_dir, name) if name_problem is None else None
+  if target is not None and os.path.exists(target):
     if _metadata(_version_dir(data_dir, name)) is None:
-      raise ImageFolderError(
+      problems.append(
         f"{target!r} exists and was not written by vdm-import-images; choose another name "
         "or data_dir (it is never deleted)."
       )
-    if not overwrite:
-      raise ImageFolderError(
+    elif not overwrite:
+      problems.append(
         f"Dataset {name!r} already exists in {data_dir!r}; pass overwrite=True "
         "(--overwrite) to replace it."
       )
+  unwritable = _offline.not_writable(target or data_dir)
+  if unwritable is not None:
+    problems.append(
+      f"The data_dir {data_dir!r} cannot take the dataset: {unwritable}; pass "
+      "--data_dir=<writable dir> (and train with the same --config.data.data_dir)."
+    )
 
   # 1. Read every file once, collecting every problem before writing anything.
-  paths, ignored = list_images(images_dir)
-  images, digests, problems = {}, {}, []
+  paths, others, hidden = [], collections.Counter(), 0
+  if not os.path.isdir(images_dir):
+    problems.append(f"The image folder {images_dir!r} does not exist or is not a folder.")
+  else:
+    paths, others, hidden = _scan(images_dir)
+    if not paths:
+      problems.append(_folder_problem(images_dir, others, hidden))
+  images, digests, grey, colour = {}, {}, [], []
   for rel in paths:
     full = os.path.join(images_dir, *rel.split("/"))
     with open(full, "rb") as f:
       digests[rel] = hashlib.sha256(f.read()).hexdigest()
     image, problem = _decode(full, rel)
     if problem is None:
-      images[rel], problem = _examples(image, rel, resolution, mode)
+      (grey if image.mode == "L" else colour).append(rel)
+      if good_resolution and mode in MODES:
+        images[rel], problem = _examples(image, rel, resolution, mode)
     if problem is not None:
-      problems.append(problem)
-  if problems:
-    raise _problems(
-      f"{len(problems)} of the {len(paths)} images in {images_dir!r} cannot be used "
-      "(nothing was written):",
-      problems,
+      file_problems.append(problem)
+  if file_problems:
+    problems.append(
+      f"{len(file_problems)} of the {len(paths)} images cannot be used:"
+      + _listed(file_problems, "      ")
     )
-  grey = [p for p in paths if images[p].grey]
-  colour = [p for p in paths if not images[p].grey]
   if grey and colour and channels == 0:
-    raise ImageFolderError(
-      f"{images_dir!r} mixes {len(grey)} greyscale and {len(colour)} colour images (e.g. "
+    problems.append(
+      f"The folder mixes {len(grey)} greyscale and {len(colour)} colour images (e.g. "
       f"grey {grey[:3]}, colour {colour[:3]}); pass channels=3 (--channels=3) to replicate "
       "grey into RGB or channels=1 (--channels=1) to convert colour to grey."
+    )
+  if paths and len(set(digests.values())) < 2:
+    problems.append(
+      f"A train and a test split need at least 2 different images; the folder has "
+      f"{len(paths)} image file(s) with {len(set(digests.values()))} distinct content(s)."
+    )
+  if problems:
+    raise ImageFolderError(
+      f"Cannot import {images_dir!r} as dataset {name!r}; nothing was written. "
+      f"{len(problems)} problem{'s' if len(problems) > 1 else ''} to fix:"
+      + "".join(f"\n  - {problem}" for problem in problems)
     )
   num_channels = channels or (1 if grey else 3)
   split = split_files(digests, test_fraction)
@@ -405,7 +527,7 @@ def import_images(
     "shape": shape,
     "num_examples": metadata["num_examples"],
     "num_files": {s: len(files) for s, files in split.items()},
-    "ignored_files": ignored,
+    "ignored_files": sum(others.values()),
   }
 
 

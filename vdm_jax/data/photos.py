@@ -275,8 +275,12 @@ def _builder(data_dir: str) -> PhotoPatches:
 
 def prepare(data_dir: str) -> None:
   """Builds the dataset under `data_dir/photo_patches/1.0.0/` unless already built (idempotent)."""
-  builder = _builder(os.path.expanduser(os.fspath(data_dir)))
+  data_dir = os.path.expanduser(os.fspath(data_dir))
+  builder = _builder(data_dir)
   if not builder.is_prepared():
+    _offline.check_writable(
+      data_dir, os.path.dirname(builder.data_path), name="photos", build_time="a few seconds"
+    )
     builder.download_and_prepare(file_format="array_record")
 
 

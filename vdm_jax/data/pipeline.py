@@ -54,7 +54,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from vdm_jax.data import digits, folder, photos, toy2d
-from vdm_jax.data.registry import DATASETS, Dataset, register
+from vdm_jax.data.registry import DATASETS, Dataset, check_split, register
 
 __all__ = [
   "DATASETS",
@@ -78,13 +78,17 @@ class DatasetInfo:
     name: `data.name`: a key of `DATASETS` or a dataset imported into `data.data_dir`.
     shape: per-example shape, e.g. (8, 8, 1) digits, (32, 32, 3) cifar10, (2,) toy2d.
     vocab_size: V, the number of integer levels per dimension (17 digits, 256 otherwise).
-    num_examples: split name -> number of examples, e.g. {"train": 1497, "test": 300}.
+    num_examples: split name -> number of examples, e.g. {"train": 1497, "test": 300};
+      indexing it with another split raises ValueError naming the splits (not KeyError).
   """
 
   name: str
   shape: tuple[int, ...]
   vocab_size: int
   num_examples: dict[str, int]
+
+  def __post_init__(self):
+    object.__setattr__(self, "num_examples", _SplitSizes(self.name, self.num_examples))
 
   @property
   def splits(self) -> tuple[str, ...]:
@@ -94,6 +98,26 @@ class DatasetInfo:
   def num_dims(self) -> int:
     """D, the number of data dimensions (H * W * C), for bits/dim = nats / (D ln 2)."""
     return math.prod(self.shape)
+
+
+class _SplitSizes(dict):
+  """split -> number of examples, whose missing split is the ValueError of `check_split`.
+
+  Callers index `dataset_info(...).num_examples[split]` with a user's split name; this
+  makes a typo there the same one-line error as everywhere else a split is taken.
+  """
+
+  def __init__(self, name: str, sizes):
+    super().__init__(sizes)
+    self.name = name
+
+  def __missing__(self, split):
+    if not self:
+      raise KeyError(
+        f"The split sizes of {self.name} are known from its prepared files only: use "
+        "dataset_info, not static_info."
+      )
+    check_split(self.name, tuple(self), split)
 
 
 # ---------------------------------------------------------------------------
@@ -129,7 +153,7 @@ def _prepare_command(tfds_name: str, data_dir: str) -> str:
 
 def _public_source(name: str, data_dir: str, split: str):
   tfds_name = _PUBLIC[name].tfds_name
-  tfds_split = _PUBLIC[name].tfds_splits[split]
+  tfds_split = _PUBLIC[name].tfds_splits[check_split(name, _PUBLIC[name].tfds_splits, split)]
   try:
     # `download=False`: read what is on disk, never fetch. With no `dataset_info.json`
     # under data_dir, tfds assumes TFRecord and raises NotImplementedError.
@@ -137,10 +161,29 @@ def _public_source(name: str, data_dir: str, split: str):
   except (NotImplementedError, FileNotFoundError, ValueError) as e:
     raise FileNotFoundError(
       f"The {name} dataset (tfds {tfds_name!r}) is not prepared as array_record under "
-      f"data_dir {data_dir!r} ({type(e).__name__}: {str(e).splitlines()[0]}). Prepare it "
-      "once, on a machine with network access (it needs TensorFlow to decode the "
-      f"originals):\n  {_prepare_command(tfds_name, data_dir)}"
+      f"data_dir {data_dir!r}: {_found(data_dir, tfds_name, e)}. Prepare it once, on a "
+      "machine with network access (building needs TensorFlow to decode the originals), "
+      "or point --config.data.data_dir at a directory where it is prepared:\n  "
+      f"{_prepare_command(tfds_name, data_dir)}"
     ) from e
+
+
+def _found(data_dir: str, tfds_name: str, error: Exception) -> str:
+  """What is under data_dir instead of the prepared dataset (tfds's own error says only
+  that it cannot read TFRecord files when there is nothing at all)."""
+  dataset_dir = os.path.join(data_dir, *tfds_name.split("/"))
+  if not os.path.isdir(data_dir):
+    return "that directory does not exist"
+  if not os.path.isdir(dataset_dir):
+    return f"there is no {dataset_dir}"
+  files = [f for _, _, names in os.walk(dataset_dir) for f in names]
+  if any(".tfrecord" in f for f in files) and not any(".array_record" in f for f in files):
+    return (
+      f"{dataset_dir} holds TFRecord files (tfds build's default format), which cannot be "
+      "read at random: build it again with --file_format=array_record"
+    )
+  detail = str(error).splitlines()[0] if str(error) else "no detail"
+  return f"{dataset_dir} holds no readable array_record files ({type(error).__name__}: {detail})"
 
 
 # ---------------------------------------------------------------------------
@@ -223,24 +266,45 @@ def lookup(data_config) -> Dataset:
   """The dataset `data_config.name` selects: registered, or imported into `data_dir`.
 
   Raises:
-    ValueError naming the unknown name, the registered datasets and those imported into
-    `data_config.data_dir` (by `vdm-import-images`).
+    ValueError naming the unknown name, the registered datasets, the data_dir searched
+    (expanded) and the datasets imported there (by `vdm-import-images`), and how to import
+    one or where `data.data_dir` should point.
   """
   name = getattr(data_config, "name", None)
   if name in DATASETS:
     return DATASETS[name]
   data_dir = getattr(data_config, "data_dir", None)
-  data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else None
+  data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir))) if data_dir else None
   if isinstance(name, str) and data_dir:
     dataset = folder.find(data_dir, name)
     if dataset is not None:
       return dataset
-  imported = folder.imported_names(data_dir) if data_dir else ()
-  raise ValueError(
-    f"Unknown dataset data.name={name!r}; the datasets are {tuple(DATASETS)}"
-    + (f" and, imported into data_dir {data_dir!r}, {tuple(imported)}" if imported else "")
-    + ". A folder of your own images becomes a dataset with `vdm-import-images "
-    "--images=DIR --name=NAME --data_dir=DATA_DIR` (then data.name=NAME)."
+  raise ValueError(_unknown_dataset(name, data_dir))
+
+
+def _unknown_dataset(name, data_dir: str | None) -> str:
+  """The message of `lookup`: what was searched, what is there, and the ways out."""
+  if data_dir is None:
+    searched = "no data_dir is set (data.data_dir), so no imported dataset was searched for"
+  elif not os.path.isdir(data_dir):
+    searched = f"the data_dir {data_dir!r} searched for imported datasets does not exist"
+  else:
+    imported = folder.imported_names(data_dir)
+    searched = f"the data_dir {data_dir!r} holds " + (
+      f"the imported datasets {tuple(imported)}" if imported else "no imported dataset"
+    )
+    if isinstance(name, str) and os.path.exists(os.path.join(data_dir, name)):
+      searched += (
+        f" ({os.path.join(data_dir, name)!r} exists but is no complete dataset written by "
+        "vdm-import-images)"
+      )
+  example = name if isinstance(name, str) and folder.valid_name(name) else "NAME"
+  return (
+    f"Unknown dataset data.name={name!r}: the registered datasets are {tuple(DATASETS)}, "
+    f"and {searched}. If {name!r} was imported into another directory, point "
+    "--config.data.data_dir at that directory; otherwise import a folder of your images "
+    f"with `vdm-import-images --images=DIR --name={example} --data_dir="
+    f"{data_dir or 'DATA_DIR'}` (then --config.data.name={example})."
   )
 
 
@@ -254,16 +318,10 @@ def splits(name: str, data_dir: str | None = None) -> tuple[str, ...]:
   return lookup(types.SimpleNamespace(name=name, data_dir=data_dir)).splits
 
 
-def _check_split(name: str, split: str) -> None:
-  splits = DATASETS[name].splits if name in DATASETS else ("train", "test")  # imported
-  if split not in splits:
-    raise ValueError(f"Unknown split {split!r} of dataset {name!r}; the splits are {splits}.")
-
-
 def _source(data_config, split: str):
   """A random-access source (`len`, `[i]`) of raw examples of one split."""
   dataset = lookup(data_config)
-  _check_split(dataset.name, split)
+  dataset.check_split(split)
   return dataset.source(_data_dir(data_config) if dataset.uses_data_dir else None, split)
 
 
@@ -470,8 +528,8 @@ def eval_batches(data_config, split: str, *, global_batch_size: int) -> Iterator
     split, 0 for padding), so that per-example randomness can be keyed by the example,
     not by its batch.
   """
+  lookup(data_config).check_split(split)
   info = static_info(data_config)
-  _check_split(info.name, split)
   num_workers = _num_workers(data_config)
   rows, index, count = _rows_per_process(global_batch_size)
   ds, to_record = _records(data_config, split, info)

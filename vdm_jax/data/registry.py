@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 from vdm_jax._registry import Registry
 
-__all__ = ["DATASETS", "Dataset", "register"]
+__all__ = ["DATASETS", "Dataset", "check_split", "register"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,30 @@ class Dataset:
   vocab_size: int = 256
   num_examples: Mapping[str, int] | None = None
   uses_data_dir: bool = True
+
+  def check_split(self, split) -> str:
+    """Returns `split` if it is one of `splits`, else raises ValueError naming both."""
+    return check_split(self.name, self.splits, split)
+
+
+def check_split(name: str, splits, split) -> str:
+  """Returns `split` if it is one of `splits`, else raises ValueError naming both.
+
+  The one check of a split name, done before the name reaches a dict or a tfds lookup
+  (whose KeyError would name only the split).
+
+  Args:
+    name: the dataset's name, for the message.
+    splits: its split names.
+    split: the requested split.
+  """
+  splits = tuple(splits)
+  if not isinstance(split, str) or split not in splits:
+    raise ValueError(
+      f"Unknown split {split!r} of dataset {name!r}; its splits are {splits}. Choose one of "
+      "them (for evaluation: --split or config.eval.split)."
+    )
+  return split
 
 
 DATASETS: Registry[Dataset] = Registry("dataset data.name")
