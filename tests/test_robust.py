@@ -256,3 +256,38 @@ def test_checksums_follow_the_kept_checkpoints(data_dir, tmp_path):
   kept = {p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()}
   recorded = {p.name.removesuffix(".json") for p in (tmp_path / "checksums").iterdir()}
   assert kept == {"12", "15"} and kept <= recorded and not recorded & {"3", "6"}, recorded
+
+
+def test_strict_json_maps_non_finite_numbers_to_null():
+  """`workdir.dumps_strict` never writes NaN or Infinity (strict JSON has neither): every
+  non-finite float, numpy and JAX scalars and arrays included, becomes null, at any depth."""
+  value = {
+    "nan": float("nan"),
+    "inf": float("inf"),
+    "-inf": float("-inf"),
+    "f32": np.float32("nan"),
+    "f64": np.float64(1.5),
+    "int": np.int64(3),
+    "bool": np.bool_(True),
+    "jax": jnp.array([1.0, jnp.inf]),
+    "nested": [{"a": (float("nan"), 2)}, [np.array([[-np.inf]])]],
+    "plain": [None, "NaN", 0, False, 2.5],
+  }
+  expected = {
+    "nan": None,
+    "inf": None,
+    "-inf": None,
+    "f32": None,
+    "f64": 1.5,
+    "int": 3,
+    "bool": True,
+    "jax": [1.0, None],
+    "nested": [{"a": [None, 2]}, [[[None]]]],
+    "plain": [None, "NaN", 0, False, 2.5],
+  }
+  assert workdir.to_strict_json(value) == expected
+  text = workdir.dumps_strict(value, indent=2)
+  assert json.loads(text, parse_constant=lambda name: pytest.fail(f"wrote {name}")) == expected
+  assert type(workdir.to_strict_json(np.float64(1.5))) is float
+  with pytest.raises(TypeError):
+    workdir.dumps_strict({"x": object()})  # not JSON at all: still an error

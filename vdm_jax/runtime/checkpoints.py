@@ -111,7 +111,7 @@ def save_checkpoint(manager, step: int, state, *, force: bool = False) -> None:
     workdir = os.path.dirname(os.path.abspath(os.fspath(manager.directory)))
     path = _checksum_path(workdir, step)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    workdir_lib.write_json_atomic(path, json.dumps(sums, indent=0))
+    workdir_lib.write_json_atomic(path, workdir_lib.dumps_strict(sums, indent=0))
     kept = manager.all_steps()  # those of steps orbax has deleted (max_to_keep) go too
     for name in os.listdir(os.path.dirname(path)):
       old = name.removesuffix(".json")
