@@ -6,12 +6,14 @@ Gaussian mixture whose Bayes-optimal denoiser and density are closed form.
 """
 
 import json
+import logging
 import math
 import os
 import pathlib
 import subprocess
 import sys
 
+import absl.logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +61,7 @@ def test_cli_bpd_equals_independent_recomputation(trained, tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "bits/dim" in proc.stdout and "reproduce:" in proc.stdout
+  assert "read only" not in proc.stderr  # orbax's notice for a read-only manager
   result = strict_loads(out.read_text())  # one pass: pass_se is not defined, null
   assert result["passes"] == 1 and result["pass_se"] is None
   assert result["num_examples"] == 300 and result["checkpoint_step"] == 20
@@ -100,6 +103,18 @@ def test_run_files_are_strict_json(trained):
   for path in pathlib.Path(workdir, "checksums").iterdir():
     strict_loads(path.read_text())
   assert training.train_and_evaluate(config, workdir) == final
+
+
+def test_loading_ema_params_logs_no_read_only_warning(trained, caplog):
+  """Inference opens the checkpoints read-only without orbax's "Given directory is read
+  only" warning (filtered around that call only: other warnings still get through)."""
+  config, workdir = trained
+  caplog.set_level(logging.INFO)
+  checkpoints.load_ema_params(config, workdir)
+  assert caplog.records, "absl logging is not captured: the test would prove nothing"
+  assert not [r for r in caplog.records if "read only" in r.getMessage()]
+  absl.logging.warning("Given directory is read only=%s", "elsewhere")  # not filtered later
+  assert "read only=elsewhere" in caplog.records[-1].getMessage()
 
 
 def test_table_shows_numbers_that_are_not_defined():
