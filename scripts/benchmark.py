@@ -16,8 +16,6 @@ unrolled, as a layer loop and as a rematerialised loop; `--memory_only` compiles
 abstract arrays and allocates nothing (for configs larger than this machine).
 """
 
-import json
-
 from absl import flags
 
 from vdm_jax import _cli
@@ -44,6 +42,7 @@ _LAYER_LOOP = flags.DEFINE_bool(
 
 def main(argv):
   _cli.start(argv, config=_CONFIG.value)
+  from vdm_jax.runtime import workdir
   from vdm_jax.training import benchmark
 
   config = _CONFIG.value
@@ -56,7 +55,7 @@ def main(argv):
     result = benchmark.benchmark(config, _STEPS.value, _WARMUP.value)
   if _LAYER_LOOP.value:
     result["layer_loop"] = benchmark.layer_loop_compile_times(config)
-  print(json.dumps(result, indent=2))
+  print(workdir.dumps_strict(result, indent=2))
 
 
 def run():

@@ -10,7 +10,6 @@ shrink as T doubles, and in continuous time vanish up to Monte Carlo error and t
 schedule's end-point terms.
 """
 
-import json
 import os
 
 from absl import flags
@@ -40,6 +39,7 @@ def main(argv):
   from vdm_jax import schedules, testing
   from vdm_jax.data import toy2d
   from vdm_jax.evaluation import certify
+  from vdm_jax.runtime import workdir
 
   cls = {"linear": schedules.LinearSchedule, "cosine": schedules.CosineSchedule}[_SCHEDULE.value]
   schedule = cls(_GAMMA_MIN.value, _GAMMA_MAX.value)
@@ -56,7 +56,7 @@ def main(argv):
     print(f"{name:>6} {r['elbo']:12.4f} {r['gap']:12.4f} {r['gap_se']:8.4f}")
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
   with open(os.path.join(_OUTPUT_DIR.value, "certify.json"), "w") as f:
-    json.dump({"schedule": repr(schedule), "rows": rows}, f, indent=2)
+    f.write(workdir.dumps_strict({"schedule": repr(schedule), "rows": rows}, indent=2))
   discrete = [r for r in rows if r["T"] > 0]
   fig, ax = plt.subplots(figsize=(5, 3.5))
   ax.errorbar(

@@ -33,15 +33,22 @@ def _split(data, config, split):
   return np.concatenate([b["image"][b["mask"] > 0] for b in batches])
 
 
+def _fmt(value) -> str:
+  """Three decimals; "n/a" for None (null in the JSON: a number that is not defined)."""
+  return "n/a" if value is None else f"{value:.3f}"
+
+
 def _model_row(path, name, num_examples):
-  with open(path) as f:
-    result = json.load(f)
+  from vdm_jax.runtime import workdir
+
+  with open(path) as f:  # one written before strict JSON may hold NaN: None, as now
+    result = workdir.to_strict_json(json.load(f))
   if result.get("data") != name or result.get("num_examples") != num_examples:
     raise ValueError(
       f"{path} evaluates {result.get('data')!r} with {result.get('num_examples')} examples, "
       f"not {name!r} with {num_examples}."
     )
-  passes = ", ".join(f"{b:.3f}" for b in result.get("pass_bpd", []))
+  passes = ", ".join(_fmt(b) for b in result.get("pass_bpd", []))
   return {
     "method": f"VDM ({result.get('model', 'vdm')}, step {result['checkpoint_step']})",
     "bpd": result["bpd"],
@@ -56,6 +63,7 @@ def main(argv):
 
   from vdm_jax import data
   from vdm_jax.evaluation import codecs
+  from vdm_jax.runtime import workdir
 
   config = ml_collections.ConfigDict(
     {"name": _NAME.value, "data_dir": _DATA_DIR.value, "num_workers": 0}
@@ -76,10 +84,10 @@ def main(argv):
   print("|---|---|---|---|")
   for r in rows:
     se = "" if r["se"] is None else f"{r['se']:.3f}"
-    print(f"| {r['method']} | {r['bpd']:.3f} | {se} | {r['note']} |")
+    print(f"| {r['method']} | {_fmt(r['bpd'])} | {se} | {r['note']} |")
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:
-      json.dump(rows, f, indent=2)
+      f.write(workdir.dumps_strict(rows, indent=2))
 
 
 def run():

@@ -6,12 +6,14 @@ Gaussian mixture whose Bayes-optimal denoiser and density are closed form.
 """
 
 import json
+import logging
 import math
 import os
 import pathlib
 import subprocess
 import sys
 
+import absl.logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,10 +23,19 @@ from scipy import stats
 
 from vdm_jax import data, evaluation, sampling, schedules, testing, training
 from vdm_jax.data import toy2d
-from vdm_jax.evaluation import bpd, ode
+from vdm_jax.evaluation import bpd, ode, report
 from vdm_jax.runtime import checkpoints
 
 REPO = pathlib.Path(__file__).parents[1]
+
+
+def strict_loads(text: str):
+  """`json.loads` that refuses NaN, Infinity and -Infinity, as strict JSON parsers do."""
+
+  def refuse(name):
+    raise ValueError(f"not strict JSON: {name}")
+
+  return json.loads(text, parse_constant=refuse)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +61,9 @@ def test_cli_bpd_equals_independent_recomputation(trained, tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "bits/dim" in proc.stdout and "reproduce:" in proc.stdout
-  result = json.loads(out.read_text())
+  assert "read only" not in proc.stderr  # orbax's notice for a read-only manager
+  result = strict_loads(out.read_text())  # one pass: pass_se is not defined, null
+  assert result["passes"] == 1 and result["pass_se"] is None
   assert result["num_examples"] == 300 and result["checkpoint_step"] == 20
   assert os.path.exists(str(out).replace(".json", "_by_t.csv"))
   assert os.path.exists(str(out).replace(".json", "_by_t.png"))
@@ -75,6 +88,54 @@ def test_cli_bpd_equals_independent_recomputation(trained, tmp_path):
   np.testing.assert_allclose(result["bpd_se"], per_example.std(ddof=1) / math.sqrt(300), rtol=1e-4)
   parts = result["recon_bpd"] + result["prior_bpd"] + result["diffusion_bpd"]
   np.testing.assert_allclose(parts, result["bpd"], rtol=1e-6)
+
+
+def test_run_files_are_strict_json(trained):
+  """final_metrics.json (one-pass eval: pass_se null), metrics.jsonl, config.json and the
+  checksums parse with a strict parser; a rerun returns the recorded result as it is."""
+  config, workdir = trained
+  final = strict_loads(pathlib.Path(workdir, "final_metrics.json").read_text())
+  assert final["step"] == 20 and final["eval"]["passes"] == 1
+  assert final["eval"]["pass_se"] is None and math.isfinite(final["eval"]["bpd"])
+  rows = [strict_loads(line) for line in pathlib.Path(workdir, "metrics.jsonl").open()]
+  assert {r["kind"] for r in rows} == {"train", "eval"}
+  strict_loads(pathlib.Path(workdir, "config.json").read_text())
+  for path in pathlib.Path(workdir, "checksums").iterdir():
+    strict_loads(path.read_text())
+  assert training.train_and_evaluate(config, workdir) == final
+
+
+def test_loading_ema_params_logs_no_read_only_warning(trained, caplog):
+  """Inference opens the checkpoints read-only without orbax's "Given directory is read
+  only" warning (filtered around that call only: other warnings still get through)."""
+  config, workdir = trained
+  caplog.set_level(logging.INFO)
+  checkpoints.load_ema_params(config, workdir)
+  assert caplog.records, "absl logging is not captured: the test would prove nothing"
+  assert not [r for r in caplog.records if "read only" in r.getMessage()]
+  absl.logging.warning("Given directory is read only=%s", "elsewhere")  # not filtered later
+  assert "read only=elsewhere" in caplog.records[-1].getMessage()
+
+
+def test_table_shows_numbers_that_are_not_defined():
+  result = {
+    "data": "digits",
+    "num_examples": 1,
+    "model": "vdm",
+    "checkpoint_step": 3,
+    "method": "elbo",
+    "bpd": 2.0,
+    "bpd_se": None,
+    "gamma_0": -13.3,
+    "gamma_1": 5.0,
+    "passes": 2,
+    "pass_bpd": [2.0, None],
+    "pass_se": None,
+    "terms": ["recon"],
+    "recon_bpd": 2.0,
+  }
+  table = report.format_table(result, split="test", num_steps=0, exact=False, files={})
+  assert "2.0000 +- n/a" in table and "2.0000, n/a" in table and "+- n/a (pass spread" in table
 
 
 def test_evaluation_does_not_depend_on_batch_size(trained):

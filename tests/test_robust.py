@@ -11,11 +11,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from helpers import restore_state, run_script, tiny_config
 from jax.experimental import checkify
 
+from vdm_jax import config as config_lib
 from vdm_jax import elbo, training
 from vdm_jax.evaluation import bpd
 from vdm_jax.runtime import checkpoints, workdir
@@ -184,12 +186,13 @@ def test_resume_with_a_different_meaning_is_refused(data_dir, tmp_path):
 @pytest.mark.parametrize(
   "field, value, message",
   [
-    ("model.norm_groups", 0, "config.model.norm_groups must be positive"),
-    ("model.norm_groups", -8, "config.model.norm_groups must be an integer >= 0"),
+    ("model.norm_groups", 0, "config.model.norm_groups must be an integer >= 1, got 0"),
+    ("model.norm_groups", -8, "config.model.norm_groups must be an integer >= 1, got -8"),
     ("optim.b1", 1.5, r"config.optim.b1 must be in \[0, 1\)"),
     ("optim.warmup_steps", -5, "config.optim.warmup_steps must be an integer >= 0"),
     ("eval.split", "valid", r"config.eval.split='valid' is not one of \['train', 'test'\]"),
-    ("train.sample_steps", 0, "config.train.sample_steps must be positive"),
+    ("train.sample_steps", 0, "config.train.sample_steps must be an integer >= 1"),
+    ("optim.learning_rate", float("nan"), "config.optim.learning_rate must be a finite number"),
     ("seed", -1, r"config.seed must be in \[0, 2\*\*32 - 2\)"),
   ],
 )
@@ -200,6 +203,86 @@ def test_bad_values_fail_before_the_workdir_is_touched(data_dir, tmp_path, field
   with pytest.raises(ValueError, match=message):
     training.train_and_evaluate(c, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+_NAN, _INF = float("nan"), float("inf")
+# (field, bad value, the expected message): every numeric field refuses NaN and infinity.
+_NON_FINITE = [
+  *[
+    (f"optim.{name}", value, rf"config.optim.{name} must be a finite number > 0, got {value}\.")
+    for name in ("learning_rate", "eps")
+    for value in (_NAN, _INF)
+  ],
+  *[
+    (f"optim.{name}", value, rf"config.optim.{name} must be a finite number >= 0, got {value}\.")
+    for name in ("weight_decay", "grad_clip")
+    for value in (_NAN, _INF)
+  ],
+  *[
+    (field, value, rf"config.{field} must be in \[0, 1\), got {value}\.")
+    for field in ("optim.b1", "optim.b2", "optim.ema_decay", "model.dropout", "loss.time_decay")
+    for value in (_NAN, _INF, -_INF)
+  ],
+  *[
+    (f"schedule.{name}", value, rf"config.schedule.{name} must be a finite number, got {value}\.")
+    for name in ("gamma_min", "gamma_max")
+    for value in (_NAN, _INF, -_INF)
+  ],
+  ("optim.learning_rate", -_INF, r"must be a finite number > 0, got -inf\."),
+  ("optim.learning_rate", 0.0, r"must be a finite number > 0, got 0\.0\."),
+  ("optim.grad_clip", -1.0, r"config.optim.grad_clip must be a finite number >= 0, got -1\.0\."),
+]
+# Counts: integers >= 1 (>= 0 where zero means "none"); no bools, no floats.
+_COUNTS = [
+  *[
+    (field, value, rf"config.{field} must be an integer >= 1, got {value!r}\.")
+    for field in (
+      "model.n_layer",
+      "model.n_embd",
+      "model.mlp_hidden",
+      "model.mlp_layers",
+      "model.vae_latent_dim",
+      "model.vae_hidden",
+      "model.vae_layers",
+      "loss.vae_num_samples",
+      "loss.time_bins",
+      "train.batch_size",
+      "train.num_steps",
+      "train.eval_every",
+      "train.fsdp_min_size",
+      "eval.batch_size",
+    )
+    for value in (0, -3)
+  ],
+  ("loss.num_steps", -1, r"config.loss.num_steps must be an integer >= 0, got -1\."),
+  ("optim.warmup_steps", True, r"config.optim.warmup_steps must be an integer >= 0, got True\."),
+  ("train.num_samples", -1, r"config.train.num_samples must be an integer >= 0, got -1\."),
+]
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  _NON_FINITE + _COUNTS,
+  ids=[f"{f}={v!r}" for f, v, _ in _NON_FINITE + _COUNTS],
+)
+def test_numeric_fields_refuse_non_finite_values_and_bad_counts(data_dir, field, value, message):
+  """Validation alone (no training): NaN compares False with everything, so a bare range
+  test let it through (a NaN learning rate trained nothing, a NaN grad_clip turned clipping
+  off); infinity passed "> 0". The message names the field and the value."""
+  c = tiny_config(data_dir)
+  section, _, name = field.rpartition(".")
+  c[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(c)
+
+
+def test_non_integer_counts_are_refused(data_dir):
+  """A config file may build its own ConfigDict, where a count can be a float."""
+  c = tiny_config(data_dir)
+  c.model = ml_collections.ConfigDict(dict(c.model.to_dict(), n_layer=2.5))
+  with pytest.raises(ValueError, match=r"config.model.n_layer must be an integer >= 1, got 2\.5\."):
+    config_lib.validate(c)
+  config_lib.validate(tiny_config(data_dir))  # the defaults pass
 
 
 def test_stale_lock_is_taken_over(data_dir, tmp_path):
@@ -256,3 +339,38 @@ def test_checksums_follow_the_kept_checkpoints(data_dir, tmp_path):
   kept = {p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()}
   recorded = {p.name.removesuffix(".json") for p in (tmp_path / "checksums").iterdir()}
   assert kept == {"12", "15"} and kept <= recorded and not recorded & {"3", "6"}, recorded
+
+
+def test_strict_json_maps_non_finite_numbers_to_null():
+  """`workdir.dumps_strict` never writes NaN or Infinity (strict JSON has neither): every
+  non-finite float, numpy and JAX scalars and arrays included, becomes null, at any depth."""
+  value = {
+    "nan": float("nan"),
+    "inf": float("inf"),
+    "-inf": float("-inf"),
+    "f32": np.float32("nan"),
+    "f64": np.float64(1.5),
+    "int": np.int64(3),
+    "bool": np.bool_(True),
+    "jax": jnp.array([1.0, jnp.inf]),
+    "nested": [{"a": (float("nan"), 2)}, [np.array([[-np.inf]])]],
+    "plain": [None, "NaN", 0, False, 2.5],
+  }
+  expected = {
+    "nan": None,
+    "inf": None,
+    "-inf": None,
+    "f32": None,
+    "f64": 1.5,
+    "int": 3,
+    "bool": True,
+    "jax": [1.0, None],
+    "nested": [{"a": [None, 2]}, [[[None]]]],
+    "plain": [None, "NaN", 0, False, 2.5],
+  }
+  assert workdir.to_strict_json(value) == expected
+  text = workdir.dumps_strict(value, indent=2)
+  assert json.loads(text, parse_constant=lambda name: pytest.fail(f"wrote {name}")) == expected
+  assert type(workdir.to_strict_json(np.float64(1.5))) is float
+  with pytest.raises(TypeError):
+    workdir.dumps_strict({"x": object()})  # not JSON at all: still an error

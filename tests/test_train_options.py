@@ -153,8 +153,8 @@ def test_accumulation_on_four_devices_matches_one_and_moves_no_rows(data_dir, tm
 
 def test_bad_grad_accum_steps_and_profile_steps_are_refused(data_dir):
   for value, message in [
-    (0, "grad_accum_steps must be positive"),
-    (-2, "grad_accum_steps must be an integer >= 0"),
+    (0, "grad_accum_steps must be an integer >= 1, got 0"),
+    (-2, "grad_accum_steps must be an integer >= 1, got -2"),
     (3, r"grad_accum_steps \(3\) must divide config.train.batch_size \(32\)"),
   ]:
     with pytest.raises(ValueError, match=message):

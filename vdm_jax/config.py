@@ -7,6 +7,8 @@ message that names the field, the value and the valid choices.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 __all__ = [
@@ -207,18 +209,37 @@ def _choice(path: str, value, choices):
     raise ValueError(f"config.{path}={value!r} is not one of {list(choices)}.")
 
 
+def _is_number(value) -> bool:
+  """An int or a finite float (bools are not numbers here, although True is an int).
+
+  NaN compares False with everything, so a range test alone (`value < 0`) lets it through,
+  and infinity passes `> 0`: both are refused here, before any comparison.
+  """
+  if isinstance(value, bool) or not isinstance(value, int | float):
+    return False
+  return not isinstance(value, float) or math.isfinite(value)
+
+
+def _finite(path: str, value):
+  """Any finite number (e.g. a schedule's end points)."""
+  if not _is_number(value):
+    raise ValueError(f"config.{path} must be a finite number, got {value!r}.")
+
+
 def _positive(path: str, value, *, allow_zero: bool = False, integer: bool = False):
-  kind = int if integer else int | float
-  what = "an integer" if integer else "a number"
-  if isinstance(value, bool) or not isinstance(value, kind) or value < 0:
-    raise ValueError(f"config.{path} must be {what} >= 0, got {value!r}.")
-  if value == 0 and not allow_zero:
-    raise ValueError(f"config.{path} must be positive, got {value!r}.")
+  """A finite number > 0 (>= 0 with `allow_zero`); with `integer`, an int >= 1 (>= 0)."""
+  if integer:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ValueError(f"config.{path} must be an integer >= {low}, got {value!r}.")
+  elif not _is_number(value) or value < 0 or (value == 0 and not allow_zero):
+    bound = ">= 0" if allow_zero else "> 0"
+    raise ValueError(f"config.{path} must be a finite number {bound}, got {value!r}.")
 
 
 def _in_unit_interval(path: str, value):
-  """0 <= value < 1 (decay rates, Adam's betas)."""
-  if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+  """0 <= value < 1 (dropout, decay rates, Adam's betas); NaN is refused too."""
+  if not _is_number(value) or not 0.0 <= value < 1.0:
     raise ValueError(f"config.{path} must be in [0, 1), got {value!r}.")
 
 
@@ -247,6 +268,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   Everything a run would otherwise discover late (after hours of training) is checked
   here, before any file is written: choices, ranges, divisibility, the evaluation split.
+  Every numeric field must be finite (NaN or infinity would train nothing, or, for
+  `optim.grad_clip`, silently turn clipping off), and counts must be integers.
   """
   # Local: config files import this module, and need neither tfds nor Flax to load.
   from vdm_jax import data, models, predictions
@@ -277,9 +300,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice("schedule.objective", config.schedule.objective, ("elbo", "variance"))
   _choice("loss.time_sampling", config.loss.time_sampling, ("uniform", "importance"))
   _choice("train.sharding", config.train.sharding, ("replicated", "fsdp"))
-  _positive("loss.time_bins", config.loss.time_bins)
-  if not 0.0 <= config.loss.time_decay < 1.0:
-    raise ValueError(f"config.loss.time_decay must be in [0, 1), got {config.loss.time_decay}.")
+  _positive("loss.time_bins", config.loss.time_bins, integer=True)
+  _in_unit_interval("loss.time_decay", config.loss.time_decay)
+  _finite("schedule.gamma_min", config.schedule.gamma_min)
+  _finite("schedule.gamma_max", config.schedule.gamma_max)
   if not config.schedule.gamma_min < config.schedule.gamma_max:
     raise ValueError(
       f"config.schedule.gamma_min ({config.schedule.gamma_min}) must be below "
@@ -295,7 +319,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "model.vae_layers",
     "loss.vae_num_samples",
   ]:
-    _positive(path, config[path.split(".")[0]][path.split(".")[1]])
+    _positive(path, config[path.split(".")[0]][path.split(".")[1]], integer=True)
   if config.schedule.objective == "variance" and (
     config.schedule.kind != "monotone" or config.loss.num_steps
   ):
@@ -317,16 +341,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"config.model.n_embd ({config.model.n_embd}) must be divisible by "
       f"config.model.norm_groups ({config.model.norm_groups})."
     )
-  if not 0.0 <= config.model.dropout < 1.0:
-    raise ValueError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}.")
-  _positive("loss.num_steps", config.loss.num_steps, allow_zero=True)
-  if not isinstance(config.loss.num_steps, int):
-    raise ValueError(f"config.loss.num_steps must be an int, got {config.loss.num_steps!r}.")
+  _in_unit_interval("model.dropout", config.model.dropout)
+  _positive("loss.num_steps", config.loss.num_steps, allow_zero=True, integer=True)
   _positive("optim.learning_rate", config.optim.learning_rate)
   _positive("optim.warmup_steps", config.optim.warmup_steps, allow_zero=True, integer=True)
   _positive("optim.eps", config.optim.eps)
   _positive("optim.weight_decay", config.optim.weight_decay, allow_zero=True)
-  _positive("optim.grad_clip", config.optim.grad_clip, allow_zero=True)
+  _positive("optim.grad_clip", config.optim.grad_clip, allow_zero=True)  # NaN: no silent "off"
   for path in ["optim.b1", "optim.b2", "optim.ema_decay"]:
     _in_unit_interval(path, config[path.split(".")[0]][path.split(".")[1]])
   for path in [

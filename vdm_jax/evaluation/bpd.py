@@ -260,7 +260,8 @@ def jit_exact_time_sum(vdm, mesh, num_steps: int, chunk: int = 0):
 def summarize(terms: dict, num_dims: int) -> dict:
   """Mean bits/dim with its standard error over examples, and each term's mean in bits/dim.
 
-  `terms` holds "total" and the model's terms, numpy `[N]` nats each.
+  `terms` holds "total" and the model's terms, numpy `[N]` nats each. "bpd_se" is NaN for
+  one example (not defined; null in the JSON files).
   """
   total = elbo.bits_per_dim(terms["total"], num_dims)
   n = total.size
@@ -295,7 +296,8 @@ def evaluate(
     `summarize` of the per-example means over passes ("bpd_se": the standard error over
     examples), plus "terms" (the model's term names), "passes", "pass_bpd" (each pass's
     mean), "pass_se" (the spread of the pass means / sqrt(P): the Monte Carlo error alone,
-    NaN for one pass), "num_steps", "split", and, under
+    NaN for one pass, where it is not defined; the JSON files record it as null), "num_steps",
+    "split", and, under
     "_per_example"/"_per_step" (VDM only), the raw arrays (nats) for decompositions
     (keys starting with "_" are not scalars).
   """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax import data, elbo, times
+from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = ["time_sampling_variance", "time_variance_report"]
 
@@ -123,7 +123,7 @@ def time_variance_report(
   result |= {"schedule": config.schedule.kind, "schedule_objective": config.schedule.objective}
   output = output or os.path.join(workdir, f"time_variance_T{num_steps}.json")
   with open(output, "w") as f:
-    json.dump(result, f, indent=2)
+    f.write(workdir_lib.dumps_strict(result, indent=2))
   base = result["antithetic"]["var_batch_mean"]
   print(
     f"{config.data.name}, step {step}, schedule {config.schedule.kind} "

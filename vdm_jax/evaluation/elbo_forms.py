@@ -32,7 +32,6 @@ the first `--num_examples` examples of a split, with the framework's discrete de
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -43,6 +42,7 @@ import numpy as np
 
 from vdm_jax import data, elbo, gaussian, hvae, schedules, testing
 from vdm_jax.evaluation import runs
+from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = [
   "GAUSSIAN_MODELS",
@@ -436,5 +436,5 @@ def report(
   output = output or os.path.join("runs", f"elbo_forms_{target}.json")
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w") as f:
-    json.dump(result, f, indent=2)
+    f.write(workdir_lib.dumps_strict(result, indent=2))
   print(f"wall time {result['wall_time_s']:.1f} s; wrote {output}")

@@ -2,13 +2,14 @@
 
 `evaluate_checkpoint` loads the EMA params of a checkpoint, evaluates the ELBO (or the
 probability-flow ODE), and on process 0 writes the JSON (and, for a diffusion model's
-ELBO, the decomposition over t as CSV and PNG) and prints the table.
+ELBO, the decomposition over t as CSV and PNG) and prints the table. The JSON is strict
+(`workdir.dumps_strict`): a number that is not defined, such as `pass_se` of one pass or
+`bpd_se` of one example, is `null` (None in the returned dict), never NaN.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 
 import jax
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 
 from vdm_jax import _deps
 from vdm_jax.evaluation import bpd, runs
+from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = ["evaluate_checkpoint", "format_table", "write_decomposition"]
 
@@ -35,7 +37,8 @@ def evaluate_checkpoint(
   output: str | None = None,
   command: str = "",
 ) -> dict:
-  """Bits/dim of a loaded checkpoint (`runs.load_run`); returns the JSON dict.
+  """Bits/dim of a loaded checkpoint (`runs.load_run`); returns the JSON dict (as written:
+  non-finite numbers are None, see `workdir.to_strict_json`).
 
   Raises ValueError for options a model does not support (a VAE has no diffusion time:
   `num_steps`, `exact_time_sum` and `method="ode"` need a diffusion model).
@@ -100,11 +103,12 @@ def evaluate_checkpoint(
     "seed": seed,
     "command": command,
   }
+  result = workdir_lib.to_strict_json(result)
   if jax.process_index() != 0:
     return result
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w") as f:
-    json.dump(result, f, indent=2)
+    f.write(workdir_lib.dumps_strict(result, indent=2))
   files = {"JSON": output}
   if rows is not None:
     base = os.path.splitext(output)[0]
@@ -117,28 +121,37 @@ def evaluate_checkpoint(
   return result
 
 
+def _number(value, digits: int) -> str:
+  """`value` with `digits` decimals; "n/a" for None (a number the JSON records as not defined)."""
+  return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def format_table(result: dict, *, split: str, num_steps: int, exact: bool, files: dict) -> str:
-  """The evaluation's result as aligned text rows."""
+  """The evaluation's result (as written to JSON: None for what is not defined) as aligned
+  text rows."""
   diffusion = "gamma_0" in result
+  bpd, se = _number(result["bpd"], 4), _number(result["bpd_se"], 4)
   table = [
     ("data / split", f"{result['data']} / {split} ({result['num_examples']} examples)"),
     ("model / checkpoint step", f"{result['model']} / {result['checkpoint_step']}"),
     ("method", result["method"]),
-    ("bits/dim", f"{result['bpd']:.4f} +- {result['bpd_se']:.4f} (standard error over examples)"),
+    ("bits/dim", f"{bpd} +- {se} (standard error over examples)"),
   ]
   if diffusion:
-    table.append(("gamma(0), gamma(1)", f"{result['gamma_0']:.3f}, {result['gamma_1']:.3f}"))
+    gammas = f"{_number(result['gamma_0'], 3)}, {_number(result['gamma_1'], 3)}"
+    table.append(("gamma(0), gamma(1)", gammas))
   if result["method"] == "elbo":
-    per_pass = ", ".join(f"{b:.4f}" for b in result["pass_bpd"])
+    per_pass = ", ".join(_number(b, 4) for b in result["pass_bpd"])
     rows_at_3 = [("passes", f"{result['passes']} (per pass: {per_pass})")]
     if result["passes"] > 1:
-      rows_at_3.append(("Monte Carlo error", f"+- {result['pass_se']:.4f} (pass spread / sqrt(P))"))
+      mc = _number(result["pass_se"], 4)
+      rows_at_3.append(("Monte Carlo error", f"+- {mc} (pass spread / sqrt(P))"))
     if diffusion:
       kind = "continuous" if num_steps == 0 else "discrete"
       summed = ", diffusion summed over all steps" if exact else ""
       rows_at_3.insert(0, ("T", f"{num_steps} ({kind}){summed}"))
     table[3:3] = rows_at_3
-    table += [(f"{t} bits/dim", f"{result[f'{t}_bpd']:.4f}") for t in result["terms"]]
+    table += [(f"{t} bits/dim", _number(result[f"{t}_bpd"], 4)) for t in result["terms"]]
   table += list(files.items())
   width = max(len(k) for k, _ in table)
   return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in table)

@@ -113,7 +113,7 @@ def save_checkpoint(manager, step: int, state, *, force: bool = False) -> None:
     path = _checksum_path(workdir, step)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     record = {workdir_lib.FORMAT_KEY: workdir_lib.FORMAT_VERSION} | sums
-    workdir_lib.write_json_atomic(path, json.dumps(record, indent=0))
+    workdir_lib.write_json_atomic(path, workdir_lib.dumps_strict(record, indent=0))
     kept = manager.all_steps()  # those of steps orbax has deleted (max_to_keep) go too
     for name in os.listdir(os.path.dirname(path)):
       old = name.removesuffix(".json")
@@ -256,6 +256,32 @@ def _quarantine(manager, steps) -> None:
   manager.reload()
 
 
+_READ_ONLY_NOTICE = "Given directory is read only"
+
+
+def _not_read_only_notice(record) -> bool:
+  """absl logging filter: False for orbax's notice that a read-only manager is read-only."""
+  return not str(record.msg).startswith(_READ_ONLY_NOTICE)
+
+
+def _open_read_only(ckpt_dir: str) -> ocp.CheckpointManager:
+  """A read-only CheckpointManager of `ckpt_dir` (inference: nothing is written or deleted).
+
+  orbax 0.12 (`CheckpointManager.__init__`) logs "W... Given directory is read only=<dir>"
+  for every read-only manager, whatever the options: it is what was asked for, not a
+  problem, yet every evaluation and sampling printed it. No orbax option turns it off, and
+  a writable manager may write root metadata, so the notice is filtered out of absl's
+  logger while the manager is built, and only it.
+  """
+  options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+  absl_logger = logging.get_absl_logger()
+  absl_logger.addFilter(_not_read_only_notice)
+  try:
+    return ocp.CheckpointManager(ckpt_dir, options=options)
+  finally:
+    absl_logger.removeFilter(_not_read_only_notice)
+
+
 def load_ema_params(config, workdir: str, *, step: int | None = None):
   """Restores a checkpoint's EMA params alone, replicated over the current devices.
 
@@ -274,8 +300,7 @@ def load_ema_params(config, workdir: str, *, step: int | None = None):
   mesh = mesh_lib.make_mesh()
   model = models.make_model(config, data.static_info(config.data))
   shapes = jax.eval_shape(model.init, jax.random.key(0))
-  options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
-  with ocp.CheckpointManager(ckpt_dir, options=options) as manager:
+  with _open_read_only(ckpt_dir) as manager:
     steps = manager.all_steps()
     if not steps:
       raise FileNotFoundError(f"No finished checkpoint in {ckpt_dir!r}.")
@@ -290,8 +315,5 @@ def load_ema_params(config, workdir: str, *, step: int | None = None):
     except CheckpointError as e:
       older = sorted(s for s in steps if s < step)
       hint = f" Choose an older one with --step={older[-1]}." if older else ""
-      raise CheckpointError(
-        f"{e}{hint} (If the config's model differs from the training run's, pass the "
-        f"training config: {os.path.join(workdir, 'config.json')} records it.)"
-      ) from e
+      raise CheckpointError(f"{e}{hint}") from e
   return model, mesh, params, step

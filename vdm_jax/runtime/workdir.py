@@ -14,16 +14,23 @@
   after the config has been validated and the state restored. Both carry the on-disk
   format version (`FORMAT_VERSION`, key `"_format_version"`); `read_config_record` reads
   them back as a config, of this or any earlier format.
+* `to_strict_json`, `dumps_strict`: every JSON file the project writes is strict JSON
+  (RFC 8259), which has no NaN or Infinity: a non-finite number is written as `null`,
+  meaning "not defined" (e.g. the Monte Carlo error of a single evaluation pass), so that
+  any JSON parser reads the files, not only Python's lenient one.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import socket
+from typing import Any
 
 import ml_collections
+import numpy as np
 
 __all__ = [
   "FORMAT_KEY",
@@ -36,8 +43,10 @@ __all__ = [
   "check_resume_config",
   "config_as_dict",
   "drop_replayed_rows",
+  "dumps_strict",
   "read_config_record",
   "record_config",
+  "to_strict_json",
   "write_json_atomic",
 ]
 
@@ -180,6 +189,37 @@ def check_resume_config(config, workdir: str, latest_step: int | None) -> dict:
   return changes
 
 
+def to_strict_json(obj: Any) -> Any:
+  """`obj` with every non-finite float (NaN, +-inf) replaced by None, recursively.
+
+  Walks dicts (keys kept), lists and tuples (both become lists); numpy and JAX scalars and
+  arrays become Python numbers and (nested) lists first, so a float32 NaN is caught too.
+  None stands for "not defined": strict JSON has no NaN or Infinity, and a reader of the
+  files must treat `null` as a number that does not exist (e.g. `pass_se` of one pass).
+  Anything else (str, int, bool, None, ...) is returned unchanged.
+  """
+  if isinstance(obj, dict):
+    return {k: to_strict_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [to_strict_json(v) for v in obj]
+  if isinstance(obj, (bool, int, str)) or obj is None:
+    return obj
+  if isinstance(obj, float):
+    return float(obj) if math.isfinite(obj) else None  # float(): np.float64 too
+  if isinstance(obj, np.generic) or hasattr(obj, "__array__"):  # numpy / JAX values
+    return to_strict_json(np.asarray(obj).tolist())
+  return obj
+
+
+def dumps_strict(obj: Any, **kwargs) -> str:
+  """`json.dumps` of `to_strict_json(obj)` with `allow_nan=False`: strict JSON text.
+
+  `kwargs` go to `json.dumps` (e.g. `indent=2`). Non-finite numbers become `null`; a value
+  that JSON cannot represent at all still raises TypeError, as with `json.dumps`.
+  """
+  return json.dumps(to_strict_json(obj), allow_nan=False, **kwargs)
+
+
 def write_json_atomic(path: str, text: str) -> None:
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
@@ -194,7 +234,7 @@ def record_config(config, workdir: str, step: int) -> str:
 
   The JSON is the config's fields and `"_format_version": FORMAT_VERSION`.
   """
-  text = json.dumps({FORMAT_KEY: FORMAT_VERSION} | config_as_dict(config), indent=2)
+  text = dumps_strict({FORMAT_KEY: FORMAT_VERSION} | config_as_dict(config), indent=2)
   history = os.path.join(workdir, "config_history")
   os.makedirs(history, exist_ok=True)
   path, n = os.path.join(history, f"config.step{step}.json"), 1

@@ -120,8 +120,8 @@ class _StopSignals:
 def _read_final_metrics(workdir: str) -> dict | None:
   path = os.path.join(workdir, "final_metrics.json")
   try:
-    with open(path) as f:
-      return json.load(f)
+    with open(path) as f:  # one written before strict JSON may hold NaN: None, as now
+      return workdir_lib.to_strict_json(json.load(f))
   except (OSError, ValueError):
     return None
 
@@ -152,7 +152,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   did not complete performs it, and one whose evaluation is recorded returns it.
 
   Returns:
-    {"step": final step, "train": last logged train metrics, "eval": final eval result}.
+    {"step": final step, "train": last logged train metrics, "eval": final eval result},
+    as `final_metrics.json` records it (strict JSON: a number that is not defined, such as
+    the eval's `pass_se` of one pass, is None).
   """
   config_lib.validate(config)
   distributed.initialize(None, None, None, auto=config.distributed)  # if not yet
@@ -304,10 +306,12 @@ def _train(config, workdir: str) -> dict:
     writer.close()
   if not last_train and previous and previous.get("step") == step:
     last_train = previous.get("train") or {}
-  result = {"step": step, "train": last_train, "eval": last_eval}
+  # As written (strict JSON: a non-finite number, e.g. pass_se of one pass, is None), so
+  # that this run and a rerun that returns the recorded file return the same dict.
+  result = workdir_lib.to_strict_json({"step": step, "train": last_train, "eval": last_eval})
   if jax.process_index() == 0:
     workdir_lib.write_json_atomic(
-      os.path.join(workdir, "final_metrics.json"), json.dumps(result, indent=2, default=float)
+      os.path.join(workdir, "final_metrics.json"), workdir_lib.dumps_strict(result, indent=2)
     )
   return result
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -55,7 +54,8 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.flush()
     with open(self._jsonl, "a") as f:
-      f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+      # Strict JSON: a non-finite value is logged as null (TensorBoard and stdout show it).
+      f.write(workdir_lib.dumps_strict({"kind": kind, "step": step, **values}) + "\n")
     text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
     logging.info("[%s] step %d: %s", kind, step, text)
     print(f"[{kind}] step {step}: {text}", flush=True)
