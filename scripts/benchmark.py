@@ -21,6 +21,7 @@ from absl import flags
 from vdm_jax import _cli
 
 _CONFIG = _cli.define_config("Config: a packaged name (cifar10), a .py file or a config.json.")
+
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after warm-up).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _MEMORY_ONLY = flags.DEFINE_bool(
@@ -38,6 +39,9 @@ _LAYER_LOOP = flags.DEFINE_bool(
   "Also compile the train step unrolled, as a layer loop, and as a rematerialised loop "
   "(model.scan_layers / model.remat) and print the compile times.",
 )
+
+_cli.check_flag_range("steps", minimum=1)
+_cli.check_flag_range("warmup", minimum=0)
 
 
 def main(argv):

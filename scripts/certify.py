@@ -25,6 +25,11 @@ _MAX_LOG2_STEPS = flags.DEFINE_integer("max_log2_steps", 10, "Largest T is 2^thi
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/certify", "Where to write JSON and PNG.")
 
+for _name in ["num_examples", "num_samples"]:
+  _cli.check_flag_range(_name, minimum=1)
+_cli.check_flag_range("max_log2_steps", minimum=0)
+_cli.check_flag_range("seed", minimum=0)
+
 
 def main(argv):
   _cli.start(argv)

@@ -25,6 +25,8 @@ _EVAL_JSON = flags.DEFINE_multi_string("eval_json", [], "scripts/evaluate.py JSO
 _ALPHA = flags.DEFINE_float("alpha", 1.0, "Add-alpha smoothing of the categoricals.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
 
+_cli.check_flag_range("alpha", minimum=0, exclusive=True)
+
 
 def _split(data, config, split):
   import numpy as np

@@ -33,6 +33,11 @@ _MODELS = flags.DEFINE_list(
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON (default runs/elbo_forms_<target>.json).")
 
+for _name in ["num_steps", "num_samples", "num_examples", "chunk", "dims"]:
+  _cli.check_flag_range(_name, minimum=1)
+_cli.check_flag_range("step", minimum=0, optional=True)
+_cli.check_flag_range("seed", minimum=0)
+
 
 def main(argv):
   _cli.start(argv, config=_CONFIG.value)

@@ -36,6 +36,13 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of t, noise and dequantisation.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output (default: in the workdir).")
 _LAUNCH = _cli.define_launch_flags()
 flags.mark_flags_as_required(["workdir"])
+for _name in ["passes", "num_bins"]:
+  _cli.check_flag_range(_name, minimum=1)
+_cli.check_flag_range("batch_size", minimum=1, optional=True)
+_cli.check_flag_range("num_steps", minimum=0, optional=True)
+_cli.check_flag_range("step", minimum=0, optional=True)
+_cli.check_flag_range("ode_tol", minimum=0, exclusive=True)
+_cli.check_flag_range("seed", minimum=0)
 
 
 def main(argv):

@@ -30,6 +30,8 @@ _CHANNELS = flags.DEFINE_enum(
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier import of this name.")
 flags.mark_flags_as_required(["images", "name"])
 
+_cli.check_flag_range("resolution", minimum=1)
+
 
 def main(argv):
   _cli.start(argv)

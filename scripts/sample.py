@@ -25,8 +25,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output path prefix (default: in the workdir).")
 _LAUNCH = _cli.define_launch_flags()
 flags.mark_flags_as_required(["workdir"])
-flags.register_validator("num_samples", lambda n: n > 0, "--num_samples must be a positive int.")
-flags.register_validator("num_steps", lambda n: n > 0, "--num_steps must be a positive int.")
+for _name in ["num_samples", "num_steps"]:
+  _cli.check_flag_range(_name, minimum=1)
+_cli.check_flag_range("step", minimum=0, optional=True)
+_cli.check_flag_range("seed", minimum=0)
 
 
 def main(argv):

@@ -25,6 +25,11 @@ _PILOT = flags.DEFINE_integer("pilot", 16, "Uniform draws that estimate the prop
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output (default: in the workdir).")
 flags.mark_flags_as_required(["workdir"])
+for _name in ["num_examples", "num_bins", "reps", "pilot"]:
+  _cli.check_flag_range(_name, minimum=1)
+for _name in ["num_steps", "seed"]:
+  _cli.check_flag_range(_name, minimum=0)
+_cli.check_flag_range("step", minimum=0, optional=True)
 
 
 def main(argv):

@@ -28,10 +28,14 @@ def main(argv):
   training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
-def run():
-  from vdm_jax.training import USER_ERRORS, TrainingInterrupted
+def _training_errors():
+  from vdm_jax import training
 
-  _cli.run(main, errors=USER_ERRORS, interrupted=(TrainingInterrupted,))
+  return training.USER_ERRORS, (training.TrainingInterrupted,)
+
+
+def run():
+  _cli.run(main, errors=_training_errors)
 
 
 if __name__ == "__main__":

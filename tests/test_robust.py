@@ -330,7 +330,7 @@ def test_sample_cli_rejects_a_bad_number_of_samples(tmp_path):
     "--num_samples=0",
     env=dict(os.environ, JAX_PLATFORMS="cpu"),
   )
-  assert proc.returncode != 0 and "--num_samples must be a positive int" in proc.stderr
+  assert proc.returncode != 0 and "--num_samples must be an integer >= 1" in proc.stderr
 
 
 def test_checksums_follow_the_kept_checkpoints(data_dir, tmp_path):

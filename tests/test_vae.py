@@ -164,15 +164,7 @@ def test_vae_trains_evaluates_and_samples_with_the_common_commands(tmp_path):
     ode.evaluate_ode(vae, params, config, mesh)
 
   out = tmp_path / "eval.json"
-  base = [
-    sys.executable,
-    str(REPO / "scripts" / "evaluate.py"),
-    f"--config={REPO / 'configs' / 'vae_digits.py'}",
-    f"--workdir={workdir}",
-    f"--config.data.data_dir={config.data.data_dir}",
-    "--config.model.vae_latent_dim=4",
-    "--config.model.vae_hidden=32",
-  ]
+  base = [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"--workdir={workdir}"]
   proc = subprocess.run([*base, f"--output={out}", "--passes=2"], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
   got = json.loads(out.read_text())

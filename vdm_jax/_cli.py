@@ -24,6 +24,7 @@ from absl import flags, logging
 from vdm_jax.runtime.distributed import initialize as initialize_distributed
 
 __all__ = [
+  "check_flag_range",
   "compilation_cache_dir",
   "config_names",
   "define_config",
@@ -119,6 +120,27 @@ def define_launch_flags():
     flags.DEFINE_integer("num_processes", None, "Several processes: how many."),
     flags.DEFINE_integer("process_id", None, "Several processes: this one's index."),
   )
+
+
+def check_flag_range(
+  name: str, *, minimum: float, exclusive: bool = False, optional: bool = False
+) -> None:
+  """Registers a check of the numeric flag `--name` (run while the flags are parsed, so a
+  bad value stops the tool before any work): finite and >= `minimum` (> with
+  `exclusive`); None passes when `optional`."""
+  import math
+
+  relation = ">" if exclusive else ">="
+
+  def valid(value) -> bool:
+    if value is None:
+      return optional
+    if not math.isfinite(value):
+      return False
+    return value > minimum if exclusive else value >= minimum
+
+  kind = "an integer" if isinstance(flags.FLAGS[name].parser, flags.IntegerParser) else "a number"
+  flags.register_validator(name, valid, f"--{name} must be {kind} {relation} {minimum:g}.")
 
 
 def config_names() -> list[str]:
@@ -317,14 +339,16 @@ def reproduce_command(step: int | None = None) -> str:
   return " ".join(shlex.quote(a) for a in head + args)
 
 
-def run(main, *, reads_run: bool = False, errors: tuple = (), interrupted: tuple = ()) -> None:
+def run(main, *, reads_run: bool = False, errors=None) -> None:
   """Runs a tool's `main(argv)` the way every vdm_jax command does (module docstring).
 
   Args:
     main: the tool's main function (its module's docstring is the help text).
     reads_run: the tool reads a trained run: `--config` defaults to its record.
-    errors: user errors besides the default ones of `user_errors_exit`.
-    interrupted: exceptions with `signum` that mean "stopped by a signal".
+    errors: None, or a function returning (user errors besides the default ones of
+      `user_errors_exit`, exceptions with `signum` that mean "stopped by a signal"),
+      called only when an exception reaches the tool: so a tool that fails early (a bad
+      flag) need not import the module that defines them.
   """
   from absl import app
 
@@ -339,7 +363,7 @@ def run(main, *, reads_run: bool = False, errors: tuple = (), interrupted: tuple
   sys.argv[:] = argv  # ml_collections reads the config overrides from sys.argv
 
   def guarded(args):
-    with user_errors_exit(errors, interrupted):
+    with user_errors_exit(errors):
       main(args)
 
   app.run(guarded, argv=argv, flags_parser=_parse_flags)
@@ -379,42 +403,48 @@ def _import_plugins(config) -> None:
 
 
 @contextlib.contextmanager
-def user_errors_exit(errors: tuple | None = None, interrupted: tuple = ()):
+def user_errors_exit(errors=None):
   """Prints a user error as one paragraph, prefixed with the process index when there are
-  several, and exits 1; an exception of `interrupted` (`training.TrainingInterrupted`,
-  which has `signum`) exits 128 + its signal number (the shell's code for "ended by this
+  several, and exits 1; an "interrupted" exception (`training.TrainingInterrupted`, which
+  has `signum`) exits 128 + its signal number (the shell's code for "ended by this
   signal"); Ctrl-C elsewhere exits 130 with one line.
 
   User errors are those whose messages say what to do: ValueError (bad values, refused
   configs), FileNotFoundError and NotADirectoryError (missing files and folders),
-  PermissionError, `CheckpointError`, a missing optional extra, and `errors`. Anything
-  else is a bug and keeps its traceback.
+  PermissionError, `CheckpointError`, a missing optional extra, and those of `errors` (a
+  function returning (user errors, interrupted errors), called only if something is
+  raised). Anything else is a bug and keeps its traceback.
   """
   from absl import app
 
   from vdm_jax import _deps
-  from vdm_jax.runtime.checkpoints import CheckpointError
 
-  errors = (
+  known = (
     ValueError,
     FileNotFoundError,
     NotADirectoryError,
     PermissionError,
-    CheckpointError,
     _deps.MissingExtraError,
     app.UsageError,
-    *(errors or ()),
   )
   try:
     yield
-  except interrupted as e:
-    print(e, file=sys.stderr)
-    sys.exit(128 + e.signum)
-  except errors as e:
+  except KeyboardInterrupt:
+    print("Interrupted (Ctrl-C).", file=sys.stderr)
+    sys.exit(130)
+  except Exception as e:
+    extra, interrupted = errors() if errors is not None else ((), ())
+    if isinstance(e, interrupted):
+      print(e, file=sys.stderr)
+      sys.exit(128 + e.signum)
+    known += tuple(extra)
+    # CheckpointError's module (orbax) is imported only by the tools that read checkpoints:
+    # if it is not loaded, nothing raised one, and a failed flag check stays fast.
+    checkpoints = sys.modules.get("vdm_jax.runtime.checkpoints")
+    user = known + ((checkpoints.CheckpointError,) if checkpoints else ())
+    if not isinstance(e, user):
+      raise
     import jax
 
     where = f"[process {jax.process_index()}] " if jax.process_count() > 1 else ""
     sys.exit(f"{where}error: {e}")
-  except KeyboardInterrupt:
-    print("Interrupted (Ctrl-C).", file=sys.stderr)
-    sys.exit(130)

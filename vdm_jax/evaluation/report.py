@@ -15,7 +15,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from vdm_jax import _deps
+from vdm_jax import _deps, data
 from vdm_jax.evaluation import bpd, runs
 from vdm_jax.runtime import workdir as workdir_lib
 
@@ -46,6 +46,7 @@ def evaluate_checkpoint(
   if method not in ("elbo", "ode"):
     raise ValueError(f"Unknown method {method!r}; choose 'elbo' or 'ode'.")
   model, mesh, params, step, config = run.model, run.mesh, run.params, run.step, run.config
+  data.lookup(config.data).check_split(split)
   workdir = run.workdir
   key = jax.random.key(seed)
   num_steps = config.loss.num_steps if num_steps is None else num_steps

@@ -40,6 +40,7 @@ INFERENCE_SAFE = (
   "data.num_workers",
   "model.dtype",  # compute dtype: bfloat16 moves the number slightly; the JSON records it
   "loss.antithetic",
+  "loss.vae_num_samples",  # draws of z in the VAE's reconstruction estimate: same bound
   "loss.time_sampling",
   "loss.time_bins",
   "loss.time_decay",

@@ -40,6 +40,16 @@ def initialize(
   if num_processes is not None and not 0 <= process_id < num_processes:
     raise ValueError(f"--process_id={process_id} must be in [0, {num_processes}).")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if missing:  # auto: JAX detects the cluster, or finds none
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      raise ValueError(
+        "config.distributed=True asks JAX to detect a cluster (a TPU pod, SLURM, Open MPI) "
+        f"and it found none ({e}). On one machine leave config.distributed=False; to start "
+        "processes yourself pass --coordinator_address, --num_processes and --process_id."
+      ) from e
+    return
   jax.distributed.initialize(
     coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
   )

@@ -61,6 +61,8 @@ class TrainingInterrupted(Exception):
 
 def check_workdir(workdir: str) -> str:
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir!r} is a file; a work directory is a folder.")
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
