@@ -1,7 +1,7 @@
 """VDM on the offline photo patches: 32x32 RGB, V = 256 (CIFAR-shaped), CPU-sized.
 
-  python scripts/train.py --config=configs/photos.py --workdir=runs/photos
-  python scripts/evaluate.py --config=configs/photos.py --workdir=runs/photos --passes=4
+  vdm-train --config=photos --workdir=runs/photos
+  vdm-evaluate --workdir=runs/photos --passes=4
 
 No download: the six photos ship inside scikit-learn and scikit-image and are cut into
 5,270 train and 524 test patches (`vdm_jax.data.photos`) in about 2 s. The model sees 3

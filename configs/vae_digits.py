@@ -1,7 +1,7 @@
 """The seed's Gaussian VAE on the 8x8 digits: the baseline the VDM is compared with.
 
-  python scripts/train.py --config=configs/vae_digits.py --workdir=runs/vae_digits
-  python scripts/evaluate.py --config=configs/vae_digits.py --workdir=runs/vae_digits
+  vdm-train --config=vae_digits --workdir=runs/vae_digits
+  vdm-evaluate --workdir=runs/vae_digits
 
 Same data, trainer, checkpoints and evaluation command as configs/digits.py; the model is
 q(z|x) = N(mu(x), diag sigma^2(x)) with an 8-dimensional z, p(z) = N(0, I) and a

@@ -1,7 +1,7 @@
 r"""The seed's ELBO forms side by side: same -ELBO, different Monte Carlo variance.
 
   python scripts/elbo_forms.py --target=gaussian
-  python scripts/elbo_forms.py --target=checkpoint --config=configs/digits.py --workdir=runs/digits
+  vdm-elbo-forms --target=checkpoint --workdir=runs/digits
 
 For the N-step Markovian hierarchical VAE of `vdm_jax.hvae` (latents on t_j = j/N) the
 negative ELBO has several unbiased estimators, all computed here from the SAME forward
