@@ -32,7 +32,12 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
 _EXACT = flags.DEFINE_bool("exact_time_sum", False, "Sum the diffusion term over all T steps.")
 _NUM_BINS = flags.DEFINE_integer("num_bins", 20, "Bins of t for the decomposition (sampled t).")
 _ODE_TOL = flags.DEFINE_float("ode_tol", 1e-4, "rtol = atol of the ODE solver (--method=ode).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of t, noise and dequantisation.")
+_SEED = flags.DEFINE_integer(
+  "seed",
+  None,
+  "Seed of t, noise and dequantisation (default: the run's, config.seed + 1, which the "
+  "evaluation at the end of training used: the same bits/dim on the same checkpoint).",
+)
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output (default: in the workdir).")
 _LAUNCH = _cli.define_launch_flags()
 flags.mark_flags_as_required(["workdir"])
@@ -42,7 +47,7 @@ _cli.check_flag_range("batch_size", minimum=1, optional=True)
 _cli.check_flag_range("num_steps", minimum=0, optional=True)
 _cli.check_flag_range("step", minimum=0, optional=True)
 _cli.check_flag_range("ode_tol", minimum=0, exclusive=True)
-_cli.check_flag_range("seed", minimum=0)
+_cli.check_flag_range("seed", minimum=0, optional=True)
 
 
 def main(argv):

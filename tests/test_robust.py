@@ -4,6 +4,8 @@ resumes with a changed config, a cut-off final evaluation, validation before any
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +20,8 @@ from helpers import restore_state, run_script, tiny_config
 from jax.experimental import checkify
 
 from vdm_jax import config as config_lib
-from vdm_jax import elbo, training
-from vdm_jax.evaluation import bpd
+from vdm_jax import elbo, evaluation, training
+from vdm_jax.evaluation import bpd, report
 from vdm_jax.runtime import checkpoints, workdir
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -283,6 +285,75 @@ def test_non_integer_counts_are_refused(data_dir):
   with pytest.raises(ValueError, match=r"config.model.n_layer must be an integer >= 1, got 2\.5\."):
     config_lib.validate(c)
   config_lib.validate(tiny_config(data_dir))  # the defaults pass
+
+
+def test_an_overflowing_update_saves_nothing_and_stops(data_dir, tmp_path):
+  # A learning rate beyond float32 (1e39 -> inf) makes step 1's update NaN while its loss
+  # and gradient norm are finite. This run used to save the NaN parameters as checkpoint 1,
+  # then stop at step 2's NaN loss saying "the latest checkpoint, step 1, is before it".
+  run = tmp_path / "run"
+  proc = run_script(
+    "train.py",
+    f"--workdir={run}",
+    f"--config.data.data_dir={data_dir}",
+    "--config.optim.learning_rate=1e39",
+    "--config.optim.warmup_steps=0",
+    "--config.train.num_steps=2",
+    "--config.train.ckpt_every=1",
+    "--config.train.num_samples=0",
+    tiny=True,
+  )
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  error = proc.stderr.strip().splitlines()[-1]
+  assert error.startswith("error: Training diverged at step 1: its loss and gradient norm were ")
+  assert "non-finite values (in ema_params, params)" in error, error
+  assert "Nothing was saved for step 1; no checkpoint had been saved yet" in error
+  assert "--config.optim.learning_rate" in error and "Traceback" not in proc.stderr
+  assert not (run / "checkpoints" / "1").exists() and not (run / "final_metrics.json").exists()
+
+
+def test_diverged_parameters_are_not_evaluated_as_valid_and_the_resume_tells_the_truth(
+  data_dir, tmp_path
+):
+  # The issue's reproducer: learning rate 1e30 from step 2 (warm-up from 0 at step 1). The
+  # state after step 2 is finite (|params| ~1e30, EMA ~1e25) but its ELBO is NaN: the run
+  # used to write bits/dim NaN to final_metrics.json and exit 0.
+  run = tmp_path / "run"
+  c = tiny_config(data_dir, num_steps=2, ckpt_every=1, log_every=1)
+  c.optim.learning_rate, c.optim.warmup_steps = 1e30, 0
+  with pytest.raises(bpd.NonFiniteEvaluationError) as failed:
+    training.train_and_evaluate(c, str(run))
+  message = str(failed.value)
+  assert message.startswith("The final evaluation at step 2 (test split) gave bits/dim nan: ")
+  assert "are finite but give a non-finite ELBO: training diverged" in message
+  assert "Nothing was written to final_metrics.json. Checkpoint step 2 holds these " in message
+  assert f"move {run}/checkpoints/2 aside to resume from step 1, the one before it" in message
+  assert not (run / "final_metrics.json").exists()
+  rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+  assert [r["kind"] for r in rows] == ["train", "train"]
+  # The same checkpoint through `vdm-evaluate`'s function: an error, nothing written.
+  output = tmp_path / "eval" / "e.json"
+  with pytest.raises(bpd.NonFiniteEvaluationError, match=r"^Checkpoint step 2 of .* nan: "):
+    report.evaluate_checkpoint(evaluation.load_run(str(run), config=c), output=str(output))
+  assert not output.parent.exists()
+
+  # A resume from checkpoint 2 with a sane learning rate: step 3's loss is computed from
+  # checkpoint 2's parameters. It used to say "the latest checkpoint, step 2, is before it".
+  c.train.num_steps, c.optim.learning_rate = 4, 2e-3
+  with pytest.raises(training.NonFiniteLossError) as failed:
+    training.train_and_evaluate(c, str(run))
+  message = str(failed.value)
+  assert re.match(
+    r"Loss became (nan|-?inf) at step 3 \(first non-finite step in 3\.\.3\); "
+    "nothing after step 2 was saved: the latest checkpoint, step 2 ",
+    message,
+  )
+  assert "holds the parameters that gave it, so a rerun resuming from it meets it again" in message
+  assert "move" in message and "aside to resume from step 1" in message
+  # Doing what it says works.
+  shutil.move(run / "checkpoints" / "2", tmp_path / "aside")
+  out = training.train_and_evaluate(c, str(run))
+  assert out["step"] == 4 and 0 < out["eval"]["bpd"] < 30
 
 
 def test_stale_lock_is_taken_over(data_dir, tmp_path):

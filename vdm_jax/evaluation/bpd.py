@@ -30,10 +30,14 @@ from vdm_jax import data, elbo, times
 from vdm_jax.runtime import mesh as mesh_lib
 
 __all__ = [
+  "NonFiniteEvaluationError",
   "balanced_batch_size",
+  "check_finite",
   "diffusion_by_time",
   "eval_step",
   "evaluate",
+  "evaluation_key",
+  "evaluation_seed",
   "exact_time_sum_step",
   "global_batches",
   "jit_eval_step",
@@ -45,6 +49,51 @@ __all__ = [
   "split_times",
   "summarize",
 ]
+
+
+EVAL_SEED_OFFSET = 1
+"""An evaluation's default seed is `config.seed + EVAL_SEED_OFFSET` (`evaluation_seed`)."""
+
+
+def evaluation_seed(config, seed: int | None = None) -> int:
+  """The seed of an ELBO evaluation's randomness (times t, noise; the ODE's dequantisation
+  and probes): `seed`, or by default the run's evaluation seed, `config.seed + 1`.
+
+  The one place that decides it: the evaluations during and at the end of training use the
+  default, and so does `vdm-evaluate` without `--seed`, so both give the same bits/dim on
+  the same checkpoint (same split, T and passes). The evaluation JSON records it as "seed".
+  """
+  return config.seed + EVAL_SEED_OFFSET if seed is None else int(seed)
+
+
+def evaluation_key(config, seed: int | None = None):
+  """`jax.random.key(evaluation_seed(config, seed))`; pass p uses `fold_in(key, p)`."""
+  return jax.random.key(evaluation_seed(config, seed))
+
+
+class NonFiniteEvaluationError(ValueError):
+  """An evaluation gave a non-finite bits/dim; nothing was recorded."""
+
+
+def check_finite(result: dict, params, what: str, then: str) -> None:
+  """Raises `NonFiniteEvaluationError` if `result["bpd"]` is NaN or infinite.
+
+  The message: "<what> gave bits/dim nan: its EMA parameters hold non-finite values" (or
+  "are finite but give a non-finite ELBO"), then `then` (what was not written, the way
+  out). Every process computes the same result, so all raise together.
+  """
+  if math.isfinite(result["bpd"]):
+    return
+  from vdm_jax.runtime import checkpoints  # orbax: only once something is wrong
+
+  why = (
+    "hold non-finite values"
+    if checkpoints.non_finite_fields({"ema_params": params})
+    else "are finite but give a non-finite ELBO: training diverged"
+  )
+  raise NonFiniteEvaluationError(
+    f"{what} gave bits/dim {result['bpd']}: its EMA parameters {why}. {then}"
+  )
 
 
 def outputs(model) -> tuple[str, ...]:
@@ -169,7 +218,7 @@ def per_example_terms(
   if exact_time_sum and num_steps == 0:
     raise ValueError("exact_time_sum needs a discrete number of steps T > 0 (got T = 0).")
   batch_size = batch_size or config.eval.batch_size
-  key = jax.random.key(config.seed + 1) if key is None else key
+  key = evaluation_key(config) if key is None else key
   key_t, key_noise = jax.random.split(key)
   num_examples = data.dataset_info(config.data).num_examples[split]
   times_ = (
@@ -292,6 +341,8 @@ def evaluate(
 ) -> dict:
   """Bits/dim of `split` with `params` (use the EMA params), averaged over `passes` passes.
 
+  `key` defaults to the run's `evaluation_key(config)`; pass p draws from `fold_in(key, p)`.
+
   Returns:
     `summarize` of the per-example means over passes ("bpd_se": the standard error over
     examples), plus "terms" (the model's term names), "passes", "pass_bpd" (each pass's
@@ -304,7 +355,7 @@ def evaluate(
   if passes < 1:
     raise ValueError(f"passes must be >= 1, got {passes}.")
   num_steps = config.loss.num_steps if num_steps is None else num_steps
-  key = jax.random.key(config.seed + 1) if key is None else key
+  key = evaluation_key(config) if key is None else key
   runs = [
     per_example_terms(
       vdm,

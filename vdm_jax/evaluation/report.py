@@ -33,21 +33,28 @@ def evaluate_checkpoint(
   exact_time_sum: bool = False,
   num_bins: int = 20,
   ode_tol: float = 1e-4,
-  seed: int = 0,
+  seed: int | None = None,
   output: str | None = None,
   command: str = "",
 ) -> dict:
   """Bits/dim of a loaded checkpoint (`runs.load_run`); returns the JSON dict (as written:
   non-finite numbers are None, see `workdir.to_strict_json`).
 
+  `seed` (default: the run's, `bpd.evaluation_seed(config)`, the one the evaluation at the
+  end of training used, so that both give the same bits/dim) keys t, the noise and the
+  dequantisation; the JSON records the seed used.
+
   Raises ValueError for options a model does not support (a VAE has no diffusion time:
-  `num_steps`, `exact_time_sum` and `method="ode"` need a diffusion model).
+  `num_steps`, `exact_time_sum` and `method="ode"` need a diffusion model), and
+  `bpd.NonFiniteEvaluationError` (a ValueError), writing nothing, if the bits/dim is NaN
+  or infinite.
   """
   if method not in ("elbo", "ode"):
     raise ValueError(f"Unknown method {method!r}; choose 'elbo' or 'ode'.")
   model, mesh, params, step, config = run.model, run.mesh, run.params, run.step, run.config
   data.lookup(config.data).check_split(split)
   workdir = run.workdir
+  seed = bpd.evaluation_seed(config, seed)
   key = jax.random.key(seed)
   num_steps = config.loss.num_steps if num_steps is None else num_steps
   if not model.diffusion_time and (num_steps or exact_time_sum or method == "ode"):
@@ -89,6 +96,8 @@ def evaluate_checkpoint(
       exact_time_sum=exact_time_sum,
       progress=True,
     )
+  _check_finite(result, run, split)
+  if method == "elbo":
     if model.diffusion_time:
       rows = bpd.diffusion_by_time(result, model, params, num_bins=num_bins)
     result = bpd.public(result)
@@ -120,6 +129,23 @@ def evaluate_checkpoint(
   print(format_table(result, split=split, num_steps=num_steps, exact=exact_time_sum, files=files))
   print(f"  reproduce: {command}")
   return result
+
+
+def _check_finite(result: dict, run: runs.Run, split: str) -> None:
+  """Raises `bpd.NonFiniteEvaluationError` (nothing written) for a non-finite bits/dim."""
+  directory = os.path.join(run.workdir, "checkpoints")
+  kept = sorted(int(n) for n in os.listdir(directory) if n.isdigit() and int(n) < run.step)
+  other = (
+    f"an earlier checkpoint may be intact (--step={kept[-1]}; kept: {kept})"
+    if kept
+    else "no earlier checkpoint is kept"
+  )
+  bpd.check_finite(
+    result,
+    run.params,
+    f"Checkpoint step {run.step} of {run.workdir} ({split} split)",
+    f"Nothing was written; {other}.",
+  )
 
 
 def _number(value, digits: int) -> str:

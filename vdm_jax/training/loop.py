@@ -33,6 +33,7 @@ __all__ = [
   "USER_ERRORS",
   "CheckpointSaveError",
   "NonFiniteLossError",
+  "NonFiniteStateError",
   "TrainingInterrupted",
   "check_workdir",
   "train_and_evaluate",
@@ -41,7 +42,48 @@ __all__ = [
 
 
 class NonFiniteLossError(RuntimeError):
-  pass
+  """Training met a non-finite loss or gradient norm; nothing after it was saved."""
+
+
+class NonFiniteStateError(NonFiniteLossError):
+  """The state to be saved, or the one restored, holds a NaN or an infinity."""
+
+
+_ADVICE = (
+  "Lower --config.optim.learning_rate or set --config.optim.grad_clip (both may change on "
+  "resume), or check the data."
+)
+
+
+def _latest_checkpoint(manager, last_saved: int | None, step: int, made_it: bool) -> str:
+  """Where a run that stopped at `step` stands: the latest checkpoint, which every save and
+  restore has checked to be finite, and what a rerun does with it. `made_it`: that
+  checkpoint's parameters themselves gave what went wrong at `step`."""
+  directory = os.fspath(manager.directory)
+  if last_saved is None:
+    return f"no checkpoint had been saved yet ({directory}), so a rerun starts from step 0"
+  if not made_it:
+    return (
+      f"the latest checkpoint, step {last_saved} ({directory}), holds finite values from "
+      "before it (every checkpoint is checked), and a rerun resumes from it"
+    )
+  return (
+    f"the latest checkpoint, step {last_saved} ({directory}), is finite but holds the "
+    f"parameters that gave it, so a rerun resuming from it meets it again at step {step} "
+    f"whatever the learning rate: {_way_back(manager, last_saved)}"
+  )
+
+
+def _way_back(manager, bad: int) -> str:
+  """How to resume from before checkpoint `bad` (whose contents cannot be trained on)."""
+  directory = os.fspath(manager.directory)
+  older = sorted(s for s in manager.all_steps() if s < bad)
+  if older:
+    return (
+      f"move {directory}/{bad} aside to resume from step {older[-1]}, the one before it, "
+      "or start again in a new --workdir"
+    )
+  return "no earlier checkpoint is kept, so start again in a new --workdir"
 
 
 class CheckpointSaveError(RuntimeError):
@@ -205,6 +247,15 @@ def _train(config, workdir: str) -> dict:
     manager.close()
     raise
   if state is not None:
+    bad = checkpoints.non_finite_fields(checkpoints.saved_fields(state))
+    if bad:
+      message = (
+        f"Checkpoint step {restored_step} in {workdir}/checkpoints holds non-finite values "
+        f"(in {', '.join(bad)}; saved by a vdm_jax that did not check its saves): no "
+        f"training can continue from it. To go on, {_way_back(manager, restored_step)}. " + _ADVICE
+      )
+      manager.close()
+      raise NonFiniteStateError(message)
     say(f"Resumed from {workdir}/checkpoints at step {restored_step}.")
     for field, (old, new) in changes.items():
       say(f"  config.{field}: {old!r} -> {new!r}")
@@ -248,23 +299,10 @@ def _train(config, workdir: str) -> dict:
         saving = step % config.train.ckpt_every == 0 or step == total or signum is not None
         evaluating = step % config.train.eval_every == 0 and step < total and signum is None
         # Metrics are fetched (and checked) before anything is saved, so no checkpoint
-        # ever holds parameters from after a non-finite loss.
+        # ever holds parameters from after a non-finite loss or gradient.
         if step % config.train.log_every == 0 or saving or evaluating:
           fetched = jax.device_get(pending)
-          bad = [
-            window_start + i + 1 for i, m in enumerate(fetched) if not np.isfinite(m["loss_bpd"])
-          ]
-          if bad:
-            where = (
-              f"the latest checkpoint, step {last_saved}, is before it"
-              if last_saved is not None
-              else "no checkpoint had been saved yet"
-            )
-            raise NonFiniteLossError(
-              f"Loss became {fetched[bad[0] - window_start - 1]['loss_bpd']} at step {bad[0]} "
-              f"(first non-finite step in {window_start + 1}..{step}); {where} "
-              f"({workdir}/checkpoints). Lower config.optim.learning_rate or check the data."
-            )
+          _check_metrics(fetched, window_start, step, manager, last_saved)
           elapsed = time.perf_counter() - t0
           last_train = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
           last_train["steps_per_sec"] = len(fetched) / elapsed
@@ -272,6 +310,16 @@ def _train(config, workdir: str) -> dict:
           pending, window_start, t0 = [], step, time.perf_counter()
 
         if saving:
+          # What is saved must be finite: an update can overflow while the loss and the
+          # gradient norm of its step are finite (one reduction, ~3 ms on digits).
+          bad = checkpoints.non_finite_fields(checkpoints.saved_fields(state))
+          if bad:
+            where = _latest_checkpoint(manager, last_saved, step, made_it=False)
+            raise NonFiniteStateError(
+              f"Training diverged at step {step}: its loss and gradient norm were finite, "
+              f"but the state after it holds non-finite values (in {', '.join(bad)}): an "
+              f"update overflowed. Nothing was saved for step {step}; {where}. {_ADVICE}"
+            )
           checkpoints.save_checkpoint(manager, step, state)
           last_saved = step
 
@@ -283,6 +331,7 @@ def _train(config, workdir: str) -> dict:
         if evaluating:
           ema = jax.device_put(state.ema_params, replicated)  # gathered if fsdp
           result = bpd.public(bpd.evaluate(vdm, ema, config, mesh, split=config.eval.split))
+          _check_evaluation(result, ema, step, manager, last_saved, final=False)
           writer.scalars(step, bpd.scalar_summary(result), "eval")
           write_samples(vdm, ema, config, mesh, workdir, step, writer)
           del ema
@@ -298,6 +347,7 @@ def _train(config, workdir: str) -> dict:
       return previous
     ema = jax.device_put(state.ema_params, replicated)
     last_eval = bpd.public(bpd.evaluate(vdm, ema, config, mesh, split=config.eval.split))
+    _check_evaluation(last_eval, ema, step, manager, last_saved, final=True)
     writer.scalars(step, bpd.scalar_summary(last_eval), "eval")
     write_samples(vdm, ema, config, mesh, workdir, step, writer)
   finally:
@@ -355,6 +405,40 @@ class _Profiler:
     if self.active:
       self.active = False
       jax.profiler.stop_trace()
+
+
+def _check_metrics(fetched: list, window_start: int, step: int, manager, last_saved) -> None:
+  """Raises `NonFiniteLossError` at the first of steps window_start + 1..step whose loss or
+  gradient norm is NaN or infinite."""
+  for i, m in enumerate(fetched):
+    name = next((k for k in ("loss_bpd", "grad_norm") if not np.isfinite(m[k])), None)
+    if name is None:
+      continue
+    bad = window_start + i + 1
+    what = "Loss" if name == "loss_bpd" else "Gradient norm"
+    # The loss of step `bad` is computed from the parameters after step bad - 1.
+    where = _latest_checkpoint(manager, last_saved, bad, made_it=last_saved == bad - 1)
+    raise NonFiniteLossError(
+      f"{what} became {m[name]} at step {bad} (first non-finite step in "
+      f"{window_start + 1}..{step}); nothing after step {bad - 1} was saved: {where}. {_ADVICE}"
+    )
+
+
+def _check_evaluation(result, ema, step: int, manager, last_saved, *, final: bool) -> None:
+  """Raises `bpd.NonFiniteEvaluationError` if the evaluation at `step` is not finite."""
+  kind = "The final evaluation" if final else "The evaluation"
+  if last_saved == step:
+    where = f"Checkpoint step {step} holds these parameters; to go on, {_way_back(manager, step)}"
+  else:
+    where = _latest_checkpoint(manager, last_saved, step, made_it=False)
+    where = where[0].upper() + where[1:]
+  written = "nothing was written to final_metrics.json" if final else "it was not recorded"
+  bpd.check_finite(
+    result,
+    ema,
+    f"{kind} at step {step} ({result['split']} split)",
+    f"{written[0].upper()}{written[1:]}. {where}. {_ADVICE}",
+  )
 
 
 def _check_saves(manager, step: int | None) -> None:
