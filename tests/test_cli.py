@@ -85,7 +85,7 @@ def test_format1_run_evaluates_samples_and_resumes_from_its_workdir_alone(tmp_pa
   assert 4 < bpd_of(alone) < 20  # 4 steps from initialisation: far from a uniform 4.09
   record = json.loads((tmp_path / "alone.json").read_text())
   assert record["checkpoint_step"] == 4 and record["model_dtype"] == "float32"
-  assert record["seed"] == 0 and record["pass_se"] is None
+  assert record["seed"] == 1 and record["pass_se"] is None  # the run's: config.seed + 1
   assert "reproduce: python " in alone.stdout and "--step=4" in alone.stdout
   assert "read only" not in alone.stderr + given.stderr
 

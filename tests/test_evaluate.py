@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -21,10 +22,11 @@ import pytest
 from helpers import devices_flags, run_script, tiny_config
 from scipy import stats
 
-from vdm_jax import data, evaluation, sampling, schedules, testing, training
+from vdm_jax import data, evaluation, models, sampling, schedules, testing, training
 from vdm_jax.data import toy2d
 from vdm_jax.evaluation import bpd, ode, report
 from vdm_jax.runtime import checkpoints
+from vdm_jax.runtime import mesh as mesh_lib
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -88,6 +90,70 @@ def test_cli_bpd_equals_independent_recomputation(trained, tmp_path):
   np.testing.assert_allclose(result["bpd_se"], per_example.std(ddof=1) / math.sqrt(300), rtol=1e-4)
   parts = result["recon_bpd"] + result["prior_bpd"] + result["diffusion_bpd"]
   np.testing.assert_allclose(parts, result["bpd"], rtol=1e-6)
+
+
+def test_vdm_evaluate_by_default_gives_the_final_evaluation_of_training(trained, tmp_path):
+  # Both use the run's evaluation seed (`bpd.evaluation_seed`: config.seed + 1); before,
+  # vdm-evaluate's --seed defaulted to 0 (13.0888 against 12.9984 on one checkpoint).
+  config, workdir = trained
+  final = json.loads((pathlib.Path(workdir) / "final_metrics.json").read_text())["eval"]
+  out = tmp_path / "eval.json"
+  proc = run_script(
+    "evaluate.py",
+    f"--workdir={workdir}",
+    f"--output={out}",
+    f"--config.data.data_dir={config.data.data_dir}",
+    tiny=True,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = strict_loads(out.read_text())
+  assert record["seed"] == config.seed + 1 == bpd.evaluation_seed(config)
+  assert record["checkpoint_step"] == 20
+  assert [record[k] for k in ("num_steps", "passes", "split", "num_examples")] == [
+    final[k] for k in ("num_steps", "passes", "split", "num_examples")
+  ]
+  assert abs(record["bpd"] - final["bpd"]) < 1e-6, (record["bpd"], final["bpd"])
+
+
+def test_a_checkpoint_with_nan_parameters_is_refused(trained, tmp_path):
+  # Crafted: checkpoint 21 is checkpoint 20 with NaN EMA parameters (as a vdm_jax that did
+  # not check its saves could write).
+  config, workdir = trained
+  run = tmp_path / "run"
+  shutil.copytree(workdir, run)
+  vdm = models.make_model(config, data.dataset_info(config.data))
+  tx = training.make_optimizer(config)
+  shapes = jax.eval_shape(
+    lambda k: training.create_train_state(vdm, k, tx, config), jax.random.key(0)
+  )
+  target = checkpoints.abstract_tree(shapes, mesh_lib.replicated(mesh_lib.make_mesh()))
+  with checkpoints.make_checkpoint_manager(str(run), max_to_keep=5) as manager:
+    state = checkpoints.restore_checkpoint(manager, 20, target)
+    nan = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), state.ema_params)
+    checkpoints.save_checkpoint(manager, 21, state.replace(ema_params=nan))
+    manager.wait_until_finished()
+  before = sorted(p.name for p in run.iterdir())
+  proc = run_script(
+    "evaluate.py", f"--workdir={run}", f"--config.data.data_dir={config.data.data_dir}", tiny=True
+  )
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  error = proc.stderr.strip().splitlines()[-1]
+  assert error == (
+    f"error: Checkpoint step 21 of {run} (test split) gave bits/dim nan: its EMA parameters "
+    "hold non-finite values. Nothing was written; an earlier checkpoint may be intact "
+    "(--step=20; kept: [20])."
+  )
+  assert sorted(p.name for p in run.iterdir()) == before  # no JSON, CSV or PNG
+  # Training does not resume from it either.
+  config = tiny_config(config.data.data_dir, num_steps=22, ckpt_every=20, log_every=10)
+  config.eval.batch_size = 128
+  with pytest.raises(training.NonFiniteStateError) as failed:
+    training.train_and_evaluate(config, str(run))
+  assert str(failed.value).startswith(
+    f"Checkpoint step 21 in {run}/checkpoints holds non-finite values (in ema_params; saved "
+    "by a vdm_jax that did not check its saves): no training can continue from it. To go "
+    f"on, move {run}/checkpoints/21 aside to resume from step 20, the one before it"
+  )
 
 
 def test_run_files_are_strict_json(trained):

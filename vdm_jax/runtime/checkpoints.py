@@ -100,9 +100,11 @@ def non_finite_fields(fields: dict) -> list[str]:
   """The names of the fields (e.g. `saved_fields(state)`, or {"ema_params": params}) that
   hold a NaN or an infinity, in sorted order; [] when every array is finite.
 
-  One jitted reduction over the arrays where they lie (no copy to the host; 3 ms for the
-  digits state on 2 CPU cores); with several processes it is a collective whose answer every
-  process receives, so all agree. Call on every process.
+  One jitted reduction over the arrays where they lie (no copy to the host): for the
+  digits config's state (220,195 parameters) 2.2 ms per call (median; 1.5-4.8 ms) against
+  294 ms per training step, after a one-time compile of 2.6 s (measured on a shared 2-core
+  CPU). With several processes it is a collective whose answer every process receives, so
+  all agree. Call on every process.
   """
   finite = mesh_lib.host_array(_all_finite_jit(fields))
   return [name for name, ok in zip(sorted(fields), finite, strict=True) if not ok]
