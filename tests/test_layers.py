@@ -14,7 +14,6 @@ LAYERS = {
   "vdm_jax._checks": 0,
   "vdm_jax._deps": 0,
   "vdm_jax._registry": 0,
-  "vdm_jax._signals": 0,
   "vdm_jax.schedules": 1,
   "vdm_jax.gaussian": 1,
   "vdm_jax.elbo": 1,

@@ -12,9 +12,10 @@ import time
 import pytest
 from helpers import REPO, TINY_MODEL_FLAGS, tiny_config
 
-from vdm_jax import _signals, training
+from vdm_jax import training
 from vdm_jax.evaluation import bpd
 from vdm_jax.runtime import checkpoints, distributed
+from vdm_jax.runtime import signals as _signals
 
 main_thread_only = pytest.mark.skipif(
   threading.current_thread() is not threading.main_thread(),
@@ -230,7 +231,7 @@ def test_a_signal_before_training_starts_loses_nothing(data_dir, tmp_path, monke
 
 def test_the_signal_module_imports_no_jax():
   code = (
-    "import sys\nfrom vdm_jax import _cli, _signals\n"
+    "import sys\nfrom vdm_jax import _cli\nfrom vdm_jax.runtime import signals\n"
     "print(sorted(m for m in ('jax', 'jaxlib') if m in sys.modules))"
   )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

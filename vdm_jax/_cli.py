@@ -10,7 +10,7 @@
 * `--import=my_package.my_module` (every tool, repeatable): plugin modules imported before
   the config is validated, recorded in `config.imports`.
 * `start()`: quiet logs, the compilation cache, plugins, several processes.
-* Signals: `run` first installs handlers that only record SIGTERM/SIGINT (`_signals`); the
+* Signals: `run` first installs handlers that only record SIGTERM/SIGINT (`runtime.signals`); the
   tool stops at its next safe point with 128 + the signal's number and one line.
 """
 
@@ -23,7 +23,7 @@ import sys
 
 from absl import flags, logging
 
-from vdm_jax import _signals
+from vdm_jax.runtime import signals as _signals
 
 __all__ = [
   "check_flag_range",
@@ -360,7 +360,7 @@ def run(main, *, reads_run: bool = False, errors=None) -> None:
       called only when an exception reaches the tool: so a tool that fails early (a bad
       flag) need not import the module that defines them.
   """
-  # First: SIGTERM/SIGINT only recorded from here on, honoured at safe points (`_signals`).
+  # First: SIGTERM/SIGINT only recorded from here on, honoured at safe points (`runtime.signals`).
   _signals.install()
   from absl import app
 
@@ -402,6 +402,7 @@ def start(argv, launch_flags=None, config=None) -> None:
     coordinator, num_processes, process_id = (f.value for f in launch_flags)
     auto = bool(config is not None and config.get("distributed", False))
     initialize_distributed(coordinator, num_processes, process_id, auto=auto)
+    _signals.reassert()  # jax.distributed's preemption notifier takes SIGTERM over
     _signals.check(_BEFORE_WORK)
 
 
@@ -423,7 +424,7 @@ def _import_plugins(config) -> None:
 @contextlib.contextmanager
 def user_errors_exit(errors=None):
   """Prints a user error as one paragraph, prefixed with the process index when there are
-  several, and exits 1; a signal honoured at a safe point (`_signals.Stopped`, e.g.
+  several, and exits 1; a signal honoured at a safe point (`runtime.signals.Stopped`, e.g.
   `training.TrainingInterrupted`, or another "interrupted" exception with `signum`) exits
   128 + its signal number (the shell's code for "ended by this signal") after its one-line
   message; a KeyboardInterrupt (without `run`'s handlers) exits 130 with one line.

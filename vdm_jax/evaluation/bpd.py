@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import _signals, data, elbo, times
+from vdm_jax import data, elbo, times
 from vdm_jax.runtime import mesh as mesh_lib
+from vdm_jax.runtime import signals as _signals
 
 __all__ = [
   "balanced_batch_size",

@@ -15,8 +15,9 @@ import os
 import jax
 import jax.numpy as jnp
 
-from vdm_jax import _deps, _signals, data
+from vdm_jax import _deps, data
 from vdm_jax.evaluation import bpd, runs
+from vdm_jax.runtime import signals as _signals
 from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = ["evaluate_checkpoint", "format_table", "write_decomposition"]

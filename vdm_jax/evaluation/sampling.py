@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import _signals
 from vdm_jax.evaluation import images
 from vdm_jax.runtime import mesh as mesh_lib
+from vdm_jax.runtime import signals as _signals
 
 __all__ = ["draw_samples", "jit_sampler", "sample_checkpoint", "write_sample_grid"]
 

@@ -16,11 +16,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from vdm_jax import _signals, data, models
 from vdm_jax import config as config_lib
+from vdm_jax import data, models
 from vdm_jax.evaluation import bpd, sampling
 from vdm_jax.runtime import checkpoints, distributed
 from vdm_jax.runtime import mesh as mesh_lib
+from vdm_jax.runtime import signals as _signals
 from vdm_jax.runtime import workdir as workdir_lib
 from vdm_jax.runtime.checkpoints import CheckpointError
 from vdm_jax.training.metrics import MetricWriter, progress_bar, say
@@ -86,7 +87,7 @@ def check_workdir(workdir: str) -> str:
 class _StopSignals:
   """SIGTERM (how clusters and TPU VMs preempt) and SIGINT (Ctrl-C) request a clean stop.
 
-  The handler only records the signal (`vdm_jax._signals`: the CLI installs it before JAX
+  The handler only records the signal (`runtime.signals`: the CLI installs it before JAX
   is imported; without the CLI, this installs it for the whole of `train_and_evaluate`,
   main thread only, and restores the previous handlers after); the loop stops at its safe
   points. A second signal stops at once. With several processes, a signal received by any
@@ -162,6 +163,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _lock_and_train(config, workdir: str, stop: _StopSignals) -> dict:
   distributed.initialize(None, None, None, auto=config.distributed)  # if not yet
+  _signals.reassert()  # jax.distributed's preemption notifier takes SIGTERM over
   mesh_lib.check_batch_size(config.train.batch_size, micro_batches=config.train.grad_accum_steps)
   mesh_lib.check_batch_size(config.eval.batch_size, "config.eval.batch_size")
   stop.check("before training started; nothing was written")

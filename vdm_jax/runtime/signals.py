@@ -33,6 +33,7 @@ __all__ = [
   "installed",
   "name",
   "notice",
+  "reassert",
   "received",
   "scope",
 ]
@@ -53,6 +54,7 @@ class _State:
   process_wide = False  # handlers of `install`: a second signal exits at once
   notice: str | None = None  # printed when the first signal arrives (None: nothing)
   at_once: str | None = None  # inside `exit_at_once`: the first signal exits, saying this
+  scoped = False  # inside `scope`
 
 
 _state = _State()
@@ -111,13 +113,22 @@ def scope():
     yield
     return
   previous = {sig: signal.signal(sig, _handle) for sig in SIGNALS}
-  _state.signum = None
+  _state.signum, _state.scoped = None, True
   try:
     yield
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
-    _state.signum = None
+    _state.signum, _state.scoped = None, False
+
+
+def reassert() -> None:
+  """Installs the handlers again where they are in force. Call after `jax.distributed`
+  starts: its preemption notifier replaces the SIGTERM handler at the C level (Python's
+  `signal.getsignal` does not see it), and SIGTERM was then ignored by the run."""
+  if (_state.process_wide or _state.scoped) and _main_thread():
+    for sig in SIGNALS:
+      signal.signal(sig, _handle)
 
 
 def received() -> int | None:
