@@ -378,6 +378,8 @@ def run(main, *, reads_run: bool = False, errors=None) -> None:
     with user_errors_exit(errors):
       _signals.check(_BEFORE_WORK)
       main(args)
+      # A signal during the last stretch (e.g. the final sample grid) is not ignored either.
+      _signals.check("after the work was done; everything was written")
 
   app.run(guarded, argv=argv, flags_parser=_parse_flags)
 
