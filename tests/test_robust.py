@@ -114,10 +114,13 @@ def test_cut_off_final_evaluation_is_redone(data_dir, tmp_path, monkeypatch):
   monkeypatch.setattr(bpd, "evaluate", dies)
   with pytest.raises(KeyboardInterrupt):
     training.train_and_evaluate(tiny_config(data_dir), str(run))
-  assert not (run / "final_metrics.json").exists()
+  # The train section is written before the evaluation starts: the kill does not lose it.
+  cut_off = json.loads((run / "final_metrics.json").read_text())
+  assert cut_off["step"] == 6 and cut_off["eval"] is None and cut_off["train"]["loss_bpd"] > 0
   monkeypatch.setattr(bpd, "evaluate", evaluate)
   out = training.train_and_evaluate(tiny_config(data_dir), str(run))
   assert out["step"] == 6 and out["eval"]["num_examples"] == 300
+  assert out["train"] == cut_off["train"]
   recorded = json.loads((run / "final_metrics.json").read_text())
   assert recorded["eval"]["bpd"] == out["eval"]["bpd"]
   # A further rerun neither re-evaluates nor loses the evaluation.

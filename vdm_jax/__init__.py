@@ -12,7 +12,7 @@ The pure mathematics (no Flax, no I/O) is importable on its own:
 * `vdm_jax.testing`: data distributions with closed-form optimal denoisers.
 """
 
-from vdm_jax import elbo, gaussian, hvae, predictions, schedules, testing, times, vae_elbo
+import importlib
 
 __all__ = [
   "elbo",
@@ -25,3 +25,11 @@ __all__ = [
   "vae_elbo",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+  # The modules are imported when first used: `import vdm_jax` (and the command-line
+  # tools' start, which installs their signal handlers first) does not import JAX.
+  if name in __all__:
+    return importlib.import_module(f"vdm_jax.{name}")
+  raise AttributeError(f"module 'vdm_jax' has no attribute {name!r}")

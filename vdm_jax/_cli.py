@@ -10,6 +10,8 @@
 * `--import=my_package.my_module` (every tool, repeatable): plugin modules imported before
   the config is validated, recorded in `config.imports`.
 * `start()`: quiet logs, the compilation cache, plugins, several processes.
+* Signals: `run` first installs handlers that only record SIGTERM/SIGINT (`runtime.signals`); the
+  tool stops at its next safe point with 128 + the signal's number and one line.
 """
 
 import contextlib
@@ -21,7 +23,7 @@ import sys
 
 from absl import flags, logging
 
-from vdm_jax.runtime.distributed import initialize as initialize_distributed
+from vdm_jax.runtime import signals as _signals
 
 __all__ = [
   "check_flag_range",
@@ -51,6 +53,14 @@ _TYPED_ARGV: list[str] = []
 
 CACHE_ENV = "VDM_JAX_COMPILATION_CACHE_DIR"
 _CACHE_OFF = ("", "0", "none", "off", "false", "no")
+
+
+def initialize_distributed(*args, **kwargs) -> None:
+  """`runtime.distributed.initialize` (imported when called: importing this module, which
+  every tool does before its signal handlers are installed, must not import JAX)."""
+  from vdm_jax.runtime.distributed import initialize
+
+  initialize(*args, **kwargs)
 
 
 def quiet_logging() -> None:
@@ -350,6 +360,8 @@ def run(main, *, reads_run: bool = False, errors=None) -> None:
       called only when an exception reaches the tool: so a tool that fails early (a bad
       flag) need not import the module that defines them.
   """
+  # First: SIGTERM/SIGINT only recorded from here on, honoured at safe points (`runtime.signals`).
+  _signals.install()
   from absl import app
 
   module = sys.modules[main.__module__]
@@ -364,9 +376,15 @@ def run(main, *, reads_run: bool = False, errors=None) -> None:
 
   def guarded(args):
     with user_errors_exit(errors):
+      _signals.check(_BEFORE_WORK)
       main(args)
+      # A signal during the last stretch (e.g. the final sample grid) is not ignored either.
+      _signals.check("after the work was done; everything was written")
 
   app.run(guarded, argv=argv, flags_parser=_parse_flags)
+
+
+_BEFORE_WORK = "before the work started; nothing was written"
 
 
 def start(argv, launch_flags=None, config=None) -> None:
@@ -381,10 +399,13 @@ def start(argv, launch_flags=None, config=None) -> None:
   quiet_logging()
   enable_compilation_cache()
   _import_plugins(config)
+  _signals.check(_BEFORE_WORK)
   if launch_flags is not None:
     coordinator, num_processes, process_id = (f.value for f in launch_flags)
     auto = bool(config is not None and config.get("distributed", False))
     initialize_distributed(coordinator, num_processes, process_id, auto=auto)
+    _signals.reassert()  # jax.distributed's preemption notifier takes SIGTERM over
+    _signals.check(_BEFORE_WORK)
 
 
 def _import_plugins(config) -> None:
@@ -405,9 +426,10 @@ def _import_plugins(config) -> None:
 @contextlib.contextmanager
 def user_errors_exit(errors=None):
   """Prints a user error as one paragraph, prefixed with the process index when there are
-  several, and exits 1; an "interrupted" exception (`training.TrainingInterrupted`, which
-  has `signum`) exits 128 + its signal number (the shell's code for "ended by this
-  signal"); Ctrl-C elsewhere exits 130 with one line.
+  several, and exits 1; a signal honoured at a safe point (`runtime.signals.Stopped`, e.g.
+  `training.TrainingInterrupted`, or another "interrupted" exception with `signum`) exits
+  128 + its signal number (the shell's code for "ended by this signal") after its one-line
+  message; a KeyboardInterrupt (without `run`'s handlers) exits 130 with one line.
 
   User errors are those whose messages say what to do: ValueError (bad values, refused
   configs), FileNotFoundError and NotADirectoryError (missing files and folders),
@@ -429,6 +451,9 @@ def user_errors_exit(errors=None):
   )
   try:
     yield
+  except _signals.Stopped as e:  # a signal honoured at a safe point (its message is one line)
+    print(e, file=sys.stderr)
+    sys.exit(128 + e.signum)
   except KeyboardInterrupt:
     print("Interrupted (Ctrl-C).", file=sys.stderr)
     sys.exit(130)

@@ -33,6 +33,9 @@ def _launch(tool: str) -> None:
       f"error: {command} needs the training stack, which is not installed (missing: "
       f"{', '.join(missing)}). Install it: pip install 'vdm_jax[all]' (or '[train]')."
     )
+  from vdm_jax.runtime import signals as _signals  # standard library only (no JAX)
+
+  _signals.install()  # before the tool's imports (JAX): SIGTERM/SIGINT are recorded
   importlib.import_module(f"vdm_jax_scripts.{tool}").run()
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from vdm_jax import data, elbo, times
 from vdm_jax.runtime import mesh as mesh_lib
+from vdm_jax.runtime import signals as _signals
 
 __all__ = [
   "NonFiniteEvaluationError",
@@ -186,6 +187,8 @@ def global_batches(config, split: str, batch_size: int, mesh, *, progress: bool,
     total = -(-data.dataset_info(config.data).num_examples[split] // batch_size)
     batches = tqdm(batches, total=total, desc=desc, leave=False)
   for batch in batches:
+    if jax.process_count() == 1:  # several: the signal is honoured after the evaluation
+      _signals.check("during the evaluation; nothing was written")
     glob = mesh_lib.to_global(batch, mesh)
     mask, index = mesh_lib.gather((glob.pop("mask"), glob["index"]))
     yield batch, glob, np.asarray(mask) > 0, np.asarray(index)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from vdm_jax import _deps, data
 from vdm_jax.evaluation import bpd, runs
+from vdm_jax.runtime import signals as _signals
 from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = ["evaluate_checkpoint", "format_table", "write_decomposition"]
@@ -114,11 +115,11 @@ def evaluate_checkpoint(
     "command": command,
   }
   result = workdir_lib.to_strict_json(result)
+  _signals.check("during the evaluation; nothing was written")  # not after the JSON
   if jax.process_index() != 0:
     return result
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output, "w") as f:
-    f.write(workdir_lib.dumps_strict(result, indent=2))
+  workdir_lib.write_json_atomic(output, workdir_lib.dumps_strict(result, indent=2))
   files = {"JSON": output}
   if rows is not None:
     base = os.path.splitext(output)[0]

@@ -17,6 +17,7 @@ import numpy as np
 
 from vdm_jax.evaluation import images
 from vdm_jax.runtime import mesh as mesh_lib
+from vdm_jax.runtime import signals as _signals
 
 __all__ = ["draw_samples", "jit_sampler", "sample_checkpoint", "write_sample_grid"]
 
@@ -82,7 +83,9 @@ def sample_checkpoint(
   model, mesh, params, step, workdir = run.model, run.mesh, run.params, run.step, run.workdir
   options = {"num_steps": num_steps, "method": method} if model.diffusion_time else {}
   start = time.perf_counter()
-  samples = draw_samples(model, params, jax.random.key(seed), num_samples, mesh, **options)
+  # One compiled call: with the CLI's handlers a signal during it exits at once.
+  with _signals.exit_at_once("while drawing samples; nothing was written"):
+    samples = draw_samples(model, params, jax.random.key(seed), num_samples, mesh, **options)
   seconds = time.perf_counter() - start
   prefix = output or os.path.join(workdir, f"samples_step{step}_{method}_T{num_steps}_seed{seed}")
   written = [prefix + ".npz"]

@@ -5,6 +5,7 @@ sampling share below them.
 * `checkpoints`: saving and verifying the train state; `load_ema_params` for inference.
 * `workdir`: the run lock, the config record, atomic writes.
 * `distributed`: `jax.distributed` start-up from launch flags.
+* `signals`: SIGTERM/SIGINT recorded by a handler, honoured at safe points (no JAX).
 """
 
 __all__: list[str] = []  # the modules above are imported by name

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
-import threading
 import time
 
 import jax
@@ -23,6 +21,7 @@ from vdm_jax import data, models
 from vdm_jax.evaluation import bpd, sampling
 from vdm_jax.runtime import checkpoints, distributed
 from vdm_jax.runtime import mesh as mesh_lib
+from vdm_jax.runtime import signals as _signals
 from vdm_jax.runtime import workdir as workdir_lib
 from vdm_jax.runtime.checkpoints import CheckpointError
 from vdm_jax.training.metrics import MetricWriter, progress_bar, say
@@ -90,15 +89,26 @@ class CheckpointSaveError(RuntimeError):
   """An asynchronous checkpoint save failed (disk full, permissions, ...)."""
 
 
-class TrainingInterrupted(Exception):
-  """SIGTERM or SIGINT stopped training after saving a checkpoint at `step`."""
+class TrainingInterrupted(_signals.Stopped):
+  """SIGTERM or SIGINT stopped training after saving a checkpoint at `step`.
 
-  def __init__(self, signum: int, step: int, workdir: str):
-    self.signum, self.step = signum, step
-    super().__init__(
-      f"Stopped by {signal.Signals(signum).name} after step {step}; checkpoint {step} saved "
-      f"in {workdir}/checkpoints. Run the same command again to resume."
-    )
+  `when`: "step" (between steps), "eval" (during the periodic evaluation of `step`, which
+  the next launch redoes first) or "final" (after the last step: the next launch runs the
+  final evaluation and sample grid)."""
+
+  def __init__(self, signum: int, step: int, workdir: str, when: str = "step"):
+    self.step, self.when = step, when
+    name = signal.Signals(signum).name
+    saved = f"checkpoint {step} saved in {workdir}/checkpoints"
+    message = {
+      "step": f"Stopped by {name} after step {step}; {saved}. Run the same command again to "
+      "resume.",
+      "eval": f"Stopped by {name} during the evaluation of step {step}; {saved}. Run the same "
+      f"command again: it evaluates step {step}, then resumes training.",
+      "final": f"Stopped by {name} after the last step ({step}); {saved}. The final evaluation "
+      "and sample grid will run on the next launch of the same command.",
+    }[when]
+    super().__init__(signum, message)
 
 
 def check_workdir(workdir: str) -> str:
@@ -119,46 +129,34 @@ def check_workdir(workdir: str) -> str:
 class _StopSignals:
   """SIGTERM (how clusters and TPU VMs preempt) and SIGINT (Ctrl-C) request a clean stop.
 
-  The handler only records the signal; the loop finishes its step, saves and exits. A
-  second signal interrupts at once (KeyboardInterrupt). With several processes, a signal
-  received by any of them stops all at the same step (`requested` is a collective).
-  Handlers are installed only in the main thread, and restored on exit.
+  The handler only records the signal (`runtime.signals`: the CLI installs it before JAX
+  is imported; without the CLI, this installs it for the whole of `train_and_evaluate`,
+  main thread only, and restores the previous handlers after); the loop stops at its safe
+  points. A second signal stops at once. With several processes, a signal received by any
+  of them stops all at the same point (`requested` is a collective).
   """
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.signum = None
-    self._previous = {}
-
-  def _handle(self, signum, frame):
-    if self.signum is not None:
-      raise KeyboardInterrupt
-    self.signum = signum
-    print(
-      f"\n{signal.Signals(signum).name} received: finishing the current step, saving a "
-      "checkpoint, then exiting (send it again to stop at once).",
-      file=sys.stderr,
-      flush=True,
-    )
-
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
+    self._scope = _signals.scope()
+    self._scope.__enter__()
     return self
 
   def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    self._previous = {}
+    return self._scope.__exit__(*exc)
 
   def requested(self) -> int | None:
     """The signal number if any process received one, else None."""
+    signum = _signals.received()
     if jax.process_count() == 1:
-      return self.signum
-    signums = multihost_utils.process_allgather(np.int32(self.signum or 0))
+      return signum
+    signums = multihost_utils.process_allgather(np.int32(signum or 0))
     return int(np.max(signums)) or None
+
+  def check(self, where: str) -> None:
+    """Raises `_signals.Stopped` ("Stopped by SIG... <where>.") if any process received one."""
+    signum = self.requested()
+    if signum is not None:
+      raise _signals.Stopped(signum, f"Stopped by {signal.Signals(signum).name} {where}.")
 
 
 def _read_final_metrics(workdir: str) -> dict | None:
@@ -201,9 +199,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     the eval's `pass_se` of one pass, is None).
   """
   config_lib.validate(config)
+  with _StopSignals() as stop:
+    return _lock_and_train(config, workdir, stop)
+
+
+def _lock_and_train(config, workdir: str, stop: _StopSignals) -> dict:
   distributed.initialize(None, None, None, auto=config.distributed)  # if not yet
+  _signals.reassert()  # jax.distributed's preemption notifier takes SIGTERM over
   mesh_lib.check_batch_size(config.train.batch_size, micro_batches=config.train.grad_accum_steps)
   mesh_lib.check_batch_size(config.eval.batch_size, "config.eval.batch_size")
+  stop.check("before training started; nothing was written")
   workdir = check_workdir(workdir)
   lock, error = None, ""
   if jax.process_index() == 0:
@@ -217,13 +222,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if error:
     raise workdir_lib.WorkdirLockedError(error)
   try:
-    return _train(config, workdir)
+    return _train(config, workdir, stop)
   finally:
     if lock is not None:
       lock.__exit__(None, None, None)
 
 
-def _train(config, workdir: str) -> dict:
+def _train(config, workdir: str, stop: _StopSignals) -> dict:
   distributed.prepare_data(config.data)
   info = data.dataset_info(config.data)
   mesh = mesh_lib.make_mesh()
@@ -264,6 +269,14 @@ def _train(config, workdir: str) -> dict:
       init_key
     )
   step = int(state.step)
+  try:
+    stop.check(
+      f"before training started (at step {step}); nothing lost. Run the same command again "
+      "to " + ("resume" if restored_step is not None else "start")
+    )
+  except _signals.Stopped:
+    manager.close()
+    raise
   train_iter = data.make_train_iterator(
     config.data, global_batch_size=config.train.batch_size, seed=config.seed, start_step=step
   )
@@ -284,8 +297,51 @@ def _train(config, workdir: str) -> dict:
   last_train, last_saved = {}, restored_step
   progress = progress_bar(total, step)
   profiler = _Profiler(config, workdir)
+
+  def save_finite(step, state):
+    """Saves checkpoint `step`, which must be finite: an update can overflow while the loss
+    and the gradient norm of its step are finite (one reduction: 2.2 ms on digits, 2 CPUs)."""
+    nonlocal last_saved
+    bad = checkpoints.non_finite_fields(checkpoints.saved_fields(state))
+    if bad:
+      where = _latest_checkpoint(manager, last_saved, step, made_it=False)
+      raise NonFiniteStateError(
+        f"Training diverged at step {step}: its loss and gradient norm were finite, "
+        f"but the state after it holds non-finite values (in {', '.join(bad)}): an "
+        f"update overflowed. Nothing was saved for step {step}; {where}. {_ADVICE}"
+      )
+    checkpoints.save_checkpoint(manager, step, state)
+    last_saved = step
+
+  def evaluate_periodically(step, state):
+    """The evaluation and sample grid of `step`, recorded as pending until both are done;
+    a signal during it saves checkpoint `step` and stops (the next launch redoes it)."""
+    _write_pending_eval(workdir, step)
+    notice = f"stopping the evaluation of step {step}, saving checkpoint {step}, then exiting"
+    try:
+      with _signals.notice(notice):
+        ema = jax.device_put(state.ema_params, replicated)  # gathered if fsdp
+        result = bpd.public(bpd.evaluate(vdm, ema, config, mesh, split=config.eval.split))
+      _check_evaluation(result, ema, step, manager, last_saved, final=False)
+      write_samples(vdm, ema, config, mesh, workdir, step, writer)
+      writer.scalars(step, bpd.scalar_summary(result), "eval")
+    except _signals.Stopped as e:
+      if last_saved != step:
+        save_finite(step, state)
+      manager.wait_until_finished()
+      _check_saves(manager, last_saved)
+      raise TrainingInterrupted(e.signum, step, workdir, "eval") from None
+    _clear_pending_eval(workdir)
+
   try:
-    with _StopSignals() as stop:
+    pending_eval = _pending_eval(workdir)
+    if pending_eval is not None and pending_eval != step or step >= total:
+      _clear_pending_eval(workdir)  # replayed (a later step), or done by the final evaluation
+    if pending_eval == step and restored_step is not None and step < total:
+      say(f"Evaluating step {step}, whose evaluation was cut off, before training on.")
+      evaluate_periodically(step, state)
+      t0 = time.perf_counter()
+    with _signals.notice("finishing the current step, saving a checkpoint, then exiting"):
       while step < total:
         profiler.before(step + 1)
         state, metrics = step_fn(state, next(batches), step_key)
@@ -310,18 +366,7 @@ def _train(config, workdir: str) -> dict:
           pending, window_start, t0 = [], step, time.perf_counter()
 
         if saving:
-          # What is saved must be finite: an update can overflow while the loss and the
-          # gradient norm of its step are finite (one reduction: 2.2 ms on digits, 2 CPUs).
-          bad = checkpoints.non_finite_fields(checkpoints.saved_fields(state))
-          if bad:
-            where = _latest_checkpoint(manager, last_saved, step, made_it=False)
-            raise NonFiniteStateError(
-              f"Training diverged at step {step}: its loss and gradient norm were finite, "
-              f"but the state after it holds non-finite values (in {', '.join(bad)}): an "
-              f"update overflowed. Nothing was saved for step {step}; {where}. {_ADVICE}"
-            )
-          checkpoints.save_checkpoint(manager, step, state)
-          last_saved = step
+          save_finite(step, state)
 
         if signum is not None:
           manager.wait_until_finished()
@@ -329,15 +374,15 @@ def _train(config, workdir: str) -> dict:
           raise TrainingInterrupted(signum, step, workdir)
 
         if evaluating:
-          ema = jax.device_put(state.ema_params, replicated)  # gathered if fsdp
-          result = bpd.public(bpd.evaluate(vdm, ema, config, mesh, split=config.eval.split))
-          _check_evaluation(result, ema, step, manager, last_saved, final=False)
-          writer.scalars(step, bpd.scalar_summary(result), "eval")
-          write_samples(vdm, ema, config, mesh, workdir, step, writer)
-          del ema
+          evaluate_periodically(step, state)
           t0 = time.perf_counter()  # evaluation time is not training time
     progress.close()
-    manager.wait_until_finished()
+    # After the last step a signal waits for the final save, then skips the evaluation.
+    with _signals.notice(
+      "waiting for the final checkpoint to be written, then exiting; the final evaluation "
+      "will run on the next launch"
+    ):
+      manager.wait_until_finished()
     _check_saves(manager, last_saved)
 
     # The final evaluation: done once per finished run (a rerun does it if it was cut off).
@@ -345,27 +390,72 @@ def _train(config, workdir: str) -> dict:
     if previous and previous.get("step") == step and previous.get("eval") is not None:
       say(f"Training finished at step {step}; final evaluation already in final_metrics.json.")
       return previous
-    ema = jax.device_put(state.ema_params, replicated)
-    last_eval = bpd.public(bpd.evaluate(vdm, ema, config, mesh, split=config.eval.split))
+    if not last_train and previous and previous.get("step") == step:
+      last_train = previous.get("train") or {}
+    # The train section first: it survives whatever cuts the evaluation off.
+    _write_final_metrics(workdir, step, last_train, None)
+    signum = stop.requested()
+    if signum is not None:
+      raise TrainingInterrupted(signum, step, workdir, "final")
+    try:
+      ema = jax.device_put(state.ema_params, replicated)
+      last_eval = bpd.public(bpd.evaluate(vdm, ema, config, mesh, split=config.eval.split))
+    except _signals.Stopped as e:  # between two evaluation batches (one process)
+      raise TrainingInterrupted(e.signum, step, workdir, "final") from None
     _check_evaluation(last_eval, ema, step, manager, last_saved, final=True)
-    writer.scalars(step, bpd.scalar_summary(last_eval), "eval")
     write_samples(vdm, ema, config, mesh, workdir, step, writer)
+    writer.scalars(step, bpd.scalar_summary(last_eval), "eval")
   finally:
     profiler.stop()
     progress.close()
     manager.wait_until_finished()
     manager.close()
     writer.close()
-  if not last_train and previous and previous.get("step") == step:
-    last_train = previous.get("train") or {}
-  # As written (strict JSON: a non-finite number, e.g. pass_se of one pass, is None), so
-  # that this run and a rerun that returns the recorded file return the same dict.
-  result = workdir_lib.to_strict_json({"step": step, "train": last_train, "eval": last_eval})
+  return _write_final_metrics(workdir, step, last_train, last_eval)
+
+
+def _write_final_metrics(workdir: str, step: int, train: dict, evaluation: dict | None) -> dict:
+  """Writes `final_metrics.json` atomically (process 0); returns it as written (strict JSON:
+  a non-finite number, e.g. pass_se of one pass, is None, so that this run and a rerun that
+  returns the recorded file return the same dict). `evaluation` None: not done yet."""
+  result = workdir_lib.to_strict_json({"step": step, "train": train, "eval": evaluation})
   if jax.process_index() == 0:
     workdir_lib.write_json_atomic(
       os.path.join(workdir, "final_metrics.json"), workdir_lib.dumps_strict(result, indent=2)
     )
   return result
+
+
+_PENDING_EVAL = "eval_pending.json"
+
+
+def _pending_eval(workdir: str) -> int | None:
+  """The step whose periodic evaluation started but did not complete (process 0's reading,
+  shared with all processes), or None."""
+  step = 0
+  if jax.process_index() == 0:
+    try:
+      with open(os.path.join(workdir, _PENDING_EVAL)) as f:
+        step = int(json.load(f)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+      step = 0
+  if jax.process_count() > 1:
+    step = int(multihost_utils.broadcast_one_to_all(np.int32(step)))
+  return step or None
+
+
+def _write_pending_eval(workdir: str, step: int) -> None:
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, _PENDING_EVAL)
+    workdir_lib.write_json_atomic(path, json.dumps({"step": step}))
+
+
+def _clear_pending_eval(workdir: str) -> None:
+  if jax.process_index() == 0:
+    try:
+      os.remove(os.path.join(workdir, _PENDING_EVAL))
+    except FileNotFoundError:
+      pass
 
 
 USER_ERRORS = (
