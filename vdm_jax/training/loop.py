@@ -522,12 +522,16 @@ def _check_evaluation(result, ema, step: int, manager, last_saved, *, final: boo
   else:
     where = _latest_checkpoint(manager, last_saved, step, made_it=False)
     where = where[0].upper() + where[1:]
-  written = "nothing was written to final_metrics.json" if final else "it was not recorded"
+  written = (
+    "The run's final_metrics.json holds the train section only (eval null)"
+    if final
+    else "It was not recorded"
+  )
   bpd.check_finite(
     result,
     ema,
     f"{kind} at step {step} ({result['split']} split)",
-    f"{written[0].upper()}{written[1:]}. {where}. {_ADVICE}",
+    f"{written}. {where}. {_ADVICE}",
   )
 
 
