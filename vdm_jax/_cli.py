@@ -18,9 +18,11 @@ import os
 import re
 import shlex
 import sys
+import traceback
 
 from absl import flags, logging
 
+from vdm_jax.runtime import distributed
 from vdm_jax.runtime.distributed import initialize as initialize_distributed
 
 __all__ = [
@@ -111,14 +113,21 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
 
 
 def define_launch_flags():
-  """Defines --coordinator_address, --num_processes and --process_id (several processes,
-  one or many hosts) in the calling script; returns their holders."""
+  """Defines --coordinator_address, --num_processes, --process_id (several processes, one
+  or many hosts) and --distributed_timeout in the calling script; returns their holders."""
   return (
     flags.DEFINE_string(
       "coordinator_address", None, "Several processes: host:port of process 0 (all processes)."
     ),
     flags.DEFINE_integer("num_processes", None, "Several processes: how many."),
     flags.DEFINE_integer("process_id", None, "Several processes: this one's index."),
+    flags.DEFINE_float(
+      "distributed_timeout",
+      distributed.DEFAULT_TIMEOUT,
+      "Several processes: seconds to wait for the coordinator and the other processes at "
+      "start, and for a clean stop after SIGTERM/SIGINT, before exiting with an error.",
+      lower_bound=0.1,
+    ),
   )
 
 
@@ -382,9 +391,23 @@ def start(argv, launch_flags=None, config=None) -> None:
   enable_compilation_cache()
   _import_plugins(config)
   if launch_flags is not None:
-    coordinator, num_processes, process_id = (f.value for f in launch_flags)
-    auto = bool(config is not None and config.get("distributed", False))
-    initialize_distributed(coordinator, num_processes, process_id, auto=auto)
+    _start_processes(launch_flags, config)
+
+
+def _start_processes(launch_flags, config) -> None:
+  """Several processes: they agree on the launch (`distributed.rendezvous`) and start."""
+  from vdm_jax import __version__
+
+  coordinator, num_processes, process_id, timeout = (f.value for f in launch_flags)
+  auto = bool(config is not None and config.get("distributed", False))
+  facts = {"vdm_jax": __version__}
+  if "workdir" in flags.FLAGS and flags.FLAGS["workdir"].value:
+    facts["--workdir"] = os.path.abspath(os.path.expanduser(flags.FLAGS["workdir"].value))
+  if config is not None:
+    facts.update(distributed.config_fingerprint(config))
+  initialize_distributed(
+    coordinator, num_processes, process_id, auto=auto, timeout=timeout, facts=facts
+  )
 
 
 def _import_plugins(config) -> None:
@@ -433,6 +456,12 @@ def user_errors_exit(errors=None):
     print("Interrupted (Ctrl-C).", file=sys.stderr)
     sys.exit(130)
   except Exception as e:
+    # Several processes: a lost peer is one line; every error ends the process at once
+    # (`_exit`), since JAX's exit handler would wait for the others (then abort in C++).
+    several = distributed.is_multiprocess() and getattr(e, "signum", None) is None
+    lost = distributed.lost_peer(e) if several else None
+    if lost is not None:
+      _exit(several, f"[process {distributed.process_index()}] error: {lost}")
     extra, interrupted = errors() if errors is not None else ((), ())
     if isinstance(e, interrupted):
       print(e, file=sys.stderr)
@@ -443,8 +472,19 @@ def user_errors_exit(errors=None):
     checkpoints = sys.modules.get("vdm_jax.runtime.checkpoints")
     user = known + ((checkpoints.CheckpointError,) if checkpoints else ())
     if not isinstance(e, user):
+      if several:
+        traceback.print_exc()
+        distributed.exit_now(1)
       raise
     import jax
 
     where = f"[process {jax.process_index()}] " if jax.process_count() > 1 else ""
-    sys.exit(f"{where}error: {e}")
+    _exit(several, f"{where}error: {e}")
+
+
+def _exit(several: bool, message: str) -> None:
+  """`sys.exit(message)`; with several processes, print it and end the process at once."""
+  if several:
+    print(message, file=sys.stderr)
+    distributed.exit_now(1)
+  sys.exit(message)
