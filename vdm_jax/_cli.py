@@ -459,9 +459,7 @@ def user_errors_exit(errors=None):
     # Several processes: a lost peer is one line; every error ends the process at once
     # (`_exit`), since JAX's exit handler would wait for the others (then abort in C++).
     several = distributed.is_multiprocess() and getattr(e, "signum", None) is None
-    lost = distributed.lost_peer(e) if several else None
-    if lost is not None:
-      _exit(several, f"[process {distributed.process_index()}] error: {lost}")
+    distributed.exit_if_lost_peer(e)
     extra, interrupted = errors() if errors is not None else ((), ())
     if isinstance(e, interrupted):
       print(e, file=sys.stderr)

@@ -22,13 +22,14 @@ import time
 
 __all__ = [
   "DEFAULT_TIMEOUT",
+  "exit_if_lost_peer",
   "exit_now",
   "initialize",
   "is_multiprocess",
-  "latest_checkpoint_on_disk",
   "lost_peer",
   "prepare_data",
   "process_index",
+  "resume_advice",
   "rendezvous",
 ]
 
@@ -336,19 +337,23 @@ def _num_processes() -> int:
   return runtime.global_state.num_processes
 
 
-def latest_checkpoint_on_disk(workdir: str | None = None) -> str:
-  """ "the latest checkpoint on disk is step N (<dir>)", or that there is none."""
+def resume_advice(workdir: str | None = None) -> str:
+  """What a rerun of every process does: "The latest checkpoint on disk is step N (<dir>);
+  rerun all P processes with the same command to resume from it", or start from step 0."""
   workdir = workdir or _state["workdir"]
+  rerun = f"rerun all {_num_processes()} processes with the same command"
   if not workdir:
-    return "no work directory is known"
+    return f"To go on, {rerun}."
   directory = os.path.join(workdir, "checkpoints")
-  try:
+  try:  # committed steps only: orbax writes into a temporary folder, then renames it
     steps = [int(n) for n in os.listdir(directory) if n.isdigit()]
   except OSError:
     steps = []
   if not steps:
-    return f"no checkpoint is on disk yet ({directory})"
-  return f"the latest checkpoint on disk is step {max(steps)} ({directory})"
+    return f"No checkpoint is on disk yet ({directory}): {rerun} to start again from step 0."
+  return (
+    f"The latest checkpoint on disk is step {max(steps)} ({directory}); {rerun} to resume from it."
+  )
 
 
 _LOST_PEER = (
@@ -377,11 +382,18 @@ def lost_peer(e: BaseException) -> str | None:
     return None
   first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
   return (
-    f"lost contact with another process ({first}): a peer "
-    f"stopped or was killed. {latest_checkpoint_on_disk()[0].upper()}"
-    f"{latest_checkpoint_on_disk()[1:]}; rerun all {_num_processes()} processes with the "
-    "same command to resume from it."
+    f"lost contact with another process ({first}): a peer stopped or was killed. " + resume_advice()
   )
+
+
+def exit_if_lost_peer(e: BaseException) -> None:
+  """If `e` says another process stopped (`lost_peer`), prints that and ends this process
+  at once (exit 1): cleaning up (an asynchronous save's commit, JAX's exit handler) would
+  wait for the lost process."""
+  message = lost_peer(e)
+  if message is not None:
+    print(f"[process {process_index()}] error: {message}", file=sys.stderr)
+    exit_now(1)
 
 
 def exit_now(code: int) -> None:
@@ -451,9 +463,7 @@ class _SignalWatchdog(threading.Thread):
     print(
       f"[process {process_index()}] error: still running {self.grace:g} s after {name}: "
       "blocked waiting for another process (stopped, killed or stuck), so nothing could be "
-      f"saved. {latest_checkpoint_on_disk()[0].upper()}{latest_checkpoint_on_disk()[1:]}; "
-      "rerun all processes with the same command to resume from it "
-      "(--distributed_timeout sets this wait).",
+      f"saved (--distributed_timeout sets this wait). {resume_advice()}",
       file=sys.stderr,
       flush=True,
     )

@@ -350,6 +350,11 @@ def _train(config, workdir: str) -> dict:
     _check_evaluation(last_eval, ema, step, manager, last_saved, final=True)
     writer.scalars(step, bpd.scalar_summary(last_eval), "eval")
     write_samples(vdm, ema, config, mesh, workdir, step, writer)
+  except Exception as e:
+    # Several processes: another one stopped. End now; the cleanup below would wait for it
+    # (an asynchronous save's commit waits for every process).
+    distributed.exit_if_lost_peer(e)
+    raise
   finally:
     profiler.stop()
     progress.close()
