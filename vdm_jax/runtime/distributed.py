@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -356,6 +357,9 @@ def resume_advice(workdir: str | None = None) -> str:
   )
 
 
+_STATUS = re.compile(
+  r"(UNKNOWN|UNAVAILABLE|INTERNAL|DEADLINE_EXCEEDED|ABORTED|CANCELLED|FAILED_PRECONDITION): "
+)
 _LOST_PEER = (
   "gloo",
   "connection closed",
@@ -373,11 +377,11 @@ def lost_peer(e: BaseException) -> str | None:
   process stopped) in a multi-process run; None for anything else."""
   if not is_multiprocess():
     return None
-  import jax
-
-  if not isinstance(e, jax.errors.JaxRuntimeError):
-    return None
+  # JAX raises these as JaxRuntimeError, or as ValueError (an array fetched to the host):
+  # recognised by the status code that starts the text and a word of a lost connection.
   text = str(e)
+  if not isinstance(e, (RuntimeError, ValueError)) or not _STATUS.match(text.strip()):
+    return None
   if not any(word in text.lower() for word in _LOST_PEER):
     return None
   first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
