@@ -5,6 +5,7 @@ resumes on one, and a SIGTERM to one process stops both at the same step, saved.
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -64,14 +65,15 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(data_dir, tmp_path):
   assert (run / "checkpoints" / str(step)).is_dir() and step < 400
 
 
-def _train_cli(workdir, data_dir, num_steps, *, process=None, devices=1):
-  """`scripts/train.py` on the tiny digits model; `process` = (port, index) of 2."""
-  launch = []
+def _train_cli(workdir, data_dir, num_steps, *, process=None, devices=1, num_processes=2, extra=()):
+  """`scripts/train.py` on the tiny digits model; `process` = (port, index) of
+  `num_processes`; `extra`: more flags."""
+  launch = list(extra)
   if process is not None:
     port, index = process
-    launch = [
+    launch += [
       f"--coordinator_address=127.0.0.1:{port}",
-      "--num_processes=2",
+      f"--num_processes={num_processes}",
       f"--process_id={index}",
     ]
   env = dict(os.environ, XLA_FLAGS=devices_flags(devices))
@@ -149,3 +151,135 @@ def test_two_processes_train_like_one_and_resume_on_one(data_dir, tmp_path):
   assert step == num_steps and mesh.size == 1
   result = evaluation.evaluate(vdm, params, config, mesh, key=jax.random.key(config.seed + 1))
   np.testing.assert_allclose(result["bpd"], final["two"]["bpd"], rtol=1e-5)
+
+
+# --- Launch mistakes and lost peers: an error with a message, never a hang ------------
+
+
+def _errors(results):
+  return [err.strip().splitlines()[-1] if err.strip() else "" for _, _, err in results]
+
+
+def _assert_refused(results, message):
+  for rc, _, err in results:
+    assert rc == 1, err[-3000:]
+    assert message in err, err[-3000:]
+    assert "Traceback" not in err and "Check failure" not in err, err[-3000:]
+
+
+def test_mismatched_num_processes_refused_by_every_process(data_dir, tmp_path):
+  port = _free_port()
+  procs = [
+    _train_cli(tmp_path / "run", data_dir, 20, process=(port, i), num_processes=2 + i)
+    for i in range(2)
+  ]
+  results = _finish(procs, timeout=60)
+  _assert_refused(results, "process 1 has --num_processes=3, process 0 has 2.")
+  assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_mismatched_workdir_refused_by_every_process(data_dir, tmp_path):
+  port = _free_port()
+  procs = [_train_cli(tmp_path / f"run{i}", data_dir, 20, process=(port, i)) for i in range(2)]
+  results = _finish(procs, timeout=60)
+  _assert_refused(
+    results, f"process 1 has --workdir={tmp_path / 'run1'}, process 0 has {tmp_path / 'run0'}."
+  )
+
+
+def test_different_configs_refused_naming_the_field(data_dir, tmp_path):
+  port = _free_port()
+  procs = [_train_cli(tmp_path / "run", data_dir, 20 + i, process=(port, i)) for i in range(2)]
+  results = _finish(procs, timeout=60)
+  _assert_refused(results, "process 1 has a different config (hash ")
+  assert "train.num_steps=21 vs 20" in results[0][2]
+
+
+def test_duplicate_process_id_refused(data_dir, tmp_path):
+  port = _free_port()
+  twins = [_train_cli(tmp_path / "run", data_dir, 20, process=(port, 1)) for _ in range(2)]
+  time.sleep(4)  # both wait for process 0 (retrying), which then starts
+  first = _train_cli(tmp_path / "run", data_dir, 20, process=(port, 0))
+  results = _finish([first, *twins], timeout=60)
+  _assert_refused(results, "two processes have --process_id=1 (")
+
+
+def test_unreachable_coordinator_and_missing_peer_time_out(data_dir, tmp_path):
+  start = time.monotonic()
+  lonely = _train_cli(
+    tmp_path / "run",
+    data_dir,
+    20,
+    extra=[
+      "--distributed_timeout=3",
+      "--coordinator_address=notahost.invalid:12355",
+      "--num_processes=2",
+      "--process_id=1",
+    ],
+  )
+  alone = _train_cli(
+    tmp_path / "run", data_dir, 20, process=(_free_port(), 0), extra=["--distributed_timeout=3"]
+  )
+  (rc, _, err), (rc0, _, err0) = _finish([lonely, alone], timeout=60)
+  assert time.monotonic() - start < 50
+  assert (
+    rc == 1 and "could not reach the coordinator at notahost.invalid:12355 within 3 s" in err
+  ), err
+  assert "is process 0 running? the same --coordinator_address on every process?" in err
+  assert rc0 == 1 and "only 1 of 2 processes joined within 3 s (missing: --process_id=1)" in err0, (
+    err0
+  )
+  assert "Traceback" not in err + err0
+
+
+def test_killed_peer_ends_the_survivor_with_a_message(data_dir, tmp_path):
+  port = _free_port()
+  procs = [_train_cli(tmp_path / "run", data_dir, 400, process=(port, i)) for i in range(2)]
+  try:
+    for _ in procs[0].stdout:
+      if (tmp_path / "run" / "checkpoints" / "5").is_dir():  # committed (ckpt_every=5)
+        break
+    procs[1].kill()
+    killed = time.monotonic()
+    rc, _, err = _finish(procs[:1], timeout=60)[0]
+    took = time.monotonic() - killed
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  assert rc == 1, err[-3000:]
+  assert "[process 0] error: lost contact with another process (" in err, err[-3000:]
+  assert re.search(
+    rf"The latest checkpoint on disk is step \d*[05] \({re.escape(str(tmp_path))}/run/checkpoints\); "
+    "rerun all 2 processes with the same command to resume from it.",
+    err,
+  ), err[-3000:]
+  assert "Check failure" not in err and "Traceback" not in err, err[-3000:]
+  assert took < 30, took
+
+
+def test_sigterm_ends_a_process_blocked_by_a_stopped_peer(data_dir, tmp_path):
+  port = _free_port()
+  procs = [
+    _train_cli(
+      tmp_path / "run", data_dir, 400, process=(port, i), extra=["--distributed_timeout=8"]
+    )
+    for i in range(2)
+  ]
+  try:
+    for line in procs[0].stdout:
+      if line.startswith("[train] step 3:"):
+        break
+    procs[1].send_signal(signal.SIGSTOP)  # process 0 now waits in its next collective
+    time.sleep(2)
+    procs[0].send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    rc, _, err = _finish(procs[:1], timeout=60)[0]
+    took = time.monotonic() - sent
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  assert rc == 128 + signal.SIGTERM, err[-3000:]
+  assert "[process 0] error: still running 8 s after SIGTERM: blocked waiting for another" in err
+  assert 8 <= took < 25, took

@@ -20,9 +20,11 @@ import os
 import re
 import shlex
 import sys
+import traceback
 
 from absl import flags, logging
 
+from vdm_jax.runtime import distributed
 from vdm_jax.runtime import signals as _signals
 
 __all__ = [
@@ -55,12 +57,7 @@ CACHE_ENV = "VDM_JAX_COMPILATION_CACHE_DIR"
 _CACHE_OFF = ("", "0", "none", "off", "false", "no")
 
 
-def initialize_distributed(*args, **kwargs) -> None:
-  """`runtime.distributed.initialize` (imported when called: importing this module, which
-  every tool does before its signal handlers are installed, must not import JAX)."""
-  from vdm_jax.runtime.distributed import initialize
-
-  initialize(*args, **kwargs)
+initialize_distributed = distributed.initialize  # imports JAX only when called
 
 
 def quiet_logging() -> None:
@@ -121,14 +118,21 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
 
 
 def define_launch_flags():
-  """Defines --coordinator_address, --num_processes and --process_id (several processes,
-  one or many hosts) in the calling script; returns their holders."""
+  """Defines --coordinator_address, --num_processes, --process_id (several processes, one
+  or many hosts) and --distributed_timeout in the calling script; returns their holders."""
   return (
     flags.DEFINE_string(
       "coordinator_address", None, "Several processes: host:port of process 0 (all processes)."
     ),
     flags.DEFINE_integer("num_processes", None, "Several processes: how many."),
     flags.DEFINE_integer("process_id", None, "Several processes: this one's index."),
+    flags.DEFINE_float(
+      "distributed_timeout",
+      distributed.DEFAULT_TIMEOUT,
+      "Several processes: seconds to wait for the coordinator and the other processes at "
+      "start, and for a clean stop after SIGTERM/SIGINT, before exiting with an error.",
+      lower_bound=0.1,
+    ),
   )
 
 
@@ -401,11 +405,25 @@ def start(argv, launch_flags=None, config=None) -> None:
   _import_plugins(config)
   _signals.check(_BEFORE_WORK)
   if launch_flags is not None:
-    coordinator, num_processes, process_id = (f.value for f in launch_flags)
-    auto = bool(config is not None and config.get("distributed", False))
-    initialize_distributed(coordinator, num_processes, process_id, auto=auto)
+    _start_processes(launch_flags, config)
     _signals.reassert()  # jax.distributed's preemption notifier takes SIGTERM over
     _signals.check(_BEFORE_WORK)
+
+
+def _start_processes(launch_flags, config) -> None:
+  """Several processes: they agree on the launch (`distributed.rendezvous`) and start."""
+  from vdm_jax import __version__
+
+  coordinator, num_processes, process_id, timeout = (f.value for f in launch_flags)
+  auto = bool(config is not None and config.get("distributed", False))
+  facts = {"vdm_jax": __version__}
+  if "workdir" in flags.FLAGS and flags.FLAGS["workdir"].value:
+    facts["--workdir"] = os.path.abspath(os.path.expanduser(flags.FLAGS["workdir"].value))
+  if config is not None:
+    facts.update(distributed.config_fingerprint(config))
+  initialize_distributed(
+    coordinator, num_processes, process_id, auto=auto, timeout=timeout, facts=facts
+  )
 
 
 def _import_plugins(config) -> None:
@@ -458,6 +476,10 @@ def user_errors_exit(errors=None):
     print("Interrupted (Ctrl-C).", file=sys.stderr)
     sys.exit(130)
   except Exception as e:
+    # Several processes: a lost peer is one line; every error ends the process at once
+    # (`_exit`), since JAX's exit handler would wait for the others (then abort in C++).
+    several = distributed.is_multiprocess() and getattr(e, "signum", None) is None
+    distributed.exit_if_lost_peer(e)
     extra, interrupted = errors() if errors is not None else ((), ())
     if isinstance(e, interrupted):
       print(e, file=sys.stderr)
@@ -468,8 +490,19 @@ def user_errors_exit(errors=None):
     checkpoints = sys.modules.get("vdm_jax.runtime.checkpoints")
     user = known + ((checkpoints.CheckpointError,) if checkpoints else ())
     if not isinstance(e, user):
+      if several:
+        traceback.print_exc()
+        distributed.exit_now(1)
       raise
     import jax
 
     where = f"[process {jax.process_index()}] " if jax.process_count() > 1 else ""
-    sys.exit(f"{where}error: {e}")
+    _exit(several, f"{where}error: {e}")
+
+
+def _exit(several: bool, message: str) -> None:
+  """`sys.exit(message)`; with several processes, print it and end the process at once."""
+  if several:
+    print(message, file=sys.stderr)
+    distributed.exit_now(1)
+  sys.exit(message)

@@ -405,6 +405,11 @@ def _train(config, workdir: str, stop: _StopSignals) -> dict:
     _check_evaluation(last_eval, ema, step, manager, last_saved, final=True)
     write_samples(vdm, ema, config, mesh, workdir, step, writer)
     writer.scalars(step, bpd.scalar_summary(last_eval), "eval")
+  except Exception as e:
+    # Several processes: another one stopped. End now; the cleanup below would wait for it
+    # (an asynchronous save's commit waits for every process).
+    distributed.exit_if_lost_peer(e)
+    raise
   finally:
     profiler.stop()
     progress.close()
