@@ -62,6 +62,7 @@ def bpd_of(proc: subprocess.CompletedProcess) -> float:
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_format1_run_evaluates_samples_and_resumes_from_its_workdir_alone(tmp_path, digits_dir):
   run = fixture_copy(tmp_path / "run")
   data_flag = f"--config.data.data_dir={digits_dir}"
@@ -253,6 +254,7 @@ TOOLS = {
 }
 
 
+@pytest.mark.slow
 def test_installed_console_scripts_work_from_an_empty_directory_with_a_plugin(tmp_path, digits_dir):
   """A non-editable install (a wheel, into its own folder) runs from a folder holding only
   a plugin module: train with --import, then evaluate and sample with --workdir alone."""

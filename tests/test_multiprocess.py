@@ -107,6 +107,7 @@ TINY_FLAGS = [
 ]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_on_one(data_dir, tmp_path):
   num_steps = 20
   reference = _train_cli(tmp_path / "one", data_dir, num_steps, devices=2)  # 1 process x 2
@@ -232,6 +233,7 @@ def test_unreachable_coordinator_and_missing_peer_time_out(data_dir, tmp_path):
   assert "Traceback" not in err + err0
 
 
+@pytest.mark.slow
 def test_killed_peer_ends_the_survivor_with_a_message(data_dir, tmp_path):
   port = _free_port()
   procs = [_train_cli(tmp_path / "run", data_dir, 400, process=(port, i)) for i in range(2)]
@@ -258,6 +260,7 @@ def test_killed_peer_ends_the_survivor_with_a_message(data_dir, tmp_path):
   assert took < 30, took
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_process_blocked_by_a_stopped_peer(data_dir, tmp_path):
   port = _free_port()
   procs = [

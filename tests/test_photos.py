@@ -515,6 +515,7 @@ def test_codec_table_cli(image_folder, tmp_path):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_cli_on_photo_patches(photos_dir, tmp_path):
   config = tiny_config(photos_dir, num_steps=3, ckpt_every=3, log_every=3, eval_every=3)
   config.data.name = "photos"
