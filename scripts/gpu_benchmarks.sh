@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The accelerator figures of docs/benchmarks.md in one call, for a lent GPU machine
-# (../shared/gpu/README.md: install the wheels first, then run this with OUT set). Each
+# (install the CUDA wheels first, README "Install on GPU or TPU", then run this with OUT
+# set). Each
 # measurement writes its JSON to $OUT as soon as it exists and is bounded by `timeout`,
 # so one slow compile cannot eat the budget. The float32 baseline runs in the same call,
 # so the ratios are same-card. Not run by the tests (no GPU there).

@@ -1,4 +1,4 @@
-"""The package's layers (DESIGN §3, README "Layout"): no cycles, no import up a layer, and
+"""The package's layers (README "Layout"): no cycles, no import up a layer, and
 pure maths that needs nothing but jax and numpy. Parses the source (ast); imports nothing."""
 
 import ast

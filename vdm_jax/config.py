@@ -51,10 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"
   # U-Net only. scan_layers: the n_layer down and n_layer + 1 up blocks as two nn.scan loops
   # over stacked parameters: XLA compiles one block per loop instead of 2 n_layer + 1, meant
-  # for deep nets on GPU/TPU (DESIGN section 4: the unrolled n_layer = 32 did not compile
+  # for deep nets on GPU/TPU (docs/benchmarks.md: the unrolled n_layer = 32 did not compile
   # in 200 s on an H200; the scanned one is not yet measured there). Default False because
   # XLA:CPU computes a convolution's weight gradient inside a loop many times slower
-  # (DESIGN section 4): measured on 2 CPU cores (jax 0.10.2), n_layer=8, n_embd=64, batch
+  # (docs/benchmarks.md, "Measured facts"): 2 CPU cores, n_layer=8, n_embd=64, batch
   # 16 of 16x16x3, a train step takes 1.7 s unrolled and 29 s scanned, and the scan does
   # not even shorten the compile at this depth (43 s vs 32 s). The two layouts have
   # different parameter trees (models.unet.stack_layer_params converts), so a run resumes
@@ -116,8 +116,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Gradient accumulation: each step's batch is cut into this many micro-batches whose
   # gradients are averaged (a lax.scan) before one optimiser step: the same update, with
   # about 1/k of the activation memory. Opt-in for memory on accelerators: on CPU a scanned
-  # convolution gradient is ~40x slower (DESIGN §4). Must divide batch_size, and
-  # batch_size / grad_accum_steps must be divisible by the device count. Changes the random
+  # convolution gradient is ~40x slower (docs/benchmarks.md, "Measured facts"). Must divide
+  # batch_size, and batch_size / grad_accum_steps must be divisible by the device count. Changes the random
   # draws (each micro-batch has its own key), so a resume refuses a change of it.
   c.train.grad_accum_steps = 1
   # Device prefetch: while a step runs, the next `prefetch` batches are already copied to

@@ -1,7 +1,7 @@
 r"""The three terms of the VDM evidence lower bound, per example, in nats.
 
 $-\log p(x) \le \mathcal{L}_{recon} + \mathcal{L}_{prior} + \mathcal{L}_{diffusion}$ (the
-seed's ELBO in its denoising-matching form, DESIGN §2):
+seed's ELBO in its denoising-matching form, docs/derivation.md):
 
 * reconstruction: $-\log p(k \mid z_0)$ with an exact factorised discrete decoder;
 * prior matching: $D_{KL}(q(z_1 \mid x) \,\|\, N(0, I))$;

@@ -1,4 +1,4 @@
-"""Conversions between predictions of x, epsilon and v (DESIGN §2).
+"""Conversions between predictions of x, epsilon and v (docs/derivation.md, "Notation").
 
 With z_t = alpha_t x + sigma_t eps (alpha_t^2 = sigmoid(-gamma_t), sigma_t^2 =
 sigmoid(gamma_t)) any one of x, eps and v = alpha_t eps - sigma_t x determines the other

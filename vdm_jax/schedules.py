@@ -1,6 +1,6 @@
 r"""Noise schedules: gamma(t) = -log SNR(t) for t in [0, 1].
 
-Conventions (DESIGN §2): the process is variance preserving,
+Conventions (docs/derivation.md, "Notation"): the process is variance preserving,
 
   alpha_t^2 = sigmoid(-gamma_t),  sigma_t^2 = sigmoid(gamma_t),  SNR_t = exp(-gamma_t),
 

@@ -1,4 +1,4 @@
-"""Data (DESIGN §3, layer 3): tfds builders and readers, the grain input pipeline.
+"""Data (README "Layout": layer 3): tfds builders and readers, the grain input pipeline.
 
 * `vdm_jax.data.pipeline`: `dataset_info`, `prepare`, `make_train_iterator`,
   `eval_batches` for every dataset in `DATASETS` (re-exported here).

@@ -3,8 +3,8 @@
 The 1,797 images of `sklearn.datasets.load_digits` (UCI optical recognition of
 handwritten digits) ship inside scikit-learn, so this dataset builds with no network and
 no TensorFlow in about a second. Pixels are integer grey levels 0..16, so the data have
-V = 17 values per dimension (DESIGN §4): images are stored exactly, as uint8 `(8, 8, 1)`
-tensors (`tfds.features.Tensor`; `tfds.features.Image` would need TensorFlow to encode).
+V = 17 values per dimension: images are stored exactly, as uint8 `(8, 8, 1)` tensors
+(`tfds.features.Tensor`; `tfds.features.Image` would need TensorFlow to encode).
 
 Split: a fixed permutation of the 1,797 sklearn indices from `np.random.default_rng(0)`;
 its first 1,497 indices are "train" and its last 300 "test". Record i of a split is the

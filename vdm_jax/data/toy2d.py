@@ -6,8 +6,8 @@ The distribution: 8 equally weighted isotropic Gaussians with standard deviation
 $p(x) = \frac{1}{8} \sum_{j=1}^{8} N(x; \mu_j, \sigma^2 I_2)$.
 
 A draw x is quantised per coordinate to k = floor((x + 1) V / 2), clipped to {0, ..., V-1}
-with V = 256, so that k's bin centre is (2k + 1)/V - 1 (DESIGN §2) and bin k is the
-interval [2k/V - 1, 2(k+1)/V - 1); the two edge bins also take the tails beyond +-1.
+with V = 256, so that k's bin centre is (2k + 1)/V - 1 (docs/derivation.md, "Notation") and
+bin k is the interval [2k/V - 1, 2(k+1)/V - 1); the two edge bins also take the tails beyond +-1.
 The probability of a bin is therefore known exactly (`log_prob_quantised`), which lets a
 trained model's bits/dim be compared with the true value:
 

@@ -1,4 +1,4 @@
-"""Evaluation (DESIGN §3, layer 5): bits/dim with error bars, sampling, diagnostics.
+"""Evaluation (README "Layout": layer 5): bits/dim with error bars, sampling, diagnostics.
 
 * `bpd`: the ELBO in bits/dim of a split, batch- and device-invariant (`evaluate`), the
   exact sum over T steps on the device, the decomposition over t.

@@ -1,4 +1,4 @@
-"""Models (DESIGN §3, layer 2): Flax networks, learned schedules, the model objects.
+"""Models (README "Layout": layer 2): Flax networks, learned schedules, the model objects.
 
 * `interface`: the `Model` / `DiffusionModel` protocols every model implements.
 * `vdm.VDM`: a schedule and a denoiser tied to the ELBO terms; `vae.GaussianVAE`: the

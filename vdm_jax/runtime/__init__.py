@@ -1,5 +1,5 @@
-"""Runtime (DESIGN §3, layer 4, with `vdm_jax.config`): what training, evaluation and
-sampling share below them.
+"""Runtime (README "Layout": layer 4, with `vdm_jax.config`): what training, evaluation
+and sampling share below them.
 
 * `mesh`: the device mesh, shardings, host <-> device batches.
 * `checkpoints`: saving and verifying the train state; `load_ema_params` for inference.

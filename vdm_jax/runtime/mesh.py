@@ -1,7 +1,7 @@
 """The device mesh, shardings, and moving batches and results between hosts and devices.
 
-One 1-D ("data",) mesh over every device of every process (DESIGN §4): batches are split
-along it, the train state is replicated (or, with "fsdp", split) over it. Training,
+One 1-D ("data",) mesh over every device of every process (`jax.make_mesh`; no pmap,
+which is legacy): batches are split along it, the train state is replicated (or, with "fsdp", split) over it. Training,
 evaluation and sampling all build their shardings here.
 """
 

@@ -1,4 +1,4 @@
-"""Training (DESIGN §3, layer 6): the train state, the pure step, the loop.
+"""Training (README "Layout": layer 6): the train state, the pure step, the loop.
 
 * `state`: TrainState (params, optimizer state, EMA), the optimizer.
 * `step`: the pure `train_step` and its jitted, sharded form.

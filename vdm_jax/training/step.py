@@ -1,8 +1,9 @@
 """The pure training step and its jitted, sharded form.
 
 Not wrapped in `lax.scan`: on XLA:CPU a convolution's weight gradient inside a scan is
-~40x slower (DESIGN §4). Gradient accumulation (`config.train.grad_accum_steps` > 1), an
-opt-in for memory on accelerators, does scan over the micro-batches of one step.
+~40x slower (docs/benchmarks.md, "Measured facts"). Gradient accumulation
+(`config.train.grad_accum_steps` > 1), an opt-in for memory on accelerators, does scan over
+the micro-batches of one step.
 """
 
 from __future__ import annotations
