@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The accelerator figures of docs/benchmarks.md in one call, for a lent GPU machine
-# (install the CUDA wheels first, README "Install on GPU or TPU", then run this with OUT
+# (install the CUDA wheels first, docs/install.md, "Install on GPU or TPU", then run this with OUT
 # set). Each
 # measurement writes its JSON to $OUT as soon as it exists and is bounded by `timeout`,
 # so one slow compile cannot eat the budget. The float32 baseline runs in the same call,

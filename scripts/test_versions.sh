@@ -101,7 +101,8 @@ PY
     (cd "${TMPDIR:-/tmp}" && "$repo/$venv/bin/python" - "$repo/README.md" <<'PY'
 import pathlib, re, sys
 import jax, jax.numpy as jnp, numpy as np
-block = re.findall(r"```python\n(.*?)```", pathlib.Path(sys.argv[1]).read_text(), re.S)[0]
+blocks = re.findall(r"```python\n(.*?)```", pathlib.Path(sys.argv[1]).read_text(), re.S)
+block = [b for b in blocks if "eps_model" in b][0]  # the example of the loss
 
 def eps_model(params, z_t, gamma_t):  # a stand-in network, as in tests/test_readme.py
   return params["w"] * z_t + params["b"] * gamma_t[:, None, None, None]

@@ -1,4 +1,4 @@
-"""The README's code example runs as written (with a toy model supplied)."""
+"""The code examples of the README and of docs/ run as written (with a toy model supplied)."""
 
 import pathlib
 import re
@@ -10,11 +10,20 @@ import pytest
 
 from vdm_jax import elbo
 
+REPO = pathlib.Path(__file__).parents[1]
+
+
+def python_blocks(*pages: str) -> list[str]:
+  """The ```python blocks of README.md and docs/*.md (or of `pages`), in order."""
+  paths = [REPO / p for p in pages] or [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+  return [b for p in paths for b in re.findall(r"```python\n(.*?)```", p.read_text(), re.S)]
+
 
 def test_readme_example_runs_and_gives_finite_gradients():
-  text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-  blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "eps_model" in b]
+  blocks = [b for b in python_blocks("README.md") if "eps_model" in b]
   assert blocks, "README has no python example of the loss"
+  # docs/loss_functions.md shows the same example (the site has no README): one text.
+  assert [b for b in python_blocks("docs/loss_functions.md") if "eps_model" in b] == blocks
 
   def eps_model(params, z_t, gamma_t):
     return params["w"] * z_t + params["b"] * gamma_t[:, None, None, None]
@@ -32,8 +41,7 @@ def test_readme_example_runs_and_gives_finite_gradients():
 
 
 def test_readme_checked_mode_example():
-  text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-  block = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "checkify" in b][0]
+  block = [b for b in python_blocks() if "checkify" in b][0]
   z_0 = jnp.zeros((2, 3))
   exec(block, {"jax": jax, "elbo": elbo, "k": jnp.array([[0, 1, 255]] * 2), "z_0": z_0})
   with pytest.raises(Exception, match=r"must hold integers in \[0, 255\].*\[0, 256\]"):
@@ -44,8 +52,7 @@ def test_readme_registers_a_denoiser_that_config_and_training_accept():
   from vdm_jax import data, models
   from vdm_jax.config import base_config, validate
 
-  text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-  block = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "DENOISERS" in b][0]
+  block = [b for b in python_blocks() if "DENOISERS" in b][0]
   config = base_config()
   config.model.denoiser = "tiny"
   with pytest.raises(

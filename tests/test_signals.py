@@ -1,5 +1,5 @@
 """SIGTERM and SIGINT from the first line to the last: never swallowed, never a lost
-checkpoint or evaluation (README "Runs that survive")."""
+checkpoint or evaluation (docs/robustness.md)."""
 
 import json
 import os
