@@ -3,7 +3,7 @@
   python scripts/train.py --config=configs/digits.py --workdir=runs/digits
 
 No download: the dataset ships with scikit-learn and is built into a tfds array_record
-dataset in about a second. Expected: see README (test bits/dim and time on 2 CPU cores);
+dataset in about a second. Expected: see docs/running.md, "The demo" (test bits/dim and time on 2 CPU cores);
 a uniform model scores log2(17) = 4.09 bits/dim.
 """
 
@@ -12,18 +12,10 @@ from vdm_jax.config import base_config
 
 def get_config():
   c = base_config()
-  c.data.name = "digits"
   c.model.n_layer = 2
   c.model.n_embd = 32
   c.model.norm_groups = 8
-  c.model.dropout = 0.1
   c.optim.learning_rate = 1e-3
   c.optim.ema_decay = 0.995
-  c.train.batch_size = 64
-  c.train.num_steps = 2000
-  c.train.eval_every = 1000
-  c.train.ckpt_every = 500
-  c.train.num_samples = 64
   c.train.sample_steps = 250
-  c.eval.batch_size = 256
   return c

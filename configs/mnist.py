@@ -15,8 +15,6 @@ def get_config():
   c = base_config()
   c.data.name = "mnist"
   c.model.n_layer = 8
-  c.model.n_embd = 64
-  c.optim.learning_rate = 2e-4
   c.optim.ema_decay = 0.9999
   c.train.batch_size = 128
   c.train.num_steps = 100_000

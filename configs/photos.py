@@ -9,7 +9,7 @@ channels and V = 256 from the dataset: the decoder has 256 bins per dimension an
 Fourier features of z use 2^n 2 pi z for n in [6, 8), as set from V. Measured on a 2-core
 CPU shared with other jobs: 500 steps in 27 min (0.2-0.45 steps/s), test bits/dim
 3.86 +- 0.10 (`--passes=4`), against PNG
-4.14, lossless WebP 3.55 per patch and a uniform 8.00 (README, `scripts/codec_table.py`).
+4.14, lossless WebP 3.55 per patch and a uniform 8.00 (docs/data.md, `scripts/codec_table.py`).
 
 The same config trains on your own images after `vdm-import-images --name=NAME ...`:
 `--config.data.name=NAME`.
@@ -31,16 +31,12 @@ def get_config():
   c.model.n_layer = 2
   c.model.n_embd = 32
   c.model.norm_groups = 8
-  c.model.dropout = 0.1
   c.optim.learning_rate = 1e-3
-  c.optim.warmup_steps = 100
   c.optim.ema_decay = 0.98  # a 50-step average: 0.995 lagged far behind in 500 steps
   c.train.batch_size = 32
   c.train.num_steps = 500
-  c.train.log_every = 50
   c.train.eval_every = 500
   c.train.ckpt_every = 250
   c.train.num_samples = 16
   c.train.sample_steps = 250
-  c.eval.batch_size = 256  # any size gives the same bits/dim (docs/evaluation.md)
   return c

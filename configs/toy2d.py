@@ -14,11 +14,7 @@ def get_config():
   c = base_config()
   c.data.name = "toy2d"
   c.model.denoiser = "mlp"
-  c.model.mlp_hidden = 256
-  c.model.mlp_layers = 4
-  c.model.fourier_features = True
   c.optim.learning_rate = 1e-3
-  c.optim.ema_decay = 0.999
   c.train.batch_size = 256
   c.train.num_steps = 3000
   c.train.eval_every = 1500

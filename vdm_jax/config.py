@@ -21,7 +21,8 @@ __all__ = [
   "validate",
 ]
 
-DTYPES = ("float32", "bfloat16")  # config.model.dtype: the denoiser's compute dtype
+DTYPES = ("float32", "bfloat16")
+"""The choices of `config.model.dtype`, the denoiser's compute dtype."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -181,7 +182,7 @@ def import_plugins(config: ml_collections.ConfigDict) -> list[str]:
   module beside where a command is run is found, as with `python -m`. Returns the names.
 
   Raises:
-    ValueError naming a module that cannot be found, and how to make it importable.
+    ValueError: naming a module that cannot be found, and how to make it importable.
   """
   import importlib
   import os

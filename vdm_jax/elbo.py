@@ -319,7 +319,8 @@ def denoising_matching_kl(
     x: data `[B, ...]`.
     x_hat: prediction of x from z_t, same shape.
     z_t: latent at t, same shape.
-    gamma_s, gamma_t: scalars or `[B]`, with gamma_s < gamma_t.
+    gamma_s: scalar or `[B]`, with gamma_s < gamma_t.
+    gamma_t: scalar or `[B]`.
 
   Returns:
     `[B]` nats.

@@ -99,7 +99,10 @@ def gaussian_kl(
   `expm1(l) - l`, `l = log var_q - log var_p`, so equal variances give exactly 0.
 
   Args:
-    mean_q, var_q, mean_p, var_p: broadcastable floating arrays; variances > 0.
+    mean_q: the mean of q; the four arrays broadcast together, floating.
+    var_q: the variance of q, > 0.
+    mean_p: the mean of p.
+    var_p: the variance of p, > 0.
 
   Returns:
     The elementwise KL, with the broadcast shape of the inputs.

@@ -71,6 +71,7 @@ _TO_EPS = {
 
 
 PARAMETERIZATIONS = tuple(_TO_EPS)  # ("eps", "x", "v"): what a network may predict
+"""What a network may predict: "eps", "x" or "v"."""
 
 
 def prediction_to_eps(

@@ -22,6 +22,7 @@ from vdm_jax import _checks, elbo, gaussian, predictions, schedules
 __all__ = ["METHODS", "ReverseModel", "sample"]
 
 METHODS = ("ancestral", "ddim")
+"""The reverse-process samplers `sample` accepts as `method`."""
 
 
 class ReverseModel(Protocol):
@@ -62,7 +63,7 @@ def sample(
     (True, True)
 
   Args:
-    vdm: a `vdm_jax.vdm.VDM`.
+    vdm: a `vdm_jax.models.VDM`.
     params: its params (use the EMA params).
     key: `jax.random` key.
     num_samples: how many.

@@ -134,7 +134,7 @@ class GaussianMixture:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class OracleVDM:
-  """A `vdm_jax.vdm.VDM` look-alike whose denoiser is a closed-form E[x | z_t].
+  """A `vdm_jax.models.VDM` look-alike whose denoiser is a closed-form E[x | z_t].
 
   Samplers and likelihood evaluators written for a trained VDM accept it unchanged
   (they call `gamma`, `gamma_and_derivative`, `eps_hat`, `x_hat`, `data_shape`,

@@ -39,9 +39,13 @@ __all__ = [
 ]
 
 VOCAB_SIZE = 17
+"""Grey levels of scikit-learn's digits (0..16)."""
 SHAPE = (8, 8, 1)
+"""The shape of one digit."""
 SPLIT_SEED = 0
+"""Seed of the permutation that splits the 1,797 digits."""
 NUM_EXAMPLES = {"train": 1_497, "test": 300}
+"""Examples per split."""
 _TOTAL = 1_797
 
 

@@ -75,9 +75,13 @@ __all__ = [
 ]
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
+"""The image files read (by extension, any case)."""
 MODES = ("crop", "patches")
+"""How images become examples: one centred crop per file, or every patch."""
 SPLITS = ("train", "test")
+"""The splits written."""
 VERSION = "1.0.0"
+"""The tfds version of the datasets written."""
 _MARKER = "vdm_jax_image_folder"  # key in metadata.json of datasets written here
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _MAX_LISTED = 20  # bad files named in one error

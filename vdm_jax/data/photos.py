@@ -62,13 +62,21 @@ __all__ = [
 ]
 
 VOCAB_SIZE = 256
+"""Levels per colour channel."""
 PATCH = 32
+"""Side of a patch, in pixels."""
 SHAPE = (PATCH, PATCH, 3)
-BLOCK = 64  # side of the square blocks assigned to train or test
-STRIDE = 16  # of the train windows
-TEST_FRACTION = 0.4  # of each photo's whole blocks
+"""The shape of one patch."""
+BLOCK = 64
+"""Side of the square blocks assigned to train or test."""
+STRIDE = 16
+"""Stride of the train windows."""
+TEST_FRACTION = 0.4
+"""Fraction of each photo's whole blocks in the test region."""
 SPLIT_SEED = 0
+"""Seed of the per-photo permutation of blocks."""
 NUM_EXAMPLES = {"train": 5_270, "test": 524}
+"""Patches per split."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +132,7 @@ PHOTOS = (
     "3d4435cc745752b7f9724df88c6e18817de3ce7e3d2d71c55f85f7831e68f197",
   ),
 )
+"""The six photos: name, the package that ships them, the file, licence and pixel hash."""
 
 
 def _photo_path(photo: Photo) -> str:

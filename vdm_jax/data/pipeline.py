@@ -266,9 +266,9 @@ def lookup(data_config) -> Dataset:
   """The dataset `data_config.name` selects: registered, or imported into `data_dir`.
 
   Raises:
-    ValueError naming the unknown name, the registered datasets, the data_dir searched
-    (expanded) and the datasets imported there (by `vdm-import-images`), and how to import
-    one or where `data.data_dir` should point.
+    ValueError: naming the unknown name, the registered datasets, the data_dir searched
+      (expanded) and the datasets imported there (by `vdm-import-images`), and how to import
+      one or where `data.data_dir` should point.
   """
   name = getattr(data_config, "name", None)
   if name in DATASETS:

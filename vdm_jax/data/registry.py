@@ -1,7 +1,7 @@
 """The dataset registry: `data.name` -> how to prepare and read the dataset (`Dataset`).
 
 The built-in datasets register themselves in `vdm_jax.data.pipeline`; your own is one
-`register(Dataset(...))` call (README: "Add your own dataset"), or no code at all for a
+`register(Dataset(...))` call (docs/extending.md), or no code at all for a
 folder of images (`vdm-import-images`).
 """
 
@@ -67,6 +67,7 @@ def check_split(name: str, splits, split) -> str:
 
 
 DATASETS: Registry[Dataset] = Registry("dataset data.name")
+"""Every dataset `data.name` may select, by name (`register` adds one)."""
 
 
 def register(dataset: Dataset, *, replace: bool = False) -> Dataset:

@@ -39,15 +39,21 @@ __all__ = [
 ]
 
 NUM_COMPONENTS = 8
+"""Components of the mixture, evenly spaced on a circle."""
 RADIUS = 0.7
 MIXTURE_STD = 0.06
+"""The standard deviation of every component, per coordinate."""
 _ANGLES = 2.0 * np.pi * np.arange(NUM_COMPONENTS) / NUM_COMPONENTS
 MIXTURE_MEANS = np.stack([RADIUS * np.cos(_ANGLES), RADIUS * np.sin(_ANGLES)], axis=-1)  # [8, 2]
+"""The components' means `[NUM_COMPONENTS, 2]` (read-only)."""
 MIXTURE_MEANS.setflags(write=False)
 
 VOCAB_SIZE = 256
+"""Quantisation levels per coordinate."""
 SHAPE = (2,)
+"""The shape of one example."""
 NUM_EXAMPLES = {"train": 20_000, "test": 5_000}
+"""Examples per split."""
 _SEEDS = {"train": 20_240_601, "test": 20_240_602}
 
 

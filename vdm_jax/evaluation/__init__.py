@@ -8,8 +8,8 @@
 * `runs`: `load_run(workdir)`, a trained run (model, EMA params, config, step) from its
   work directory alone, the config checked against the run's record.
 * `report`: the tables and JSON of `vdm-evaluate`.
-* `certify`, `elbo_forms`, `codecs`: the exactness check, the seed's two ELBO forms,
-  bits/dim of standard image codecs.
+* `certify`, `elbo_forms`, `codecs`: the exactness check, five estimators of the same
+  ELBO side by side (the seed's two forms among them), bits/dim of standard image codecs.
 
 The checkpoint a function evaluates is loaded with `load_run` (which reads only the EMA
 parameters: `runtime.checkpoints.load_ema_params`).

@@ -175,7 +175,7 @@ def global_batches(config, split: str, batch_size: int, mesh, *, progress: bool,
   process 0.
 
   Yields:
-    (batch, mask, index): `batch` the process-local numpy batch (`data.eval_batches`:
+    (batch, glob, mask, index): `batch` the process-local numpy batch (`data.eval_batches`:
     "image", "index" and "mask", padded to `batch_size`), `glob` its global jax.Arrays
     without "mask", and `mask` (bool) and `index` the whole batch's, as numpy, on every
     process, in the row order of the steps' outputs.

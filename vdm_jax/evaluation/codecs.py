@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 CODECS = ("png", "webp")
+"""The lossless image codecs `table` measures (through Pillow)."""
 
 
 def _check_images(images, what: str = "images") -> np.ndarray:

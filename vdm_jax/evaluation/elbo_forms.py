@@ -59,8 +59,10 @@ __all__ = [
 ]
 
 UNBIASED = ("consistency", "denoising", "sampled", "one-step")
+"""The forms that estimate the same -ELBO without bias (the literal form is biased)."""
 GAUSSIAN_MEAN, GAUSSIAN_STD = 0.3, 0.5
-GAUSSIAN_MODELS = {"optimal": 1.0, "half": 0.5, "zero": 0.0}  # x_hat = scale * E[x | z_t]
+GAUSSIAN_MODELS = {"optimal": 1.0, "half": 0.5, "zero": 0.0}
+"""The denoisers of the `gaussian` target: x_hat = scale * E[x | z_t], by name."""
 
 
 def negative_elbo_one_step(key, x, x_hat_fn, schedule, num_steps: int, nll_fn):
@@ -313,6 +315,8 @@ def format_table(summary: dict, seconds: dict | None = None) -> str:
 
 
 def agreement_line(summary: dict) -> str:
+  """One line saying whether the unbiased forms' means agree with the denoising form's
+  (within 3 paired Monte Carlo standard errors), and how far the biased ones are off."""
   unbiased = [n for n, r in summary.items() if not r["biased_form"] and n != "denoising"]
   bad = [n for n in unbiased if not summary[n]["agrees"]]
   line = (

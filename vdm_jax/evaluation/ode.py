@@ -75,12 +75,13 @@ def log_prob_z0(
   """log p_0(z_0) `[B]` of the model's probability-flow ODE, in nats.
 
   Args:
-    vdm: a `vdm_jax.vdm.VDM` (or anything with `gamma_and_derivative` and `eps_hat`).
+    vdm: a `vdm_jax.models.VDM` (or anything with `gamma_and_derivative` and `eps_hat`).
     params: its params.
     z_0: latents at t = 0, `[B, ...]`.
     key: `jax.random` key for Hutchinson's probe vectors.
     exact_divergence: exact trace (cost D times more); for low-dimensional data.
-    rtol, atol: tolerances of the adaptive Tsit5 solver.
+    rtol: relative tolerance of the adaptive Tsit5 solver.
+    atol: its absolute tolerance.
     max_steps: solver step limit.
   """
   batch = z_0.shape[0]

@@ -27,8 +27,6 @@ from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = ["INFERENCE_SAFE", "Run", "check_against_record", "load_run"]
 
-# Fields (or prefixes ending in ".") a config may change against the run's record when
-# evaluating or sampling: none of them changes what the checkpoint's parameters mean.
 INFERENCE_SAFE = (
   "train.",
   "optim.",
@@ -45,6 +43,8 @@ INFERENCE_SAFE = (
   "loss.time_bins",
   "loss.time_decay",
 )
+"""Config fields (or prefixes ending in ".") that evaluation or sampling may change
+against the run's record: none changes what the checkpoint's parameters mean."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +78,8 @@ def check_against_record(record, config, workdir: str) -> dict:
   """{field: (recorded, given)} of the differences between `config` and the run's record.
 
   Raises:
-    ValueError listing every difference that changes what the checkpoint means (model,
-    schedule, the loss's T, a dataset of another shape or vocabulary), with both values.
+    ValueError: listing every difference that changes what the checkpoint means (model,
+      schedule, the loss's T, a dataset of another shape or vocabulary), with both values.
   """
   changes = workdir_lib.changed_fields(
     workdir_lib.config_as_dict(record), workdir_lib.config_as_dict(config)
@@ -140,8 +140,9 @@ def load_run(workdir, *, step: int | None = None, config=None, prepare_data: boo
     a `Run`.
 
   Raises:
-    FileNotFoundError / ValueError (no such work directory, no record and no config, no
-    checkpoint, no such step, a refused config), `checkpoints.CheckpointError` (damaged).
+    FileNotFoundError: no such work directory, no record and no config, no checkpoint.
+    ValueError: a file for a work directory, no such step, a refused config.
+    vdm_jax.runtime.checkpoints.CheckpointError: a damaged checkpoint.
   """
   workdir = _check_workdir(workdir)
   record_path = os.path.join(workdir, "config.json")

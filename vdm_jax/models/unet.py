@@ -50,6 +50,9 @@ def _group_norm(groups: int, dtype, name: str):
 
 
 class ResnetBlock(nn.Module):
+  """GroupNorm, swish, 3x3 convolution, plus the conditioning; again with dropout; added to
+  the input (projected if its channel count differs). `[B, H, W, C] -> [B, H, W, channels]`."""
+
   channels: int
   groups: int
   dropout: float
@@ -82,6 +85,9 @@ def _attention(query, key, value, *, bias=None, mask=None, dropout_rate=0.0, **_
 
 
 class AttentionBlock(nn.Module):
+  """Self-attention over the H x W positions after GroupNorm, added to the input;
+  `[B, H, W, C]` in and out."""
+
   groups: int
   num_heads: int = 1
   dtype: Any = jnp.float32

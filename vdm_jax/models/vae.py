@@ -79,6 +79,7 @@ class VAEDecoder(nn.Module):
 
 
 TERMS = ("recon", "kl")
+"""The names of the VAE's loss terms, in nats per example: they sum to the -ELBO."""
 
 
 @dataclasses.dataclass(frozen=True)

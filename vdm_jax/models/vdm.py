@@ -36,6 +36,7 @@ from vdm_jax.models.noise import FixedSchedule
 __all__ = ["TERMS", "VDM"]
 
 TERMS = ("recon", "prior", "diffusion")
+"""The names of the VDM's loss terms, in nats per example: they sum to the -ELBO."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -177,6 +177,7 @@ def format_version(workdir: str, step: int) -> int:
 
 
 def first_line(e: BaseException) -> str:
+  """The first line of an exception's message, at most 300 characters ("" if empty)."""
   text = str(e).strip()
   return text.splitlines()[0][:300] if text else ""
 

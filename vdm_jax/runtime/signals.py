@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""The signals that request a clean stop: SIGTERM (preemption) and SIGINT (Ctrl-C)."""
 
 
 class Stopped(Exception):
@@ -61,6 +62,7 @@ _state = _State()
 
 
 def name(signum: int) -> str:
+  """The signal's name, e.g. "SIGTERM"."""
   return signal.Signals(signum).name
 
 
@@ -101,6 +103,7 @@ def install() -> None:
 
 
 def installed() -> bool:
+  """Whether the process-wide handlers (`install`) are in place."""
   return _state.process_wide
 
 

@@ -54,7 +54,9 @@ __all__ = [
 # 1: vdm_jax up to 373a7a5 (no version recorded); 2: the version recorded, `imports` in the
 # config. A reader accepts every version up to its own; see CHANGELOG.md for each change.
 FORMAT_VERSION = 2
+"""The on-disk format this vdm_jax writes and the newest it reads."""
 FORMAT_KEY = "_format_version"
+"""The key of the format version in config.json and in each step's checksums file."""
 
 RESUME_SAFE = frozenset(
   {
@@ -81,10 +83,12 @@ RESUME_SAFE = frozenset(
     "imports",
   }
 )
+"""Config fields a resume may change: they steer how training continues, not what the
+checkpoints mean."""
 
 
 class WorkdirLockedError(RuntimeError):
-  pass
+  """Another process holds the work directory's lock (its message names the holder)."""
 
 
 class FormatVersionError(ValueError):
@@ -221,6 +225,8 @@ def dumps_strict(obj: Any, **kwargs) -> str:
 
 
 def write_json_atomic(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename: a reader sees the old
+  file or the new one, never a part."""
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
     f.write(text)

@@ -88,6 +88,7 @@ def memory(config) -> dict:
 
 
 LAYOUTS = {"unrolled": (False, False), "scan": (True, False), "scan_remat": (True, True)}
+"""The U-Net layer layouts `layer_loop_compile_times` compares: name -> (scan_layers, remat)."""
 
 
 def layer_loop_compile_times(config, layouts=tuple(LAYOUTS)) -> dict:

@@ -112,6 +112,11 @@ class TrainingInterrupted(_signals.Stopped):
 
 
 def check_workdir(workdir: str) -> str:
+  """The absolute work directory, created if missing and checked to be writable.
+
+  Raises:
+    ValueError: a file for a work directory, or one that cannot be written.
+  """
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir {workdir!r} is a file; a work directory is a folder.")

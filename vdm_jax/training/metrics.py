@@ -77,6 +77,7 @@ def say(message: str) -> None:
 
 
 def progress_bar(total: int, initial: int):
+  """A tqdm bar of the training steps, shown on process 0 when stderr is a terminal."""
   from tqdm import tqdm
 
   return tqdm(

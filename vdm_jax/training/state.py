@@ -46,6 +46,8 @@ def weight_decay_mask(params):
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW with the warm-up schedule and weight decay of `config.optim` (decay on the
+  networks' kernels only: `weight_decay_mask`), after global-norm clipping if `grad_clip` > 0."""
   o = config.optim
   parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
   parts.append(
@@ -67,6 +69,8 @@ def num_time_bins(vdm, config) -> int:
 
 
 def create_train_state(vdm, key, tx: optax.GradientTransformation, config=None) -> TrainState:
+  """A fresh `TrainState`: the model's initial parameters, `tx`'s state, an EMA copy, and
+  the importance sampler's moments if `config.loss.time_sampling` is "importance"."""
   params = vdm.init(key)
   importance = config is not None and config.loss.time_sampling == "importance"
   return TrainState.create(

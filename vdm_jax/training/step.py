@@ -86,6 +86,8 @@ def train_step(state: TrainState, batch: dict, key, *, vdm, config):
 
 
 def jit_train_step(vdm, config, mesh, state_sharding):
+  """`train_step` jitted over `mesh`: the state sharded as `state_sharding` (and donated),
+  the batch split over the devices, the key and the metrics replicated."""
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(
     lambda state, batch, key: train_step(state, batch, key, vdm=vdm, config=config),
