@@ -26,8 +26,15 @@ _MATH = re.compile(r'<(span|div) class="arithmatex">\\[(\[](.*?)\\[)\]]</\1>', r
 
 def on_files(files, config):
   readme = (REPO / "README.md").read_text()
-  readme = re.sub(r"\]\(docs/", "](", readme)
-  files.append(File.generated(config, "index.md", content=readme))
+
+  def from_docs(match):  # README links are relative to the repository, the page's to docs/
+    text, target = match.groups()
+    if "://" in target or target.startswith(("#", "mailto:")):
+      return match.group(0)
+    target = target[len("docs/") :] if target.startswith("docs/") else f"../{target}"
+    return f"[{text}]({target})"
+
+  files.append(File.generated(config, "index.md", content=_LINK.sub(from_docs, readme)))
   return files
 
 
@@ -41,8 +48,6 @@ def on_page_markdown(markdown, page, config, files):
     if not path or "://" in path or path.startswith(("mailto:", "#")):
       return match.group(0)
     resolved = (here / path).resolve()
-    if page.file.generated_by:  # the README: its links are relative to the repository
-      resolved = (REPO / path).resolve() if not (docs / path).exists() else docs / path
     if resolved.is_relative_to(docs):
       return match.group(0)
     if not resolved.exists():
@@ -62,18 +67,8 @@ def on_page_content(content, page, config, files):
 
 
 def fence_doctests(text: str) -> str:
-  """Wraps each doctest (a `>>>` line up to the next blank line) of a docstring in a
-  ```pycon fence at its own indentation, so that Markdown shows it as code, not as quotes.
-
-  >>> print(fence_doctests("Text.\\n  >>> 1 + 1\\n  2\\n\\nMore."))
-  Text.
-    ```pycon
-    >>> 1 + 1
-    2
-    ```
-  <BLANKLINE>
-  More.
-  """
+  """Wraps each doctest of a docstring (from a `>>>` line to the next blank line) in a
+  ```pycon fence at its own indentation, so that Markdown shows it as code, not as quotes."""
   out, fence = [], None
   for line in text.split("\n"):
     stripped = line.lstrip()

@@ -1,18 +1,21 @@
 r"""The VDM as a Markovian hierarchical VAE: the seed's two forms of the same ELBO.
 
-The latents z_{t_0}, ..., z_{t_N} sit on the grid t_j = j/N (N = `num_steps`); the
-encoder is the fixed linear-Gaussian chain q(z_0 | x) = N(alpha_0 x, sigma_0^2),
-q(z_t | z_s) = N(alpha_{t|s} z_s, sigma^2_{t|s}) with alpha_{t|s} = alpha_t/alpha_s and
-sigma^2_{t|s} = sigma_t^2 (-expm1(gamma_s - gamma_t)); the decoder is the model's
-reverse chain p(z_s | z_t) = q(z_s | z_t, x = x_hat(z_t)), a prior N(0, I) on z_1, and a
-user-given likelihood p(x | z_0). The seed derives two expressions of the negative ELBO:
+The latents $z_{t_0}, \dots, z_{t_N}$ sit on the grid $t_j = j/N$ (N = `num_steps`); the
+encoder is the fixed linear-Gaussian chain $q(z_0 \mid x) = N(\alpha_0 x, \sigma_0^2)$,
+$q(z_t \mid z_s) = N(\alpha_{t|s} z_s, \sigma^2_{t|s})$ with $\alpha_{t|s} = \alpha_t/\alpha_s$
+and $\sigma^2_{t|s} = \sigma_t^2 \cdot (-\mathrm{expm1}(\gamma_s - \gamma_t))$; the decoder is the
+model's reverse chain $p(z_s \mid z_t) = q(z_s \mid z_t, x = \hat x(z_t))$, a prior N(0, I) on
+$z_1$, and a user-given likelihood $p(x \mid z_0)$. The seed derives two expressions of the
+negative ELBO, each the reconstruction term plus:
 
-* consistency form (the seed's first derivation): reconstruction
-  + E KL(q(z_1 | z_{t_{N-1}}) || p(z_1))
-  + sum_{j=0}^{N-1} E_{q(z_{t_{j-1}}, z_{t_{j+1}} | x)} KL(q(z_{t_j} | z_{t_{j-1}}) || p(z_{t_j} | z_{t_{j+1}}))
-  (with z_{t_{-1}} = x), an expectation over two random latents per step;
-* denoising-matching form: reconstruction + KL(q(z_1 | x) || p(z_1))
-  + sum_{j=1}^N E_{q(z_{t_j} | x)} KL(q(z_{t_{j-1}} | z_{t_j}, x) || p(z_{t_{j-1}} | z_{t_j})).
+* consistency form (the seed's first derivation):
+  $\mathbb{E}\, KL(q(z_1 \mid z_{t_{N-1}}) \,\|\, p(z_1)) +
+  \sum_{j=0}^{N-1} \mathbb{E}_{q(z_{t_{j-1}}, z_{t_{j+1}} \mid x)}
+  KL(q(z_{t_j} \mid z_{t_{j-1}}) \,\|\, p(z_{t_j} \mid z_{t_{j+1}}))$
+  (with $z_{t_{-1}} = x$), an expectation over two random latents per step;
+* denoising-matching form: $KL(q(z_1 \mid x) \,\|\, p(z_1)) +
+  \sum_{j=1}^N \mathbb{E}_{q(z_{t_j} \mid x)}
+  KL(q(z_{t_{j-1}} \mid z_{t_j}, x) \,\|\, p(z_{t_{j-1}} \mid z_{t_j}))$.
 
 Both are estimated here from one shared forward trajectory, so their means agree and
 their variances compare directly (the seed: the second has lower variance).

@@ -27,8 +27,8 @@ def vae_elbo(
 ) -> dict[str, jax.Array]:
   r"""The two terms of the Gaussian VAE's negative ELBO, per example, in nats.
 
-  $-\mathrm{ELBO} = \mathbb{E}_{q_\phi(z|x)}[-\log p_\theta(k \mid z)]
-  + D_{KL}(q_\phi(z|x) \,\|\, \mathcal{N}(0, I))$ with
+  $-\mathrm{ELBO} = \mathbb{E}_{q_\phi(z|x)}[-\log p_\theta(k \mid z)] +
+  D_{KL}(q_\phi(z|x) \,\|\, \mathcal{N}(0, I))$ with
   $q_\phi(z|x) = \mathcal{N}(\mu_\phi(x), \mathrm{diag}\,\sigma^2_\phi(x))$ (the seed's
   Gaussian VAE). The KL is analytic (`gaussian.gaussian_kl`); the reconstruction is the
   Monte Carlo average $\frac1L \sum_{l=1}^L -\log p_\theta(k \mid z^{(l)})$ over
