@@ -61,7 +61,8 @@ def q_posterior(
   For a continuous schedule with $c = -\mathrm{expm1}(\gamma_s - \gamma_t) =
   \sigma^2_{t|s} / \sigma_t^2 \in (0, 1]$ the same quantities are
 
-    mean = alpha_s ((1 - c) z_t / alpha_t + c x),    variance = c sigma_s^2,
+  $$\text{mean} = \alpha_s\big((1 - c)\, z_t / \alpha_t + c\, x\big), \qquad
+  \text{variance} = c\, \sigma_s^2,$$
 
   which avoids the cancellations of the ratio form when s is close to t.
 

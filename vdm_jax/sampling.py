@@ -1,9 +1,9 @@
 r"""Samplers of the reverse process (pure functions of a model and its params).
 
-* Ancestral (the seed's reverse process): z_1 ~ N(0, I), then for t = 1, ..., 1/T,
-  z_s ~ p_theta(z_s | z_t) = N(mu_theta(z_t), sigma_q^2) = q(z_s | z_t, x = x_hat(z_t)),
-  and finally k ~ p(k | z_0) (or its argmax).
-* DDIM (deterministic, eta = 0): z_s = alpha_s x_hat + sigma_s eps_hat.
+* Ancestral (the seed's reverse process): $z_1 \sim N(0, I)$, then for t = 1, ..., 1/T,
+  $z_s \sim p_\theta(z_s \mid z_t) = N(\mu_\theta(z_t), \sigma_q^2) = q(z_s \mid z_t, x = \hat x(z_t))$,
+  and finally $k \sim p(k \mid z_0)$ (or its argmax).
+* DDIM (deterministic, $\eta = 0$): $z_s = \alpha_s \hat x + \sigma_s \hat\epsilon$.
 
 Both are pure functions of (vdm, params, key), for any object with `gamma`, `eps_hat`,
 `data_shape` and `vocab_size` (a `models.VDM`, or `testing.OracleVDM`); the T-step loop is

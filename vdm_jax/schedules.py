@@ -2,7 +2,8 @@ r"""Noise schedules: gamma(t) = -log SNR(t) for t in [0, 1].
 
 Conventions (docs/derivation.md, "Notation"): the process is variance preserving,
 
-  alpha_t^2 = sigmoid(-gamma_t),  sigma_t^2 = sigmoid(gamma_t),  SNR_t = exp(-gamma_t),
+$$\alpha_t^2 = \mathrm{sigmoid}(-\gamma_t), \quad \sigma_t^2 = \mathrm{sigmoid}(\gamma_t), \quad
+\mathrm{SNR}_t = e^{-\gamma_t},$$
 
 so `alpha_t` here is the seed's $\sqrt{\bar\alpha_t}$. With T steps the seed's grid
 is t_i = i/T, its cumulative $\bar\alpha_i = \alpha^2_{t_i}$ and its per-step
@@ -76,7 +77,7 @@ class LinearSchedule:
     _check_range(self.gamma_min, self.gamma_max)
 
   def __call__(self, t: ArrayLike) -> jax.Array:
-    """Args: t: array of any shape, values in [0, 1]. Returns: gamma(t), same shape."""
+    """gamma(t) for times `t` in [0, 1] of any shape; the same shape."""
     t = _checks.as_float("t", t)
     return self.gamma_min + (self.gamma_max - self.gamma_min) * t
 
@@ -90,7 +91,7 @@ class CosineSchedule:
   to +inf at u = 1. Here u is restricted to [u_min, u_max] with gamma(u_min) = gamma_min
   and gamma(u_max) = gamma_max, and t in [0, 1] maps linearly onto it:
 
-    gamma(t) = log(1/abar(u) - 1),   u = u_min + (u_max - u_min) t.
+  $$\gamma(t) = \log(1/\bar\alpha(u) - 1), \quad u = u_{min} + (u_{max} - u_{min})\, t.$$
 
   Unlike clipping gamma, this keeps gamma strictly increasing and smooth on all of
   [0, 1] with exactly the requested endpoints. It is evaluated through
@@ -121,7 +122,7 @@ class CosineSchedule:
     return phi / c - self.s
 
   def __call__(self, t: ArrayLike) -> jax.Array:
-    """Args: t: array of any shape, values in [0, 1]. Returns: gamma(t), same shape."""
+    """gamma(t) for times `t` in [0, 1] of any shape; the same shape."""
     t = _checks.as_float("t", t)
     c = math.pi / (2.0 * (1.0 + self.s))
     phi0 = c * self.s
@@ -183,7 +184,7 @@ class DDPMLinearSchedule:
     return np.concatenate([[2.0 * g[0] - g[1]], g])
 
   def __call__(self, t: ArrayLike) -> jax.Array:
-    """Args: t: array of any shape, values in [0, 1]. Returns: gamma(t), same shape."""
+    """gamma(t) for times `t` in [0, 1] of any shape; the same shape."""
     t = _checks.as_float("t", t)
     grid = jnp.asarray(self.grid_gammas(), dtype=t.dtype)
     num_steps = self.num_steps
