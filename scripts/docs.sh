@@ -2,7 +2,9 @@
 # Builds the documentation site into site/: the pages of docs/ and the API reference from
 # the docstrings (mkdocs.yml), in strict mode, so a broken link, a missing page or a
 # docstring that does not parse fails the build. Uses .venv (created by scripts/test.sh
-# or scripts/demo.sh: the lock includes the `docs` extra). Open site/index.html.
+# or scripts/demo.sh: the lock includes the `docs` extra), or the interpreter PYTHON_DOCS
+# names. Open site/index.html. A new page of docs/ goes into mkdocs.yml's nav and the
+# README's "Documentation" list (tests/test_docs.py checks both).
 #
 #   bash scripts/docs.sh [mkdocs build options]
 set -euo pipefail

@@ -40,6 +40,16 @@ def test_relative_links_resolve(page):
   assert not broken, f"{page.name}: {broken}"
 
 
+def test_every_page_is_in_the_site_nav_and_the_readme():
+  nav = (REPO / "mkdocs.yml").read_text()
+  readme = (REPO / "README.md").read_text()
+  pages = [p.relative_to(REPO / "docs").as_posix() for p in PAGES[1:]]
+  missing = [p for p in pages if f" {p}" not in nav]
+  assert not missing, f"pages missing from mkdocs.yml's nav: {missing}"
+  missing = [p for p in pages if not p.startswith("api/") and f"(docs/{p})" not in readme]
+  assert not missing, f"pages missing from the README's Documentation list: {missing}"
+
+
 def test_anchor_ids_follow_markdown_toc():
   page = REPO / "docs" / "derivation.md"
   assert "lower-variance-time-sampling-measured" in _anchors(page)  # "..., measured"
