@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 from vdm_jax.data import _offline
 
 __all__ = [
+  "NUM_CLASSES",
   "NUM_EXAMPLES",
   "SHAPE",
   "SPLIT_SEED",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 VOCAB_SIZE = 17
+NUM_CLASSES = 10  # the digit 0-9, each record's "label"
 SHAPE = (8, 8, 1)
 SPLIT_SEED = 0
 NUM_EXAMPLES = {"train": 1_497, "test": 300}
@@ -77,7 +79,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
       features=tfds.features.FeaturesDict(
         {
           "image": tfds.features.Tensor(shape=SHAPE, dtype=np.uint8),
-          "label": tfds.features.ClassLabel(num_classes=10),
+          "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
         }
       ),
       supervised_keys=("image", "label"),

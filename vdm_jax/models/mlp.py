@@ -30,7 +30,7 @@ class MLPDenoiser(nn.Module):
   dtype: Any = "float32"
 
   @nn.compact
-  def __call__(self, z, gamma, train: bool = False):
+  def __call__(self, z, gamma, *, train: bool = False, batch=None):
     del train  # no dropout
     if z.ndim != 2:
       raise ValueError(f"MLPDenoiser expects z of shape [B, D], got {z.shape}.")

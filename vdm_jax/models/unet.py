@@ -155,7 +155,7 @@ class UNet(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, z, gamma, train: bool = False):
+  def __call__(self, z, gamma, *, train: bool = False, batch=None):
     if z.ndim != 4:
       raise ValueError(f"UNet expects z of shape [B, H, W, C], got {z.shape}.")
     dt = jnp.dtype(self.dtype)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm_jax import elbo, gaussian, predictions, sampling, schedules, times
+from vdm_jax.models.interface import as_batch
 from vdm_jax.models.noise import FixedSchedule
 
 __all__ = ["TERMS", "VDM"]
@@ -44,7 +45,8 @@ class VDM:
 
   Attributes:
     schedule: Flax module t -> gamma(t).
-    denoiser: Flax module (z_t, gamma_t, train) -> prediction of `prediction` kind.
+    denoiser: Flax module `(z_t, gamma_t, *, train=False, batch=None)` -> prediction of
+      `prediction` kind; `batch` is the data batch (a dict, e.g. with "label"), or None.
     vocab_size: V.
     data_shape: per-example shape, e.g. (8, 8, 1) or (2,).
     prediction: "eps", "x" or "v".
@@ -96,15 +98,18 @@ class VDM:
   def gamma_and_derivative(self, params, t):
     return schedules.gamma_and_derivative(lambda u: self.gamma(params, u), t)
 
-  def eps_hat(self, params, z_t, gamma_t, *, train: bool = False, dropout_key=None):
-    """The model's prediction of eps from z_t `[B, ...]` and gamma_t `[B]`."""
+  def eps_hat(self, params, z_t, gamma_t, *, train: bool = False, dropout_key=None, batch=None):
+    """The model's prediction of eps from z_t `[B, ...]` and gamma_t `[B]`; `batch` (the
+    data batch's dict, e.g. with "label" `[B]`, or None) is given to the denoiser."""
     rngs = {"dropout": dropout_key} if train else None
-    out = self.denoiser.apply({"params": params["denoiser"]}, z_t, gamma_t, train=train, rngs=rngs)
+    out = self.denoiser.apply(
+      {"params": params["denoiser"]}, z_t, gamma_t, train=train, batch=batch, rngs=rngs
+    )
     return predictions.prediction_to_eps(out, z_t, gamma_t, parameterization=self.prediction)
 
-  def x_hat(self, params, z_t, gamma_t):
+  def x_hat(self, params, z_t, gamma_t, *, batch=None):
     """The model's prediction of x (eval mode)."""
-    return predictions.x_from_eps(z_t, self.eps_hat(params, z_t, gamma_t), gamma_t)
+    return predictions.x_from_eps(z_t, self.eps_hat(params, z_t, gamma_t, batch=batch), gamma_t)
 
   def sample(
     self,
@@ -125,7 +130,7 @@ class VDM:
   def loss_terms(
     self,
     params,
-    k,
+    batch,
     key,
     *,
     train: bool = False,
@@ -146,7 +151,8 @@ class VDM:
 
     Args:
       params: model params.
-      k: integer data `[B, *data_shape]`.
+      batch: {"image": integer data `[B, *data_shape]`, ...}, given whole to the denoiser
+        (e.g. with "label" `[B]` for a class-conditional one); or that integer array.
       key: `jax.random` key (time, noise and dropout are drawn from it).
       train: dropout on.
       num_steps: T for the diffusion term (default `self.num_steps`; 0 = continuous).
@@ -159,6 +165,8 @@ class VDM:
       diffusion times "t" (`[B]`).
     """
     num_steps = self.num_steps if num_steps is None else num_steps
+    batch = as_batch(batch)
+    k = batch["image"]
     if k.shape[1:] != self.data_shape:
       raise ValueError(f"Data of shape {k.shape} does not match the model's {self.data_shape}.")
     x = elbo.encode(k, self.vocab_size)
@@ -177,7 +185,7 @@ class VDM:
     def continuous(denoiser_params, gamma_t, dgamma_dt):
       z_t = gaussian.q_sample(x, gamma_t, eps)
       p = {"denoiser": denoiser_params}  # no closure over the params being differentiated
-      eps_hat = self.eps_hat(p, z_t, gamma_t, train=train, dropout_key=key_d)
+      eps_hat = self.eps_hat(p, z_t, gamma_t, train=train, dropout_key=key_d, batch=batch)
       return elbo.diffusion_loss_continuous(eps, eps_hat, dgamma_dt)
 
     if num_steps == 0 and self.schedule_objective == "variance":
@@ -189,7 +197,7 @@ class VDM:
       gamma_t = self.gamma(params, t)
       gamma_s = self.gamma(params, t - 1.0 / num_steps)
       z_t = gaussian.q_sample(x, gamma_t, eps)
-      eps_hat = self.eps_hat(params, z_t, gamma_t, train=train, dropout_key=key_d)
+      eps_hat = self.eps_hat(params, z_t, gamma_t, train=train, dropout_key=key_d, batch=batch)
       diffusion = elbo.diffusion_loss_discrete(eps, eps_hat, gamma_s, gamma_t, num_steps=num_steps)
     if t_weight is not None:
       diffusion = diffusion * t_weight
