@@ -25,6 +25,12 @@ _METHOD = flags.DEFINE_enum(
   "method", "ancestral", ["ancestral", "ddim", "dpm_solver"], "Sampler (one network call a step)."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_LABEL = flags.DEFINE_integer(
+  "label", None, "Class-conditional models: the class K of every sample (default: unconditional)."
+)
+_GUIDANCE = flags.DEFINE_float(
+  "guidance", 0.0, "Classifier-free guidance weight W >= 0 (with --label; 0 = unguided)."
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Output path prefix (default: in the workdir).")
 _LAUNCH = _cli.define_launch_flags()
 flags.mark_flags_as_required(["workdir"])
@@ -32,6 +38,8 @@ for _name in ["num_samples", "num_steps"]:
   _cli.check_flag_range(_name, minimum=1)
 _cli.check_flag_range("step", minimum=0, optional=True)
 _cli.check_flag_range("seed", minimum=0)
+_cli.check_flag_range("label", minimum=0, optional=True)
+_cli.check_flag_range("guidance", minimum=0)
 
 
 def main(argv):
@@ -46,6 +54,8 @@ def main(argv):
     method=_METHOD.value,
     seed=_SEED.value,
     output=_OUTPUT.value,
+    label=_LABEL.value,
+    guidance=_GUIDANCE.value,
   )
 
 

@@ -35,7 +35,9 @@ class ReverseModel(Protocol):
 
   def gamma(self, params: Any, t: jax.Array) -> jax.Array: ...
 
-  def eps_hat(self, params: Any, z_t: jax.Array, gamma_t: jax.Array) -> jax.Array: ...
+  def eps_hat(
+    self, params: Any, z_t: jax.Array, gamma_t: jax.Array, *, batch: dict | None = None
+  ) -> jax.Array: ...
 
 
 def sample(
@@ -47,6 +49,8 @@ def sample(
   num_steps: int = 1000,
   method: str = "ancestral",
   decode: str = "sample",
+  label: int | None = None,
+  guidance: float = 0.0,
 ) -> jax.Array:
   """Draws integer samples `[num_samples, *vdm.data_shape]` from the model.
 
@@ -73,6 +77,9 @@ def sample(
     method: "ancestral", "ddim" or "dpm_solver" (T steps of `dpm_solver_2m`; T + 1
       network calls are T here too: one per step).
     decode: "sample" draws k ~ p(k | z_0); "mode" takes its argmax.
+    label: for a class-conditional model (`vdm.num_classes` C > 0), the class y in
+      {0..C-1} of every sample; None samples the unconditional (null-label) model.
+    guidance: classifier-free guidance weight w >= 0 (`guided_eps`); needs `label`.
 
   Returns:
     int32 array `[num_samples, *data_shape]` with values in {0..V-1}.
@@ -84,13 +91,14 @@ def sample(
   num_steps = _checks.check_num_steps(num_steps, allow_zero=False)
   if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
     raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+  eps_fn = _conditional_eps(vdm, params, num_samples, label, guidance)
   key_init, key_loop, key_dec = jax.random.split(key, 3)
   shape = (num_samples, *vdm.data_shape)
   z = jax.random.normal(key_init, shape)
 
   if method == "dpm_solver":
     gammas = vdm.gamma(params, 1.0 - jnp.arange(num_steps + 1) / num_steps)
-    x_hat_fn = lambda z_t, g: predictions.x_from_eps(z_t, vdm.eps_hat(params, z_t, g), g)
+    x_hat_fn = lambda z_t, g: predictions.x_from_eps(z_t, eps_fn(z_t, g), g)
     return _decode(vdm, params, dpm_solver_2m(x_hat_fn, z, gammas), key_dec, decode)
 
   def body(i, z):
@@ -99,7 +107,7 @@ def sample(
     s = t - 1.0 / num_steps
     gamma_t = vdm.gamma(params, jnp.full((num_samples,), t))
     gamma_s = vdm.gamma(params, jnp.full((num_samples,), s))
-    eps_hat = vdm.eps_hat(params, z, gamma_t)
+    eps_hat = eps_fn(z, gamma_t)
     x_hat = predictions.x_from_eps(z, eps_hat, gamma_t)
     if method == "ddim":
       alpha_s, sigma_s = schedules.alpha_sigma(_checks.per_example("gamma_s", gamma_s, z))
@@ -110,6 +118,31 @@ def sample(
 
   z_0 = jax.lax.fori_loop(0, num_steps, body, z)
   return _decode(vdm, params, z_0, key_dec, decode)
+
+
+def _conditional_eps(vdm, params, num_samples, label, guidance):
+  """(z_t, gamma_t) -> eps_hat: unconditional, conditional on `label`, or guided."""
+  num_classes = getattr(vdm, "num_classes", 0)
+  if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0:
+    raise ValueError(f"guidance must be a number >= 0 (0 = unguided), got {guidance!r}.")
+  if label is None:
+    if guidance:
+      raise ValueError(f"guidance={guidance} needs a label to guide towards; pass label=K.")
+    return lambda z, g: vdm.eps_hat(params, z, g)
+  if not num_classes:
+    raise ValueError(
+      f"label={label!r} given, but this model is not class-conditional (train one with "
+      "config.model.conditional=True)."
+    )
+  if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
+    raise ValueError(f"label must be an int in [0, {num_classes}), got {label!r}.")
+  cond = {"label": jnp.full((num_samples,), label, jnp.int32)}
+  null = {"label": jnp.full((num_samples,), num_classes, jnp.int32)}
+  if not guidance:
+    return lambda z, g: vdm.eps_hat(params, z, g, batch=cond)
+  return lambda z, g: guided_eps(
+    vdm.eps_hat(params, z, g, batch=cond), vdm.eps_hat(params, z, g, batch=null), guidance
+  )
 
 
 def _decode(vdm, params, z_0, key, decode):

@@ -57,6 +57,8 @@ class VDM:
       the gradient of E[L_diffusion^2] / (2 E[L_diffusion]), which minimises the
       estimator's variance, while the end points and the denoiser minimise the ELBO;
       see `loss_terms`).
+    num_classes: C > 0 for a class-conditional denoiser (batch["label"] in {0..C-1};
+      label C is its learned null label), else 0.
   """
 
   schedule: nn.Module
@@ -67,6 +69,7 @@ class VDM:
   num_steps: int = 0
   antithetic: bool = True
   schedule_objective: str = "elbo"
+  num_classes: int = 0
   diffusion_time = True  # the Model interface's flag (class constant, not a field)
 
   @property
@@ -120,11 +123,22 @@ class VDM:
     num_steps: int = 1000,
     method: str = "ancestral",
     decode: str = "sample",
+    label: int | None = None,
+    guidance: float = 0.0,
   ):
     """int32 samples `[num_samples, *data_shape]` (`sampling.sample`: T reverse steps,
-    "ancestral" or "ddim"; decode "sample" or "mode")."""
+    "ancestral", "ddim" or "dpm_solver"; decode "sample" or "mode"; a class-conditional
+    model's `label` and guidance weight)."""
     return sampling.sample(
-      self, params, key, num_samples, num_steps=num_steps, method=method, decode=decode
+      self,
+      params,
+      key,
+      num_samples,
+      num_steps=num_steps,
+      method=method,
+      decode=decode,
+      label=label,
+      guidance=guidance,
     )
 
   def loss_terms(
@@ -170,7 +184,7 @@ class VDM:
     if k.shape[1:] != self.data_shape:
       raise ValueError(f"Data of shape {k.shape} does not match the model's {self.data_shape}.")
     x = elbo.encode(k, self.vocab_size)
-    batch = x.shape[0]
+    batch_size = x.shape[0]
     key_t, key_0, key_e, key_d = jax.random.split(key, 4)
 
     gamma_0, gamma_1 = self.gamma(params, jnp.zeros(())), self.gamma(params, jnp.ones(()))
@@ -179,7 +193,7 @@ class VDM:
     prior = elbo.prior_loss(x, gamma_1)
 
     if t is None:
-      t = times.sample_times(key_t, batch, num_steps=num_steps, antithetic=self.antithetic)
+      t = times.sample_times(key_t, batch_size, num_steps=num_steps, antithetic=self.antithetic)
     eps = jax.random.normal(key_e, x.shape)
 
     def continuous(denoiser_params, gamma_t, dgamma_dt):
@@ -209,7 +223,7 @@ class VDM:
       "diffusion": diffusion,
       "total": total,
       "bpd": elbo.bits_per_dim(total, self.num_dims),
-      "t": jnp.broadcast_to(t, (batch,)),
+      "t": jnp.broadcast_to(t, (batch_size,)),
     }
 
 
