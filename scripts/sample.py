@@ -6,7 +6,8 @@ The run's recorded config (<workdir>/config.json) is used (a --config given is c
 against it, as by vdm-evaluate).
 
 ancestral: the seed's reverse process p(z_s|z_t) = N(mu_theta, sigma_q^2) with T steps;
-ddim: the deterministic DDIM update. Integer data from the exact discrete decoder.
+ddim: the deterministic DDIM update; dpm_solver: DPM-Solver++(2M), a deterministic
+second-order solver of the probability-flow ODE for few steps (e.g. --num_steps=20). Integer data from the exact discrete decoder.
 """
 
 from absl import flags
@@ -20,8 +21,16 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the training 
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Number of samples.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 1000, "Reverse steps T.")
-_METHOD = flags.DEFINE_enum("method", "ancestral", ["ancestral", "ddim"], "Sampler.")
+_METHOD = flags.DEFINE_enum(
+  "method", "ancestral", ["ancestral", "ddim", "dpm_solver"], "Sampler (one network call a step)."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_LABEL = flags.DEFINE_integer(
+  "label", None, "Class-conditional models: the class K of every sample (default: unconditional)."
+)
+_GUIDANCE = flags.DEFINE_float(
+  "guidance", 0.0, "Classifier-free guidance weight W >= 0 (with --label; 0 = unguided)."
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Output path prefix (default: in the workdir).")
 _LAUNCH = _cli.define_launch_flags()
 flags.mark_flags_as_required(["workdir"])
@@ -29,6 +38,8 @@ for _name in ["num_samples", "num_steps"]:
   _cli.check_flag_range(_name, minimum=1)
 _cli.check_flag_range("step", minimum=0, optional=True)
 _cli.check_flag_range("seed", minimum=0)
+_cli.check_flag_range("label", minimum=0, optional=True)
+_cli.check_flag_range("guidance", minimum=0)
 
 
 def main(argv):
@@ -43,6 +54,8 @@ def main(argv):
     method=_METHOD.value,
     seed=_SEED.value,
     output=_OUTPUT.value,
+    label=_LABEL.value,
+    guidance=_GUIDANCE.value,
   )
 
 

@@ -150,10 +150,13 @@ def test_bad_num_workers():
 
 def test_dataset_info_of_offline_datasets():
   info = data.dataset_info(_config("digits", "/unused"))
-  assert info == data.DatasetInfo("digits", (8, 8, 1), 17, {"train": 1497, "test": 300})
+  assert info == data.DatasetInfo(
+    "digits", (8, 8, 1), 17, {"train": 1497, "test": 300}, num_classes=10
+  )
   assert info.num_dims == 64 and info.splits == ("train", "test")
   info = data.dataset_info(_config("toy2d"))
   assert info == data.DatasetInfo("toy2d", (2,), 256, {"train": 20_000, "test": 5_000})
+  assert info.num_classes == 0
 
 
 # ---------------------------------------------------------------------------
@@ -357,6 +360,24 @@ def test_eval_batches_cover_the_split_once(count, global_batch_size, digits_dir,
   assert union.shape == (300, 8, 8, 1)
   expected = load_digits().images[digits.split_indices()["test"]][..., None]
   np.testing.assert_array_equal(union, expected)  # union ordered by index: the stored order
+
+
+def test_digits_batches_carry_the_labels(digits_dir):
+  """Train and eval batches hold each image's own label; padding rows get label 0."""
+  config = _config("digits", digits_dir)
+  sk = load_digits()
+  by_image = {sk.images[i].astype(np.int32).tobytes(): sk.target[i] for i in range(len(sk.target))}
+  batch = next(data.make_train_iterator(config, global_batch_size=32, seed=0))
+  assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
+  want = [by_image[img[..., 0].tobytes()] for img in batch["image"]]
+  np.testing.assert_array_equal(batch["label"], want)
+  batches = list(data.eval_batches(config, "test", global_batch_size=256))
+  labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+  np.testing.assert_array_equal(labels, sk.target[digits.split_indices()["test"]])
+  assert np.all(batches[-1]["label"][batches[-1]["mask"] == 0] == 0)
+  assert "label" not in next(
+    data.make_train_iterator(_config("toy2d"), global_batch_size=8, seed=0)
+  )
 
 
 def test_eval_batches_toy2d(num_processes):

@@ -341,7 +341,7 @@ def _matches_data(samples, reference):
   return min(p_values), p_values
 
 
-@pytest.mark.parametrize("method", ["ancestral", "ddim"])
+@pytest.mark.parametrize("method", ["ancestral", "ddim", "dpm_solver"])
 def test_samplers_with_optimal_denoiser_match_the_data(method):
   reference = toy2d.load("test")
   draw = jax.jit(

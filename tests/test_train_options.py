@@ -39,19 +39,21 @@ class _PerExampleDraws:
   def __getattr__(self, name):
     return getattr(self._model, name)
 
-  def loss_terms(self, params, k, key, *, train=False, t=None, t_weight=None):
+  def loss_terms(self, params, batch, key, *, train=False, t=None, t_weight=None):
     del key  # the draws come from the example itself
+    k = batch["image"]
     codes = jnp.arange(k[0].size, dtype=jnp.int32).reshape(k.shape[1:]) + 1
     keys = jax.vmap(lambda x: jax.random.fold_in(jax.random.key(7), jnp.sum(x * codes)))(k)
 
-    def one(x, key, t, w):
+    def one(example, key, t, w):
       options = {} if t is None else {"t": t[None], "t_weight": w[None]}
-      terms = self._model.loss_terms(params, x[None], key, train=train, **options)
+      example = jax.tree.map(lambda v: v[None], example)
+      terms = self._model.loss_terms(params, example, key, train=train, **options)
       return jax.tree.map(lambda v: v[0], terms)
 
     if t is None:
-      return jax.vmap(lambda x, key: one(x, key, None, None))(k, keys)
-    return jax.vmap(one)(k, keys, t, t_weight)
+      return jax.vmap(lambda x, key: one(x, key, None, None))(batch, keys)
+    return jax.vmap(one)(batch, keys, t, t_weight)
 
 
 def _toy_config(data_dir, **train_overrides):

@@ -45,6 +45,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.1
   c.model.fourier_features = True
   c.model.attention_everywhere = False  # self-attention after every block, not only the middle
+  # Class-conditional VDM (labelled data, e.g. digits): a learned embedding of the batch's
+  # "label" is added to the denoiser's conditioning vector; in training each example's label
+  # is replaced by a learned null label with probability label_dropout, so that one network
+  # is also the unconditional model (classifier-free guidance, the marginal bound).
+  c.model.conditional = False
+  c.model.label_dropout = 0.1
   # Compute dtype of the denoiser: "bfloat16" runs convolutions, dense layers and attention
   # in bfloat16 on float32 parameters (GroupNorm statistics, Fourier features, the output
   # and every ELBO term stay float32): for GPU/TPU; on 2 CPU cores no faster than float32
@@ -303,6 +309,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice("train.sharding", config.train.sharding, ("replicated", "fsdp"))
   _positive("loss.time_bins", config.loss.time_bins, integer=True)
   _in_unit_interval("loss.time_decay", config.loss.time_decay)
+  _in_unit_interval("model.label_dropout", config.model.label_dropout)
+  if config.model.conditional and config.model.kind != "vdm":
+    raise ValueError(
+      f"config.model.conditional=True applies to model.kind='vdm', got {config.model.kind!r}."
+    )
   _finite("schedule.gamma_min", config.schedule.gamma_min)
   _finite("schedule.gamma_max", config.schedule.gamma_max)
   if not config.schedule.gamma_min < config.schedule.gamma_max:

@@ -158,8 +158,10 @@ class OracleVDM:
     del params
     return schedules.gamma_and_derivative(self.schedule, t)
 
-  def x_hat(self, params: object, z_t: ArrayLike, gamma_t: ArrayLike) -> jax.Array:
-    del params
+  def x_hat(
+    self, params: object, z_t: ArrayLike, gamma_t: ArrayLike, *, batch: dict | None = None
+  ) -> jax.Array:
+    del params, batch
     return self.data.x_hat(z_t, gamma_t)
 
   def eps_hat(
@@ -170,7 +172,8 @@ class OracleVDM:
     *,
     train: bool = False,
     dropout_key: jax.Array | None = None,
+    batch: dict | None = None,
   ) -> jax.Array:
-    del train, dropout_key
+    del train, dropout_key, batch
 
     return predictions.eps_from_x(z_t, self.x_hat(params, z_t, gamma_t), gamma_t)

@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 from vdm_jax.data import _offline
 
 __all__ = [
+  "NUM_CLASSES",
   "NUM_EXAMPLES",
   "SHAPE",
   "SPLIT_SEED",
@@ -40,6 +41,8 @@ __all__ = [
 
 VOCAB_SIZE = 17
 """Grey levels of scikit-learn's digits (0..16)."""
+NUM_CLASSES = 10
+"""The digit 0-9, each record's "label"."""
 SHAPE = (8, 8, 1)
 """The shape of one digit."""
 SPLIT_SEED = 0
@@ -81,7 +84,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
       features=tfds.features.FeaturesDict(
         {
           "image": tfds.features.Tensor(shape=SHAPE, dtype=np.uint8),
-          "label": tfds.features.ClassLabel(num_classes=10),
+          "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
         }
       ),
       supervised_keys=("image", "label"),

@@ -6,7 +6,8 @@ grain `MapDataset`. No path imports TensorFlow: images in array_record are decod
 PIL, and nothing here ever downloads (`tfds.load` with no network hangs for minutes).
 
 Records are `{"image": int32 array of DatasetInfo.shape}` with values in
-{0, ..., vocab_size - 1}; labels are dropped. Every dataset has the splits "train" and
+{0, ..., vocab_size - 1}, and for a labelled dataset (`DatasetInfo.num_classes` C > 0, e.g.
+digits) also `"label"`: int32 in {0, ..., C - 1}. Every dataset has the splits "train" and
 "test" (for imagenet32, "test" is tfds's "validation" split, the one papers report).
 
 Training (`make_train_iterator`): one global order of the train split, shuffled with
@@ -80,12 +81,14 @@ class DatasetInfo:
     vocab_size: V, the number of integer levels per dimension (17 digits, 256 otherwise).
     num_examples: split name -> number of examples, e.g. {"train": 1497, "test": 300};
       indexing it with another split raises ValueError naming the splits (not KeyError).
+    num_classes: C, the number of labels of a labelled dataset (10 for digits), else 0.
   """
 
   name: str
   shape: tuple[int, ...]
   vocab_size: int
   num_examples: dict[str, int]
+  num_classes: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "num_examples", _SplitSizes(self.name, self.num_examples))
@@ -224,6 +227,7 @@ register(
     digits.SHAPE,
     digits.VOCAB_SIZE,
     dict(digits.NUM_EXAMPLES),
+    num_classes=digits.NUM_CLASSES,
   )
 )
 register(
@@ -342,7 +346,9 @@ def dataset_info(data_config) -> DatasetInfo:
   num_examples = dataset.num_examples
   if num_examples is None:
     num_examples = {split: len(_source(data_config, split)) for split in dataset.splits}
-  return DatasetInfo(dataset.name, dataset.shape, dataset.vocab_size, dict(num_examples))
+  return DatasetInfo(
+    dataset.name, dataset.shape, dataset.vocab_size, dict(num_examples), dataset.num_classes
+  )
 
 
 def prepare(data_config) -> None:
@@ -367,8 +373,11 @@ def prepare(data_config) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _to_record(example, *, name: str, shape: tuple[int, ...], vocab_size: int) -> dict:
-  """Raw example -> {"image": int32 `shape`}, checking shape and range (bad data fail early)."""
+def _to_record(
+  example, *, name: str, shape: tuple[int, ...], vocab_size: int, num_classes: int = 0
+) -> dict:
+  """Raw example -> {"image": int32 `shape`} (and "label": int32 when `num_classes`),
+  checking shape and range (bad data fail early)."""
   image = np.asarray(example["image"] if isinstance(example, Mapping) else example)
   if image.shape != shape or not np.issubdtype(image.dtype, np.integer):
     raise ValueError(
@@ -380,13 +389,27 @@ def _to_record(example, *, name: str, shape: tuple[int, ...], vocab_size: int) -
       f"A {name} example has values in [{image.min()}, {image.max()}]; expected "
       f"{{0, ..., {vocab_size - 1}}}."
     )
-  return {"image": image.astype(np.int32)}
+  if not num_classes:
+    return {"image": image.astype(np.int32)}
+  label = np.asarray(example["label"] if isinstance(example, Mapping) else -1)
+  if (
+    label.shape != () or not np.issubdtype(label.dtype, np.integer) or not 0 <= label < num_classes
+  ):
+    raise ValueError(
+      f"A {name} example has label {label!r}; expected an integer in {{0, ..., "
+      f"{num_classes - 1}}}. The files under data_dir do not hold this dataset."
+    )
+  return {"image": image.astype(np.int32), "label": label.astype(np.int32)}
 
 
 def _records(data_config, split: str, info: DatasetInfo):
   """Returns the split as a grain `MapDataset` of raw examples, and the record transform."""
   to_record = functools.partial(
-    _to_record, name=info.name, shape=info.shape, vocab_size=info.vocab_size
+    _to_record,
+    name=info.name,
+    shape=info.shape,
+    vocab_size=info.vocab_size,
+    num_classes=info.num_classes,
   )
   return grain.MapDataset.source(_source(data_config, split)), to_record
 
@@ -396,7 +419,9 @@ def static_info(data_config) -> DatasetInfo:
   for the public datasets (whose split sizes come from the prepared files)."""
   dataset = lookup(data_config)
   num_examples = dict(dataset.num_examples) if dataset.num_examples is not None else {}
-  return DatasetInfo(dataset.name, dataset.shape, dataset.vocab_size, num_examples)
+  return DatasetInfo(
+    dataset.name, dataset.shape, dataset.vocab_size, num_examples, dataset.num_classes
+  )
 
 
 def _rows_per_process(global_batch_size) -> tuple[int, int, int]:
@@ -487,7 +512,7 @@ def make_train_iterator(
 
   Returns:
     a `grain.DatasetIterator` of {"image": int32 [global_batch_size // process_count,
-    *shape]}, global batches start_step, start_step + 1, ... The order depends on
+    *shape]} (and "label": int32 [rows] for a labelled dataset), global batches start_step, start_step + 1, ... The order depends on
     `seed` and `global_batch_size` only, not on the number of processes.
   """
   info = static_info(data_config)
@@ -524,7 +549,7 @@ def eval_batches(data_config, split: str, *, global_batch_size: int) -> Iterator
 
   Returns:
     an iterator of {"image": int32 [R, *shape], "mask": float32 [R], "index": int32 [R]}
-    (mask 1.0 for real examples, 0.0 for padding; index: the example's position in the
+    (and "label": int32 [R], 0 for padding, for a labelled dataset) (mask 1.0 for real examples, 0.0 for padding; index: the example's position in the
     split, 0 for padding), so that per-example randomness can be keyed by the example,
     not by its batch.
   """
@@ -538,32 +563,36 @@ def eval_batches(data_config, split: str, *, global_batch_size: int) -> Iterator
   num_batches = _ceil_div(_ceil_div(num_examples, count), rows)  # the longest shard's
   shard = ds[start:end].map(to_record)
   batches = _to_iter_dataset(shard, rows, drop_remainder=False, num_workers=num_workers)
-  return _padded(batches, num_batches, rows, info.shape, start)
+  empty = {"image": np.zeros((0, *info.shape), np.int32)}
+  if info.num_classes:
+    empty["label"] = np.zeros((0,), np.int32)
+  return _padded(batches, num_batches, rows, empty, start)
 
 
-def _padded(
-  batches, num_batches: int, rows: int, shape: tuple[int, ...], start: int
-) -> Iterator[dict]:
+def _padded(batches, num_batches: int, rows: int, empty: dict, start: int) -> Iterator[dict]:
   produced, next_index = 0, start
   iterator = iter(batches)
   try:
     for batch in iterator:
       produced += 1
-      padded = _pad(batch["image"], rows, shape, next_index)
+      padded = _pad(batch, rows, next_index)
       next_index += batch["image"].shape[0]
       yield padded
   finally:
     iterator.close()  # stops prefetch threads and worker processes, even if not exhausted
   for _ in range(num_batches - produced):
-    yield _pad(np.zeros((0, *shape), np.int32), rows, shape, 0)
+    yield _pad(empty, rows, 0)
 
 
-def _pad(images: np.ndarray, rows: int, shape: tuple[int, ...], first_index: int) -> dict:
-  real = images.shape[0]
+def _pad(batch: dict, rows: int, first_index: int) -> dict:
+  """Pads each field of `batch` with zero rows to `rows`; adds "mask" and "index"."""
+  real = batch["image"].shape[0]
   mask = np.zeros((rows,), np.float32)
   mask[:real] = 1.0
   index = np.zeros((rows,), np.int32)
   index[:real] = np.arange(first_index, first_index + real)
-  if real < rows:
-    images = np.concatenate([images, np.zeros((rows - real, *shape), np.int32)])
-  return {"image": images, "mask": mask, "index": index}
+  out = {
+    name: np.concatenate([v, np.zeros((rows - real, *v.shape[1:]), v.dtype)]) if real < rows else v
+    for name, v in batch.items()
+  }
+  return out | {"mask": mask, "index": index}

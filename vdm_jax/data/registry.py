@@ -30,6 +30,8 @@ class Dataset:
     vocab_size: V, integer levels per dimension.
     num_examples: split -> size, or None when only the prepared files know it.
     uses_data_dir: whether it lives under `data.data_dir` (False: generated in memory).
+    num_classes: C > 0 when its records carry an integer "label" in {0, ..., C - 1}
+      (batches then have "label" `[B]`); 0 for unlabelled data.
   """
 
   name: str
@@ -40,6 +42,7 @@ class Dataset:
   vocab_size: int = 256
   num_examples: Mapping[str, int] | None = None
   uses_data_dir: bool = True
+  num_classes: int = 0
 
   def check_split(self, split) -> str:
     """Returns `split` if it is one of `splits`, else raises ValueError naming both."""

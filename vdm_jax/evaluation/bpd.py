@@ -110,21 +110,23 @@ def eval_step(params, batch: dict, key, t=None, *, vdm, num_steps: int):
 
   Args:
     batch: {"image": int `[B, *data_shape]`, "index": int32 `[B]`, the examples' positions
-      in the split}.
+      in the split, and any other fields (e.g. "label" `[B]`)}, each example's given whole
+      to the model.
     vdm: the model (a `models.Model`).
     t: optional explicit diffusion times `[B]` (diffusion models; sampled when None).
   """
 
-  def one(k, index, t_n):
-    example_key = jax.random.fold_in(key, index)
+  def one(example, t_n):
+    example_key = jax.random.fold_in(key, example["index"])
+    example = jax.tree.map(lambda v: v[None], example)
     if vdm.diffusion_time:
       t_n = None if t_n is None else t_n[None]
-      terms = vdm.loss_terms(params, k[None], example_key, num_steps=num_steps, t=t_n)
+      terms = vdm.loss_terms(params, example, example_key, num_steps=num_steps, t=t_n)
     else:
-      terms = vdm.loss_terms(params, k[None], example_key)
+      terms = vdm.loss_terms(params, example, example_key)
     return {name: terms[name][0] for name in outputs(vdm)}
 
-  return jax.vmap(one)(batch["image"], batch["index"], t)
+  return jax.vmap(one)(batch, t)
 
 
 @functools.lru_cache(maxsize=16)

@@ -76,18 +76,31 @@ def sample_checkpoint(
   method: str = "ancestral",
   seed: int = 0,
   output: str | None = None,
+  label: int | None = None,
+  guidance: float = 0.0,
 ) -> list[str]:
   """Draws samples from a loaded checkpoint's EMA params (`runs.load_run`) and writes
   `<output>.npz` (and, for images, `<output>.png`); returns the paths written. A model
-  without diffusion time (the Gaussian VAE) ignores `num_steps` and `method`."""
+  without diffusion time (the Gaussian VAE) ignores `num_steps` and `method`; `label` and
+  `guidance` are a class-conditional model's (`sampling.sample`)."""
   model, mesh, params, step, workdir = run.model, run.mesh, run.params, run.step, run.workdir
   options = {"num_steps": num_steps, "method": method} if model.diffusion_time else {}
+  if label is not None or guidance:
+    if not getattr(model, "num_classes", 0):
+      raise ValueError(
+        f"--label/--guidance need a class-conditional model; the run in {workdir} is not one "
+        "(config.model.conditional=False)."
+      )
+    options |= {"label": label, "guidance": float(guidance)}
   start = time.perf_counter()
   # One compiled call: with the CLI's handlers a signal during it exits at once.
   with _signals.exit_at_once("while drawing samples; nothing was written"):
     samples = draw_samples(model, params, jax.random.key(seed), num_samples, mesh, **options)
   seconds = time.perf_counter() - start
-  prefix = output or os.path.join(workdir, f"samples_step{step}_{method}_T{num_steps}_seed{seed}")
+  tag = "" if label is None else f"_label{label}_w{guidance:g}"
+  prefix = output or os.path.join(
+    workdir, f"samples_step{step}_{method}_T{num_steps}{tag}_seed{seed}"
+  )
   written = [prefix + ".npz"]
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)

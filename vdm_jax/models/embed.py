@@ -5,9 +5,16 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-__all__ = ["GammaEmbedding", "fourier_exponents", "fourier_features", "timestep_embedding"]
+__all__ = [
+  "GammaEmbedding",
+  "LabelEmbedding",
+  "fourier_exponents",
+  "fourier_features",
+  "timestep_embedding",
+]
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
@@ -59,3 +66,31 @@ class GammaEmbedding(nn.Module):
     h = timestep_embedding(1000.0 * t, self.dim)
     h = nn.swish(nn.Dense(4 * self.dim, name="dense0")(h))
     return nn.swish(nn.Dense(4 * self.dim, name="dense1")(h))
+
+
+class LabelEmbedding(nn.Module):
+  """The batch's "label" -> a learned vector `[B, dim]`, added to the conditioning vector.
+
+  Labels are in {0, ..., C - 1}; index C is the learned null label, used where the batch
+  has no "label" (unconditional use) and, in training, in place of each example's label
+  with probability `dropout` (drawn from the "dropout" RNG), so that one network learns
+  both eps_hat(z, y) and eps_hat(z, null) for classifier-free guidance.
+  """
+
+  num_classes: int
+  dim: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, batch, batch_size: int, *, train: bool = False):
+    null = jnp.full((batch_size,), self.num_classes, jnp.int32)
+    label = null if batch is None or "label" not in batch else jnp.asarray(batch["label"])
+    if label.shape != (batch_size,) or not jnp.issubdtype(label.dtype, jnp.integer):
+      raise ValueError(
+        f"batch['label'] must be integers of shape ({batch_size},), got shape {label.shape} "
+        f"and dtype {label.dtype}."
+      )
+    if train and self.dropout > 0.0:
+      drop = jax.random.bernoulli(self.make_rng("dropout"), self.dropout, (batch_size,))
+      label = jnp.where(drop, self.num_classes, label)
+    return nn.Embed(self.num_classes + 1, self.dim, name="embed")(label)

@@ -67,6 +67,7 @@ def _unet(config, info) -> UNet:
     dtype=m.dtype,
     scan_layers=m.scan_layers,
     remat=m.remat,
+    **_conditioning(config, info),
   )
 
 
@@ -84,7 +85,24 @@ def _mlp(config, info) -> MLPDenoiser:
     gamma_max=config.schedule.gamma_max,
     vocab_size=info.vocab_size,
     dtype=m.dtype,
+    **_conditioning(config, info),
   )
+
+
+def _conditioning(config, info) -> dict:
+  """The denoiser's label fields: C classes of a labelled dataset when model.conditional."""
+  return {"num_classes": _num_classes(config, info), "label_dropout": config.model.label_dropout}
+
+
+def _num_classes(config, info) -> int:
+  if not config.model.conditional:
+    return 0
+  if not info.num_classes:
+    raise ValueError(
+      f"config.model.conditional=True needs labelled data; dataset {info.name!r} has no "
+      "labels (digits has 10). Set config.model.conditional=False."
+    )
+  return info.num_classes
 
 
 DENOISERS.register("unet", _unet)
@@ -101,6 +119,7 @@ def _vdm(config, info) -> VDM:
     num_steps=config.loss.num_steps,
     antithetic=config.loss.antithetic,
     schedule_objective=config.schedule.objective,
+    num_classes=_num_classes(config, info),
   )
 
 

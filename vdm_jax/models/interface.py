@@ -5,17 +5,33 @@ A model is a frozen dataclass of pure methods over a params pytree (no state): `
 time samplers, the exact sum over T steps, the probability-flow ODE and the per-time
 diagnostics need) also implements `DiffusionModel` and says so with
 `diffusion_time = True`. Callers branch on that flag, never on the model's class.
+
+`loss_terms` takes the data batch whole: a dict with "image" (integer data `[B,
+*data_shape]`) and any other fields of the batch (e.g. "label" `[B]`), which a diffusion
+model hands to its denoiser as `batch=`; a bare integer array stands for {"image": array}.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import jax
 
-__all__ = ["DiffusionModel", "Model"]
+__all__ = ["DiffusionModel", "Model", "as_batch"]
 
 Params = Any  # a pytree of arrays
+
+
+def as_batch(batch) -> dict:
+  """The batch as a dict with "image": a dict is returned as a dict, an array is wrapped."""
+  if isinstance(batch, Mapping):
+    if "image" not in batch:
+      raise ValueError(
+        f"A batch dict needs the integer data under 'image'; it has keys {sorted(batch)}."
+      )
+    return dict(batch)
+  return {"image": batch}
 
 
 class Model(Protocol):
@@ -39,8 +55,9 @@ class Model(Protocol):
     """Freshly initialised params."""
     ...
 
-  def loss_terms(self, params: Params, k: jax.Array, key: jax.Array, *, train: bool = False):
-    """dict of `[B]` arrays: each of `terms`, "total" (nats) and "bpd"."""
+  def loss_terms(self, params: Params, batch, key: jax.Array, *, train: bool = False):
+    """dict of `[B]` arrays: each of `terms`, "total" (nats) and "bpd", for `batch` (a dict
+    with "image" `[B, *data_shape]`, or that integer array)."""
     ...
 
   def sample(self, params: Params, key: jax.Array, num_samples: int, **options) -> jax.Array:
@@ -56,12 +73,14 @@ class DiffusionModel(Model, Protocol):
 
   def gamma(self, params: Params, t: jax.Array) -> jax.Array: ...
 
-  def eps_hat(self, params: Params, z_t: jax.Array, gamma_t: jax.Array, **kwargs) -> jax.Array: ...
+  def eps_hat(
+    self, params: Params, z_t: jax.Array, gamma_t: jax.Array, *, batch=None, **kwargs
+  ) -> jax.Array: ...
 
   def loss_terms(
     self,
     params: Params,
-    k: jax.Array,
+    batch,
     key: jax.Array,
     *,
     train: bool = False,

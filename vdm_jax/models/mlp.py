@@ -7,7 +7,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vdm_jax.models.embed import GammaEmbedding, fourier_exponents, fourier_features
+from vdm_jax.models.embed import (
+  GammaEmbedding,
+  LabelEmbedding,
+  fourier_exponents,
+  fourier_features,
+)
 
 __all__ = ["MLPDenoiser"]
 
@@ -28,15 +33,20 @@ class MLPDenoiser(nn.Module):
   gamma_max: float = 5.0
   vocab_size: int = 256  # sets the Fourier frequencies to the data grid
   dtype: Any = "float32"
+  num_classes: int = 0  # > 0: class-conditional on batch["label"] (`LabelEmbedding`)
+  label_dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, z, gamma, train: bool = False):
-    del train  # no dropout
+  def __call__(self, z, gamma, *, train: bool = False, batch=None):
     if z.ndim != 2:
       raise ValueError(f"MLPDenoiser expects z of shape [B, D], got {z.shape}.")
     dt = jnp.dtype(self.dtype)
     z = z.astype(jnp.float32)
     cond = GammaEmbedding(self.hidden // 4, self.gamma_min, self.gamma_max, name="embed")(gamma)
+    if self.num_classes:
+      cond = cond + LabelEmbedding(
+        self.num_classes, cond.shape[-1], self.label_dropout, name="label_embed"
+      )(batch, z.shape[0], train=train)
     h = (
       jnp.concatenate([z, fourier_features(z, *fourier_exponents(self.vocab_size))], axis=-1)
       if self.fourier_features

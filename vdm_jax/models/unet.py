@@ -32,7 +32,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdm_jax.models.embed import GammaEmbedding, fourier_exponents, fourier_features
+from vdm_jax.models.embed import (
+  GammaEmbedding,
+  LabelEmbedding,
+  fourier_exponents,
+  fourier_features,
+)
 
 __all__ = [
   "AttentionBlock",
@@ -159,9 +164,11 @@ class UNet(nn.Module):
   dtype: Any = "float32"
   scan_layers: bool = False
   remat: bool = False
+  num_classes: int = 0  # > 0: class-conditional on batch["label"] (`LabelEmbedding`)
+  label_dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, z, gamma, train: bool = False):
+  def __call__(self, z, gamma, *, train: bool = False, batch=None):
     if z.ndim != 4:
       raise ValueError(f"UNet expects z of shape [B, H, W, C], got {z.shape}.")
     dt = jnp.dtype(self.dtype)
@@ -171,6 +178,10 @@ class UNet(nn.Module):
     # float32 from here to the casts: the sinusoid of gamma, and Fourier frequencies up to
     # 2^7 2 pi, whose phases bfloat16 (8 bits of mantissa) would not resolve.
     cond = GammaEmbedding(self.n_embd, self.gamma_min, self.gamma_max, name="embed")(gamma)
+    if self.num_classes:
+      cond = cond + LabelEmbedding(
+        self.num_classes, cond.shape[-1], self.label_dropout, name="label_embed"
+      )(batch, z.shape[0], train=train)
     h = (
       jnp.concatenate([z, fourier_features(z, *fourier_exponents(self.vocab_size))], axis=-1)
       if self.fourier_features

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm_jax import elbo, vae_elbo
+from vdm_jax.models.interface import as_batch
 
 __all__ = ["TERMS", "GaussianVAE", "VAEDecoder", "VAEEncoder"]
 
@@ -131,7 +132,7 @@ class GaussianVAE:
   def loss_terms(
     self,
     params,
-    k,
+    batch,
     key,
     *,
     train: bool = False,
@@ -140,7 +141,8 @@ class GaussianVAE:
 
     Args:
       params: model params.
-      k: integer data `[B, *data_shape]`.
+      batch: {"image": integer data `[B, *data_shape]`, ...} (other fields unused), or
+        that integer array.
       key: `jax.random` key of the L reparameterised draws.
       train: unused (the networks have no dropout).
 
@@ -148,6 +150,7 @@ class GaussianVAE:
       dict with "recon", "kl", "total" (nats, `[B]`) and "bpd" (`[B]`).
     """
     del train
+    k = as_batch(batch)["image"]
     if k.shape[1:] != self.data_shape:
       raise ValueError(f"Data of shape {k.shape} does not match the model's {self.data_shape}.")
     mean, log_var = self.encode(params, k)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm_jax import elbo, gaussian, predictions, sampling, schedules, times
+from vdm_jax.models.interface import as_batch
 from vdm_jax.models.noise import FixedSchedule
 
 __all__ = ["TERMS", "VDM"]
@@ -45,7 +46,8 @@ class VDM:
 
   Attributes:
     schedule: Flax module t -> gamma(t).
-    denoiser: Flax module (z_t, gamma_t, train) -> prediction of `prediction` kind.
+    denoiser: Flax module `(z_t, gamma_t, *, train=False, batch=None)` -> prediction of
+      `prediction` kind; `batch` is the data batch (a dict, e.g. with "label"), or None.
     vocab_size: V.
     data_shape: per-example shape, e.g. (8, 8, 1) or (2,).
     prediction: "eps", "x" or "v".
@@ -56,6 +58,8 @@ class VDM:
       the gradient of E[L_diffusion^2] / (2 E[L_diffusion]), which minimises the
       estimator's variance, while the end points and the denoiser minimise the ELBO;
       see `loss_terms`).
+    num_classes: C > 0 for a class-conditional denoiser (batch["label"] in {0..C-1};
+      label C is its learned null label), else 0.
   """
 
   schedule: nn.Module
@@ -66,6 +70,7 @@ class VDM:
   num_steps: int = 0
   antithetic: bool = True
   schedule_objective: str = "elbo"
+  num_classes: int = 0
   diffusion_time = True  # the Model interface's flag (class constant, not a field)
 
   @property
@@ -97,15 +102,18 @@ class VDM:
   def gamma_and_derivative(self, params, t):
     return schedules.gamma_and_derivative(lambda u: self.gamma(params, u), t)
 
-  def eps_hat(self, params, z_t, gamma_t, *, train: bool = False, dropout_key=None):
-    """The model's prediction of eps from z_t `[B, ...]` and gamma_t `[B]`."""
+  def eps_hat(self, params, z_t, gamma_t, *, train: bool = False, dropout_key=None, batch=None):
+    """The model's prediction of eps from z_t `[B, ...]` and gamma_t `[B]`; `batch` (the
+    data batch's dict, e.g. with "label" `[B]`, or None) is given to the denoiser."""
     rngs = {"dropout": dropout_key} if train else None
-    out = self.denoiser.apply({"params": params["denoiser"]}, z_t, gamma_t, train=train, rngs=rngs)
+    out = self.denoiser.apply(
+      {"params": params["denoiser"]}, z_t, gamma_t, train=train, batch=batch, rngs=rngs
+    )
     return predictions.prediction_to_eps(out, z_t, gamma_t, parameterization=self.prediction)
 
-  def x_hat(self, params, z_t, gamma_t):
+  def x_hat(self, params, z_t, gamma_t, *, batch=None):
     """The model's prediction of x (eval mode)."""
-    return predictions.x_from_eps(z_t, self.eps_hat(params, z_t, gamma_t), gamma_t)
+    return predictions.x_from_eps(z_t, self.eps_hat(params, z_t, gamma_t, batch=batch), gamma_t)
 
   def sample(
     self,
@@ -116,17 +124,28 @@ class VDM:
     num_steps: int = 1000,
     method: str = "ancestral",
     decode: str = "sample",
+    label: int | None = None,
+    guidance: float = 0.0,
   ):
     """int32 samples `[num_samples, *data_shape]` (`sampling.sample`: T reverse steps,
-    "ancestral" or "ddim"; decode "sample" or "mode")."""
+    "ancestral", "ddim" or "dpm_solver"; decode "sample" or "mode"; a class-conditional
+    model's `label` and guidance weight)."""
     return sampling.sample(
-      self, params, key, num_samples, num_steps=num_steps, method=method, decode=decode
+      self,
+      params,
+      key,
+      num_samples,
+      num_steps=num_steps,
+      method=method,
+      decode=decode,
+      label=label,
+      guidance=guidance,
     )
 
   def loss_terms(
     self,
     params,
-    k,
+    batch,
     key,
     *,
     train: bool = False,
@@ -147,7 +166,8 @@ class VDM:
 
     Args:
       params: model params.
-      k: integer data `[B, *data_shape]`.
+      batch: {"image": integer data `[B, *data_shape]`, ...}, given whole to the denoiser
+        (e.g. with "label" `[B]` for a class-conditional one); or that integer array.
       key: `jax.random` key (time, noise and dropout are drawn from it).
       train: dropout on.
       num_steps: T for the diffusion term (default `self.num_steps`; 0 = continuous).
@@ -160,10 +180,12 @@ class VDM:
       diffusion times "t" (`[B]`).
     """
     num_steps = self.num_steps if num_steps is None else num_steps
+    batch = as_batch(batch)
+    k = batch["image"]
     if k.shape[1:] != self.data_shape:
       raise ValueError(f"Data of shape {k.shape} does not match the model's {self.data_shape}.")
     x = elbo.encode(k, self.vocab_size)
-    batch = x.shape[0]
+    batch_size = x.shape[0]
     key_t, key_0, key_e, key_d = jax.random.split(key, 4)
 
     gamma_0, gamma_1 = self.gamma(params, jnp.zeros(())), self.gamma(params, jnp.ones(()))
@@ -172,13 +194,13 @@ class VDM:
     prior = elbo.prior_loss(x, gamma_1)
 
     if t is None:
-      t = times.sample_times(key_t, batch, num_steps=num_steps, antithetic=self.antithetic)
+      t = times.sample_times(key_t, batch_size, num_steps=num_steps, antithetic=self.antithetic)
     eps = jax.random.normal(key_e, x.shape)
 
     def continuous(denoiser_params, gamma_t, dgamma_dt):
       z_t = gaussian.q_sample(x, gamma_t, eps)
       p = {"denoiser": denoiser_params}  # no closure over the params being differentiated
-      eps_hat = self.eps_hat(p, z_t, gamma_t, train=train, dropout_key=key_d)
+      eps_hat = self.eps_hat(p, z_t, gamma_t, train=train, dropout_key=key_d, batch=batch)
       return elbo.diffusion_loss_continuous(eps, eps_hat, dgamma_dt)
 
     if num_steps == 0 and self.schedule_objective == "variance":
@@ -190,7 +212,7 @@ class VDM:
       gamma_t = self.gamma(params, t)
       gamma_s = self.gamma(params, t - 1.0 / num_steps)
       z_t = gaussian.q_sample(x, gamma_t, eps)
-      eps_hat = self.eps_hat(params, z_t, gamma_t, train=train, dropout_key=key_d)
+      eps_hat = self.eps_hat(params, z_t, gamma_t, train=train, dropout_key=key_d, batch=batch)
       diffusion = elbo.diffusion_loss_discrete(eps, eps_hat, gamma_s, gamma_t, num_steps=num_steps)
     if t_weight is not None:
       diffusion = diffusion * t_weight
@@ -202,7 +224,7 @@ class VDM:
       "diffusion": diffusion,
       "total": total,
       "bpd": elbo.bits_per_dim(total, self.num_dims),
-      "t": jnp.broadcast_to(t, (batch,)),
+      "t": jnp.broadcast_to(t, (batch_size,)),
     }
 
 

@@ -31,7 +31,8 @@ def train_step(state: TrainState, batch: dict, key, *, vdm, config):
   Args:
     vdm: the model (a `models.Model`; static).
     state: the train state (params replicated).
-    batch: {"image": int32 [B, *data_shape]} (split over devices).
+    batch: {"image": int32 [B, *data_shape]} and, for labelled data, "label" int32 [B]
+      (split over devices); given whole to the model's `loss_terms`.
     key: the run's base key; the step's key is `fold_in(key, state.step)`.
 
   Returns:
@@ -53,13 +54,13 @@ def train_step(state: TrainState, batch: dict, key, *, vdm, config):
     options = {} if t is None else {"t": t, "t_weight": t_weight}  # only diffusion models
 
     def loss_fn(params):
-      terms = vdm.loss_terms(params, batch["image"], step_key, train=True, **options)
+      terms = vdm.loss_terms(params, batch, step_key, train=True, **options)
       return jnp.mean(terms["bpd"]), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   else:
     loss, terms, grads = _accumulated_gradient(
-      vdm, state.params, batch["image"], step_key, accum, t, t_weight
+      vdm, state.params, batch, step_key, accum, t, t_weight
     )
   new_state = state.apply_gradients(grads=grads)
   if state.time_moments is not None:
@@ -91,7 +92,7 @@ def jit_train_step(vdm, config, mesh, state_sharding):
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(
     lambda state, batch, key: train_step(state, batch, key, vdm=vdm, config=config),
-    in_shardings=(state_sharding, {"image": mesh_lib.batch_sharding(mesh)}, replicated),
+    in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), replicated),
     out_shardings=(state_sharding, replicated),
     donate_argnums=(0,),
   )
@@ -116,7 +117,7 @@ def micro_batch_key(step_key, i):
   return jax.random.fold_in(jax.random.fold_in(step_key, 2), i)
 
 
-def _accumulated_gradient(vdm, params, images, step_key, k: int, t, t_weight):
+def _accumulated_gradient(vdm, params, batch, step_key, k: int, t, t_weight):
   """The gradient of the batch's mean bits/dim, summed over k micro-batches in a `lax.scan`
   (one micro-batch's activations live at a time).
 
@@ -127,14 +128,14 @@ def _accumulated_gradient(vdm, params, images, step_key, k: int, t, t_weight):
   stratified within each micro-batch, and the "variance" schedule objective normalises by the
   micro-batch's mean diffusion loss.
   """
-  xs = {"image": micro_batches(images, k), "index": jnp.arange(k)}
+  xs = {"batch": jax.tree.map(lambda v: micro_batches(v, k), batch), "index": jnp.arange(k)}
   if t is not None:
     xs |= {"t": micro_batches(t, k), "t_weight": micro_batches(t_weight, k)}
 
   def loss_fn(p, x):
     key = micro_batch_key(step_key, x["index"])
     options = {} if t is None else {"t": x["t"], "t_weight": x["t_weight"]}
-    terms = vdm.loss_terms(p, x["image"], key, train=True, **options)
+    terms = vdm.loss_terms(p, x["batch"], key, train=True, **options)
     return jnp.mean(terms["bpd"]), terms
 
   def body(grad_sum, x):

@@ -1,0 +1,127 @@
+"""Class-conditional VDMs: label dropout, the paired ELBO classifier, guided sampling."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special
+
+from vdm_jax import models, schedules
+from vdm_jax.evaluation import classify
+from vdm_jax.models.embed import LabelEmbedding
+
+NUM_CLASSES = 3
+
+
+def _vdm(num_classes=NUM_CLASSES, label_dropout=0.0):
+  return models.VDM(
+    schedule=models.FixedSchedule(schedules.LinearSchedule()),
+    denoiser=models.MLPDenoiser(
+      hidden=32, num_layers=1, num_classes=num_classes, label_dropout=label_dropout
+    ),
+    vocab_size=256,
+    data_shape=(2,),
+    num_classes=num_classes,
+  )
+
+
+def _params(vdm):
+  """Initialised params with a non-zero output layer (it starts at zero) and embeddings."""
+  params = vdm.init(jax.random.key(0))
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  return jax.tree.unflatten(
+    tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+  )
+
+
+def test_label_dropout_replaces_labels_by_the_null_label_at_its_rate():
+  n, rate = 4000, 0.3
+  module = LabelEmbedding(NUM_CLASSES, 4, rate)
+  batch = {"label": jnp.arange(n, dtype=jnp.int32) % NUM_CLASSES}
+  variables = module.init(jax.random.key(0), batch, n)
+  table = variables["params"]["embed"]["embedding"]  # [C + 1, 4], row C the null label
+  out = module.apply(variables, batch, n, train=True, rngs={"dropout": jax.random.key(1)})
+  is_null = np.all(np.asarray(out) == np.asarray(table[NUM_CLASSES]), axis=1)
+  kept = ~is_null
+  # Binomial(4000, 0.3): sd 29, so +-5 sd is +-145.
+  assert abs(is_null.sum() - rate * n) < 145, is_null.sum()
+  np.testing.assert_array_equal(out[kept], table[np.asarray(batch["label"])[kept]])
+  # No dropout outside training; no label at all means the null label.
+  np.testing.assert_array_equal(module.apply(variables, batch, n), table[batch["label"]])
+  np.testing.assert_array_equal(module.apply(variables, None, 5), jnp.tile(table[-1], (5, 1)))
+  with pytest.raises(ValueError, match="label"):
+    module.apply(variables, {"label": jnp.zeros((n, 1), jnp.int32)}, n)
+
+
+def test_label_dropout_in_the_training_loss_only():
+  vdm = _vdm(label_dropout=0.5)
+  params = _params(vdm)
+  batch = {"image": jnp.full((64, 2), 100, jnp.int32), "label": jnp.zeros((64,), jnp.int32)}
+  null = batch | {"label": jnp.full((64,), NUM_CLASSES, jnp.int32)}
+  key = jax.random.key(2)
+  total = jax.jit(
+    lambda b, train: vdm.loss_terms(params, b, key, train=train)["total"], static_argnums=1
+  )
+  cond, dropped, train = total(batch, False), total(null, False), total(batch, True)
+  is_null = np.isclose(train, dropped, rtol=1e-6)
+  is_cond = np.isclose(train, cond, rtol=1e-6)
+  assert np.all(is_null ^ is_cond) and 16 < is_null.sum() < 48, is_null.sum()
+
+
+def test_classifier_is_paired_and_batch_invariant():
+  # A model that ignores the label: the same noise for every label gives equal totals.
+  plain = _vdm(num_classes=0)
+  plain = models.VDM(**{**plain.__dict__, "num_classes": NUM_CLASSES})
+  images = jax.random.randint(jax.random.key(3), (6, 2), 0, 256)
+  batch = {"image": images, "index": jnp.arange(6, dtype=jnp.int32) + 10}
+  totals = classify.label_totals(_params(plain), batch, jax.random.key(4), vdm=plain, num_steps=0)
+  assert totals.shape == (6, NUM_CLASSES + 1)
+  np.testing.assert_array_equal(totals, jnp.tile(totals[:, :1], (1, NUM_CLASSES + 1)))
+  # A conditional model: labels differ, and an example's row does not depend on its batch.
+  vdm = _vdm()
+  params = _params(vdm)
+  fn = jax.jit(functools.partial(classify.label_totals, vdm=vdm, num_steps=0))
+  totals = fn(params, batch, jax.random.key(4))
+  assert np.ptp(np.asarray(totals), axis=1).min() > 1e-3
+  # Examples keep their index: another batch order (or batch) gives the same rows.
+  perm = np.array([3, 0, 5, 1, 4, 2])
+  shuffled = fn(params, jax.tree.map(lambda v: v[perm], batch), jax.random.key(4))
+  np.testing.assert_allclose(shuffled, totals[perm], rtol=1e-5)
+
+
+def test_summary_of_the_label_totals_against_direct_formulas():
+  rng = np.random.default_rng(0)
+  totals = rng.normal(50.0, 3.0, (40, NUM_CLASSES + 1))
+  labels = rng.integers(NUM_CLASSES, size=40)
+  s = classify.summarize_labels(totals, labels, num_dims=2)
+  bits = lambda nats: nats / (2 * np.log(2.0))
+  marginal = -special.logsumexp(-totals[:, :NUM_CLASSES], axis=1, b=1.0 / NUM_CLASSES)
+  np.testing.assert_allclose(s["bpd"], bits(marginal).mean(), rtol=1e-12)
+  np.testing.assert_allclose(s["bpd_conditional"], bits(totals[np.arange(40), labels]).mean())
+  np.testing.assert_allclose(s["bpd_null"], bits(totals[:, -1]).mean())
+  # The marginal bound is at most the smallest per-class bound plus log C.
+  assert np.all(marginal <= totals[:, :NUM_CLASSES].min(axis=1) + np.log(NUM_CLASSES) + 1e-9)
+  pred = totals[:, :NUM_CLASSES].argmin(axis=1)
+  acc = np.mean(pred == labels)
+  assert s["accuracy"] == acc and np.isclose(s["accuracy_se"], np.sqrt(acc * (1 - acc) / 40))
+  assert np.sum(s["confusion"]) == 40 and np.trace(s["confusion"]) == np.sum(pred == labels)
+
+
+def test_guided_sampling_options():
+  vdm = _vdm()
+  params = _params(vdm)
+  key = jax.random.key(5)
+  opts = {"num_steps": 5, "method": "dpm_solver", "decode": "mode"}
+  cond = vdm.sample(params, key, 8, label=1, **opts)
+  np.testing.assert_array_equal(vdm.sample(params, key, 8, label=1, guidance=0.0, **opts), cond)
+  guided = vdm.sample(params, key, 8, label=1, guidance=3.0, **opts)
+  assert not np.array_equal(guided, cond)
+  with pytest.raises(ValueError, match="needs a label"):
+    vdm.sample(params, key, 8, guidance=1.0, **opts)
+  with pytest.raises(ValueError, match="label must be"):
+    vdm.sample(params, key, 8, label=NUM_CLASSES, **opts)
+  with pytest.raises(ValueError, match="not class-conditional"):
+    _vdm(num_classes=0).sample(params, key, 8, label=0, **opts)

@@ -1,0 +1,228 @@
+r"""A class-conditional VDM's bounds and its ELBO classifier, on a labelled split.
+
+For each example x with label y and each class c in {0..C-1} (and the null label C), the
+ELBO terms are computed with the same key, so the same t, z_0 and noise for every label:
+the comparison between labels is paired, and its noise largely cancels. From the per-label
+totals L_c(x) = -ELBO_c(x) (nats), with the uniform prior p(c) = 1/C:
+
+* conditional bound: -log p(x | y) <= L_y(x);
+* marginal bound: -log p(x) = -log sum_c p(c) p(x | c) <= -log sum_c p(c) exp(-L_c(x))
+  (since p(x | c) >= exp(-L_c(x))): the headline bits/dim, comparable with unconditional
+  models;
+* null bound: L_C(x), the bound of the unconditional sub-model the null label selects;
+* classifier: p(c | x) is proportional to p(x | c) p(c); with each p(x | c) replaced by its
+  bound the prediction is argmin_c L_c(x). Its accuracy is a mean of N independent 0/1
+  outcomes, with standard error sqrt(a (1 - a) / N).
+
+Example n draws t and noise from `fold_in(key, index_n)`, so nothing depends on the batch
+it falls in (batch- and device-invariant, like `bpd.evaluate`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdm_jax import data, elbo
+from vdm_jax.evaluation import bpd
+from vdm_jax.runtime import mesh as mesh_lib
+
+__all__ = ["classify", "classify_checkpoint", "label_totals", "render", "summarize_labels"]
+
+
+def label_totals(params, batch: dict, key, *, vdm, num_steps: int) -> jax.Array:
+  """Total nats `[B, C + 1]` of each example under each label 0..C (C: the null label).
+
+  Pure; jit it. Every label of example n uses the key `fold_in(key, batch["index"][n])`.
+
+  Args:
+    batch: {"image": int `[B, *data_shape]`, "index": int32 `[B]`, ...}.
+    vdm: a class-conditional VDM (`vdm.num_classes` = C > 0).
+  """
+  labels = jnp.arange(vdm.num_classes + 1, dtype=jnp.int32)
+
+  def one(image, index):
+    example_key = jax.random.fold_in(key, index)
+
+    def under(label):
+      example = {"image": image[None], "label": label[None]}
+      return vdm.loss_terms(params, example, example_key, num_steps=num_steps)["total"][0]
+
+    return jax.vmap(under)(labels)
+
+  return jax.vmap(one)(batch["image"], batch["index"])
+
+
+@functools.lru_cache(maxsize=8)
+def _jit_label_totals(vdm, mesh, num_steps: int):
+  data_sharding = mesh_lib.batch_sharding(mesh)
+  return jax.jit(
+    functools.partial(label_totals, vdm=vdm, num_steps=num_steps),
+    in_shardings=(mesh_lib.replicated(mesh), data_sharding, mesh_lib.replicated(mesh)),
+    out_shardings=data_sharding,
+  )
+
+
+def summarize_labels(totals: np.ndarray, labels: np.ndarray, num_dims: int) -> dict:
+  """The bounds (bits/dim, with standard errors) and the classifier from per-label totals.
+
+  Args:
+    totals: nats `[N, C + 1]`, column C the null label's.
+    labels: the true labels `[N]`.
+    num_dims: D, for bits/dim.
+
+  Returns:
+    dict: "bpd" (the marginal bound), "bpd_conditional", "bpd_null" (each with "_se"),
+    "accuracy", "accuracy_se", "confusion" (`[C, C]` counts, row = true label, column =
+    predicted), "num_examples", "num_classes".
+
+  Example (two classes; the first example is better explained by class 0):
+    >>> t = np.array([[10.0, 12.0, 11.0], [9.0, 8.0, 8.5]])
+    >>> s = summarize_labels(t, np.array([0, 0]), num_dims=1)
+    >>> s["accuracy"], s["confusion"]
+    (0.5, [[1, 1], [0, 0]])
+  """
+  totals = np.asarray(totals, np.float64)
+  labels = np.asarray(labels)
+  n, num_classes = totals.shape[0], totals.shape[1] - 1
+  per_class = totals[:, :num_classes]
+  marginal = -(_logsumexp(-per_class) - math.log(num_classes))
+  conditional = per_class[np.arange(n), labels]
+  predicted = np.argmin(per_class, axis=1)
+  correct = (predicted == labels).astype(np.float64)
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(confusion, (labels, predicted), 1)
+  out = {}
+  for name, nats in [
+    ("bpd", marginal),
+    ("bpd_conditional", conditional),
+    ("bpd_null", totals[:, -1]),
+  ]:
+    bits = np.asarray(elbo.bits_per_dim(nats, num_dims), np.float64)
+    out[name] = float(bits.mean())
+    out[name + "_se"] = float(bits.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+  accuracy = float(correct.mean())
+  return out | {
+    "accuracy": accuracy,
+    "accuracy_se": math.sqrt(accuracy * (1.0 - accuracy) / n),
+    "confusion": confusion.tolist(),
+    "num_examples": int(n),
+    "num_classes": int(num_classes),
+  }
+
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+  top = a.max(axis=1, keepdims=True)
+  return (top + np.log(np.exp(a - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def classify(
+  vdm,
+  params,
+  config,
+  mesh,
+  *,
+  split: str = "test",
+  num_steps: int | None = None,
+  key=None,
+  batch_size: int | None = None,
+  progress: bool = False,
+) -> dict:
+  """`summarize_labels` over a labelled split, plus the per-label totals ("totals" `[N,
+  C + 1]`, nats, in the split's order) and "labels" `[N]`.
+
+  Raises ValueError for a model that is not class-conditional or an unlabelled dataset.
+  """
+  if not getattr(vdm, "num_classes", 0):
+    raise ValueError(
+      "The ELBO classifier needs a class-conditional model (config.model.conditional=True); "
+      "this one is not."
+    )
+  info = data.dataset_info(config.data)
+  if info.num_classes != vdm.num_classes:
+    raise ValueError(
+      f"The model has {vdm.num_classes} classes; dataset {info.name!r} has "
+      f"{info.num_classes or 'no'} labels."
+    )
+  num_steps = config.loss.num_steps if num_steps is None else num_steps
+  key = bpd.evaluation_key(config) if key is None else key
+  batch_size = bpd.balanced_batch_size(
+    info.num_examples[split], batch_size or config.eval.batch_size, jax.device_count()
+  )
+  step = _jit_label_totals(vdm, mesh, num_steps)
+  totals, labels, indices = [], [], []
+  for _, glob, mask, index in bpd.global_batches(
+    config, split, batch_size, mesh, progress=progress, desc=f"classify {split}"
+  ):
+    values, label = mesh_lib.gather((step(params, glob, key), glob["label"]))
+    totals.append(np.asarray(values)[mask])
+    labels.append(np.asarray(label)[mask])
+    indices.append(index[mask])
+  order = np.argsort(np.concatenate(indices))
+  totals = np.concatenate(totals).astype(np.float64)[order]
+  labels = np.concatenate(labels)[order]
+  result = summarize_labels(totals, labels, vdm.num_dims)
+  return result | {"totals": totals, "labels": labels, "split": split, "num_steps": num_steps}
+
+
+def render(result: dict) -> str:
+  """The bounds, the accuracy and the confusion table as text."""
+  se = lambda name: f"{result[name]:.4f} +- {result[name + '_se']:.4f}"
+  lines = [
+    f"{result['split']} ({result['num_examples']} examples), T={result['num_steps']}:",
+    f"  bpd (marginal bound, -log sum_y p(y) exp ELBO_y): {se('bpd')}",
+    f"  conditional bound -log p(x | y):                 {se('bpd_conditional')}",
+    f"  null-label bound:                                {se('bpd_null')}",
+    f"  ELBO classifier accuracy: {result['accuracy']:.4f} +- {result['accuracy_se']:.4f}",
+    "  confusion (row: true label, column: predicted):",
+    "       " + " ".join(f"{c:>4d}" for c in range(result["num_classes"])),
+  ]
+  for y, row in enumerate(result["confusion"]):
+    lines.append(f"  {y:>4d} " + " ".join(f"{v:>4d}" for v in row))
+  return "\n".join(lines)
+
+
+def classify_checkpoint(
+  run,
+  *,
+  split: str = "test",
+  num_steps: int | None = None,
+  batch_size: int | None = None,
+  seed: int | None = None,
+  output: str | None = None,
+) -> dict:
+  """`classify` on a loaded checkpoint (`runs.load_run`): prints `render` and writes the
+  JSON (without the per-example arrays) to `output` (default: in the work directory)."""
+  from vdm_jax.runtime import workdir as workdir_lib
+
+  config = run.config
+  data.lookup(config.data).check_split(split)
+  seed = bpd.evaluation_seed(config, seed)
+  result = classify(
+    run.model,
+    run.params,
+    config,
+    run.mesh,
+    split=split,
+    num_steps=num_steps,
+    key=jax.random.key(seed),
+    batch_size=batch_size,
+    progress=True,
+  )
+  public = {k: v for k, v in result.items() if k not in ("totals", "labels")}
+  public |= {"checkpoint_step": run.step, "data": config.data.name, "seed": seed}
+  public = workdir_lib.to_strict_json(public)
+  output = output or os.path.join(
+    run.workdir, f"classify_{split}_step{run.step}_T{result['num_steps']}.json"
+  )
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    workdir_lib.write_json_atomic(output, workdir_lib.dumps_strict(public, indent=2))
+    print(render(result))
+    print(f"  JSON: {output}")
+  return public
