@@ -129,17 +129,25 @@ def nll_continuous(vdm, params, x, key, **kwargs):
 def dequantized_bpd(vdm, params, k, key, **kwargs):
   """Upper bound on -log2 P(k) per dimension, `[B]`: uniform dequantisation + the ODE.
 
+  A model with an auxiliary latent c (`vdm.auxiliary_latent`, e.g. `models.AdaptiveVDM`)
+  draws one c ~ q(c | k) per example and adds KL(q(c | k) || p(c)) to the ODE's
+  -log p(k | c): -log P(k) <= E_q[-log P(k | c)] + KL (docs/adaptive.md).
+
   Args:
     k: integer data `[B, ...]` in {0..V-1} (V = `vdm.vocab_size`).
-    key: draws the dequantisation noise and Hutchinson's probes.
+    key: draws the dequantisation noise and Hutchinson's probes (and c).
   """
+  latent_kl = 0.0
+  if getattr(vdm, "auxiliary_latent", False):
+    key, key_c = jax.random.split(key)
+    vdm, latent_kl = vdm.condition(params, k, key_c)
   key_u, key_h = jax.random.split(key)
   vocab = vdm.vocab_size
   x = elbo.encode(k, vocab)
   x = x + jax.random.uniform(key_u, x.shape, minval=-1.0 / vocab, maxval=1.0 / vocab)
   dims = math.prod(x.shape[1:])
   nats = nll_continuous(vdm, params, x, key_h, **kwargs) - dims * math.log(2.0 / vocab)
-  return elbo.bits_per_dim(nats, dims)
+  return elbo.bits_per_dim(nats + latent_kl, dims)
 
 
 def evaluate_ode(
