@@ -24,23 +24,23 @@ term is "latent_kl". Since gamma(c, 0) = gamma_min and gamma(c, 1) = gamma_max, 
 reconstruction and prior terms do not depend on c; the schedule's shape in between
 changes the diffusion term (the ELBO of a multivariate process is not invariant to it).
 
-Example (a small U-Net for the 8x8 digits; no data files are read):
+Example (a small MLP denoiser for the 2-D toy data; no data files are read):
   >>> import jax, jax.numpy as jnp
   >>> from vdm_jax import data, models
   >>> from vdm_jax.config import base_config
   >>> config = base_config()
-  >>> config.model.kind, config.model.n_layer, config.model.n_embd = "adaptive", 1, 16
-  >>> config.model.norm_groups, config.model.adaptive_hidden = 8, 32
+  >>> config.data.name, config.model.kind, config.model.denoiser = "toy2d", "adaptive", "mlp"
+  >>> config.model.mlp_hidden, config.model.adaptive_hidden = 32, 32
   >>> model = models.make_model(config, data.dataset_info(config.data))
   >>> params = model.init(jax.random.key(0))
-  >>> k = jnp.zeros((2, *model.data_shape), jnp.int32)
+  >>> k = jnp.zeros((3, *model.data_shape), jnp.int32)          # [B, 2], V = 256
   >>> terms = model.loss_terms(params, k, jax.random.key(1))
   >>> sorted(terms)
   ['bpd', 'diffusion', 'latent_kl', 'prior', 'recon', 't', 'total']
-  >>> c = jnp.zeros((2, model.latent_dim))
-  >>> gamma, dgamma = model.gamma_map(params, c, jnp.array([0.0, 0.5]))  # per pixel
-  >>> gamma.shape
-  (2, 8, 8, 1)
+  >>> c = jnp.zeros((3, model.latent_dim))
+  >>> gamma, dgamma = model.gamma_map(params, c, jnp.array([0.0, 0.5, 1.0]))  # per dimension
+  >>> gamma.shape, gamma[:, 0].tolist()                       # linear at initialisation
+  ((3, 2), [-13.3, -4.15, 5.0])
 """
 
 from __future__ import annotations
