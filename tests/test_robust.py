@@ -249,6 +249,8 @@ _COUNTS = [
       "model.vae_latent_dim",
       "model.vae_hidden",
       "model.vae_layers",
+      "model.adaptive_latent_dim",
+      "model.adaptive_hidden",
       "loss.vae_num_samples",
       "loss.time_bins",
       "train.batch_size",

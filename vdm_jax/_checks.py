@@ -55,27 +55,38 @@ def check_same_shape(name_a: str, a: jax.Array, name_b: str, b: jax.Array) -> No
 
 
 def per_example(name: str, v: ArrayLike, like: jax.Array, *, batch_name: str = "x") -> jax.Array:
-  """Checks a per-example quantity and expands it over `like`'s trailing axes.
+  """Checks a per-example or per-dimension quantity and makes it broadcast over `like`.
 
   Args:
     name: argument name, for error messages.
-    v: a scalar (shared by all examples) or a `[B]` vector.
+    v: a scalar (shared by all examples), a `[B]` vector (one value per example, aligned
+      on the batch axis) or an array of `like`'s shape `[B, *data_shape]` (one value per
+      example and data dimension, e.g. a per-dimension gamma).
     like: the batched data array `[B, ...]` that `v` multiplies.
     batch_name: name of `like`, for error messages.
 
   Returns:
-    `v` with shape `[]` or `[B, 1, ..., 1]` (rank of `like`), ready to broadcast.
+    `v` with shape `[]`, `[B, 1, ..., 1]` (rank of `like`) or `like.shape`, ready to
+    broadcast.
   """
   v = as_float(name, v)
   if v.ndim == 0:
+    return v
+  if like.ndim > 1 and tuple(v.shape) == tuple(like.shape):
     return v
   if v.ndim != 1 or like.ndim == 0 or v.shape[0] != like.shape[0]:
     lead = like.shape[0] if like.ndim else "?"
     raise ValueError(
       f"`{name}` must be a scalar or one value per example with shape ({lead},) to match "
-      f"`{batch_name}` of shape {tuple(like.shape)}, got shape {tuple(v.shape)}."
+      f"`{batch_name}` of shape {tuple(like.shape)} (or one value per data dimension, with "
+      f"`{batch_name}`'s shape), got shape {tuple(v.shape)}."
     )
   return v.reshape(v.shape + (1,) * (like.ndim - 1))
+
+
+def is_per_dimension(v: jax.Array, like: jax.Array) -> bool:
+  """Whether a checked `per_example` value holds one entry per data dimension of `like`."""
+  return like.ndim > 1 and tuple(v.shape) == tuple(like.shape)
 
 
 def sum_except_batch(x: jax.Array) -> jax.Array:

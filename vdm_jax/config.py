@@ -74,6 +74,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.vae_latent_dim = 16  # the Gaussian VAE (model.kind = "vae"): MLP encoder/decoder
   c.model.vae_hidden = 256
   c.model.vae_layers = 2
+  # model.kind = "adaptive" (docs/adaptive.md): q(c | x) with c of adaptive_latent_dim
+  # dimensions, and c -> per-dimension schedule, both 2-layer MLPs adaptive_hidden wide; the
+  # denoiser is model.denoiser, conditioned on c and the gamma map. The schedule's end points
+  # are schedule.gamma_min and gamma_max (fixed); schedule.kind is not used.
+  c.model.adaptive_latent_dim = 8
+  c.model.adaptive_hidden = 128
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.kind = "learned_linear"
@@ -329,9 +335,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "model.vae_latent_dim",
     "model.vae_hidden",
     "model.vae_layers",
+    "model.adaptive_latent_dim",
+    "model.adaptive_hidden",
     "loss.vae_num_samples",
   ]:
     _positive(path, config[path.split(".")[0]][path.split(".")[1]], integer=True)
+  if config.model.kind == "adaptive" and config.schedule.objective != "elbo":
+    raise ValueError(
+      f"config.schedule.objective={config.schedule.objective!r} shapes a learned scalar "
+      "schedule; model.kind='adaptive' learns its per-dimension schedule on the ELBO. Use "
+      "config.schedule.objective='elbo'."
+    )
   if config.schedule.objective == "variance" and (
     config.schedule.kind != "monotone" or config.loss.num_steps
   ):

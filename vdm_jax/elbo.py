@@ -9,7 +9,11 @@ seed's ELBO in its denoising-matching form, docs/derivation.md):
   $s = (i-1)/T$, $t = i/T$, estimated with one random $i$, or its T -> infinity limit.
 
 Every term returns shape `[B]`, summed over all non-batch axes. Data are integers
-k in {0..V-1} mapped to bin centres x = (2k + 1)/V - 1 (`encode`).
+k in {0..V-1} mapped to bin centres x = (2k + 1)/V - 1 (`encode`). Every gamma (and
+gamma') is a scalar, a `[B]` vector (one per example) or an array of the data's shape
+`[B, *data_shape]`: a per-dimension schedule, as in a multivariate noise process where each
+dimension d has its own gamma_d(t); the terms are then sums of per-dimension terms, each
+with its own gamma_d (the weighting happens before the sum over dimensions).
 
 Example (an epsilon-predicting model in continuous time; `model` stands in for a network):
   >>> import jax, jax.numpy as jnp
@@ -26,6 +30,14 @@ Example (an epsilon-predicting model in continuous time; `model` stands in for a
   >>> loss_diff = elbo.diffusion_loss_continuous(eps, model(z_t, gamma_t), dgamma)
   >>> loss_diff.shape, loss_diff.dtype                           # nats per example
   ((4,), dtype('float32'))
+
+A per-dimension schedule gives gamma_t and its derivative the data's shape; the same
+calls weight each dimension's squared error by its own gamma'_d(t):
+  >>> rate = jnp.linspace(10.0, 20.0, 64).reshape(1, 8, 8, 1)    # gamma'_d, one per pixel
+  >>> gamma_t, dgamma = -10.0 + rate * t[:, None, None, None], jnp.broadcast_to(rate, x.shape)
+  >>> z_t = gaussian.q_sample(x, gamma_t, eps)                    # gamma_t: [B, 8, 8, 1]
+  >>> elbo.diffusion_loss_continuous(eps, model(z_t, gamma_t), dgamma).shape
+  (4,)
 """
 
 from __future__ import annotations
@@ -90,7 +102,7 @@ def decoder_logits(z_0: ArrayLike, gamma_0: ArrayLike, *, vocab_size: int) -> ja
 
   Args:
     z_0: `[B, ...]` latent at t = 0.
-    gamma_0: scalar or `[B]`.
+    gamma_0: scalar, `[B]` or `[B, ...]` (per dimension, like `z_0`).
     vocab_size: V.
 
   Returns:
@@ -122,7 +134,7 @@ def reconstruction_loss(
   Args:
     k: integer data `[B, ...]` (any number of axes and channels), values in {0..V-1}.
     z_0: latent `[B, ...]`, same shape as `k`, typically q_sample(encode(k), gamma_0, eps).
-    gamma_0: scalar or `[B]`.
+    gamma_0: scalar, `[B]` or `[B, ...]` (per dimension, like `z_0`).
     vocab_size: V.
     validate: check that every k is in {0..V-1}.
 
@@ -184,11 +196,12 @@ def _kl_std_normal_offset(gamma: jax.Array) -> jax.Array:
 def prior_loss(x: ArrayLike, gamma_1: ArrayLike) -> jax.Array:
   r"""$D_{KL}(q(z_1 \mid x) \,\|\, N(0, I))$ summed over data dimensions, in nats.
 
-  Per dimension: $\tfrac12(\alpha_1^2 x^2 + \sigma_1^2 - 1 - \log\sigma_1^2)$.
+  Per dimension: $\tfrac12(\alpha_1^2 x^2 + \sigma_1^2 - 1 - \log\sigma_1^2)$, with the
+  dimension's own gamma_1 when it is given per dimension.
 
   Args:
     x: data `[B, ...]` (bin centres), floating.
-    gamma_1: scalar or `[B]`.
+    gamma_1: scalar, `[B]` or `[B, ...]` (per dimension, like `x`).
 
   Returns:
     `[B]` nats.
@@ -197,6 +210,8 @@ def prior_loss(x: ArrayLike, gamma_1: ArrayLike) -> jax.Array:
     >>> import jax.numpy as jnp
     >>> prior_loss(jnp.zeros((2, 3)), jnp.array([5.0, 20.0])).tolist()  # ~ 3 alpha_1^4 / 4
     [3.4e-05, 3.2e-18]
+    >>> prior_loss(jnp.zeros((1, 3)), jnp.array([[5.0, 5.0, 20.0]])).tolist()  # per dimension
+    [2.3e-05]
   """
   x = _checks.as_float("x", x)
   _checks.check_batched("x", x)
@@ -212,16 +227,25 @@ def prior_loss(x: ArrayLike, gamma_1: ArrayLike) -> jax.Array:
 
 
 def _sq_error(eps, eps_hat):
+  """The checked inputs and their elementwise squared difference `[B, ...]`."""
   eps = _checks.as_float("eps", eps)
   eps_hat = _checks.as_float("eps_hat", eps_hat)
   _checks.check_batched("eps", eps)
   _checks.check_same_shape("eps", eps, "eps_hat", eps_hat)
-  return eps, _checks.sum_except_batch(jnp.square(eps - eps_hat))
+  return eps, jnp.square(eps - eps_hat)
 
 
-def _per_example_vector(name, v, like):
-  """A scalar or `[B]` weight, returned as shape `[B]`."""
-  return jnp.broadcast_to(_checks.per_example(name, v, like).reshape(-1), like.shape[:1])
+def _weighted_sum(scale, weight, sq):
+  """scale sum_d weight_d sq_d per example `[B]`: `weight` a checked `per_example` value.
+
+  A scalar or per-example weight multiplies the sum over dimensions (the same
+  floating-point operations as before per-dimension weights existed); a per-dimension
+  weight multiplies before the sum.
+  """
+  if _checks.is_per_dimension(weight, sq):
+    return scale * _checks.sum_except_batch(weight * sq)
+  weight = jnp.broadcast_to(weight.reshape(-1), sq.shape[:1])
+  return scale * weight * _checks.sum_except_batch(sq)
 
 
 def diffusion_loss_continuous(
@@ -238,13 +262,14 @@ def diffusion_loss_continuous(
     eps: the noise used to draw z_t, `[B, ...]`.
     eps_hat: the model's prediction of it, same shape.
     dgamma_dt: gamma'(t) at each example's t, scalar or `[B]` (see
-      `schedules.gamma_and_derivative`).
+      `schedules.gamma_and_derivative`), or `[B, ...]` like `eps` for a per-dimension
+      schedule: then $\tfrac12\sum_d \gamma_d'(t)(\epsilon_d - \hat\epsilon_d)^2$.
 
   Returns:
     `[B]` nats.
   """
   eps, sq = _sq_error(eps, eps_hat)
-  return 0.5 * _per_example_vector("dgamma_dt", dgamma_dt, eps) * sq
+  return _weighted_sum(0.5, _checks.per_example("dgamma_dt", dgamma_dt, eps), sq)
 
 
 def diffusion_loss_discrete(
@@ -266,9 +291,10 @@ def diffusion_loss_discrete(
   Args:
     eps: the noise used to draw z_t, `[B, ...]`.
     eps_hat: the model's prediction of it, same shape.
-    gamma_s: scalar or `[B]`, gamma((i-1)/T).
-    gamma_t: scalar or `[B]`, gamma(i/T); valid range gamma_s < gamma_t (gamma increases
-      with t). Otherwise the "loss" is negative; not detected unless `validate`.
+    gamma_s: scalar, `[B]` or `[B, ...]` (per dimension, like `eps`), gamma((i-1)/T).
+    gamma_t: likewise gamma(i/T); valid range gamma_s < gamma_t (gamma increases with t,
+      in every dimension). Otherwise the "loss" is negative; not detected unless
+      `validate`. Per dimension the weight is $\mathrm{expm1}(\gamma_{t,d} - \gamma_{s,d})$.
     num_steps: T >= 1.
     validate: check gamma_s < gamma_t with `jax.experimental.checkify` (see
       `reconstruction_loss`).
@@ -291,8 +317,8 @@ def diffusion_loss_discrete(
   """
   num_steps = _checks.check_num_steps(num_steps, allow_zero=False)
   eps, sq = _sq_error(eps, eps_hat)
-  g_s = _per_example_vector("gamma_s", gamma_s, eps)
-  g_t = _per_example_vector("gamma_t", gamma_t, eps)
+  g_s = _checks.per_example("gamma_s", gamma_s, eps)
+  g_t = _checks.per_example("gamma_t", gamma_t, eps)
   if validate:
     checkify.check(
       jnp.all(g_s < g_t),
@@ -300,7 +326,7 @@ def diffusion_loss_discrete(
       "got gamma_s - gamma_t up to {gap}.",
       gap=jnp.max(g_s - g_t),
     )
-  return 0.5 * num_steps * jnp.expm1(g_t - g_s) * sq
+  return _weighted_sum(0.5 * num_steps, jnp.expm1(g_t - g_s), sq)
 
 
 def denoising_matching_kl(
@@ -319,8 +345,8 @@ def denoising_matching_kl(
     x: data `[B, ...]`.
     x_hat: prediction of x from z_t, same shape.
     z_t: latent at t, same shape.
-    gamma_s: scalar or `[B]`, with gamma_s < gamma_t.
-    gamma_t: scalar or `[B]`.
+    gamma_s: scalar, `[B]` or `[B, ...]` (per dimension), with gamma_s < gamma_t.
+    gamma_t: scalar, `[B]` or `[B, ...]`, like gamma_s.
 
   Returns:
     `[B]` nats.

@@ -1,7 +1,9 @@
 r"""Gaussian algebra of the diffusion process: q(z_t|x), q(z_s|z_t,x), KL, log density.
 
 Shapes: `x`, `z_t`, `eps` are `[B, ...]` (any number of data axes); a `gamma` is a
-scalar or a `[B]` vector and broadcasts over the trailing data axes. Everything is
+scalar or a `[B]` vector and broadcasts over the trailing data axes, or has the data's
+shape `[B, ...]`: one gamma per dimension (a multivariate, diagonal process, each
+dimension with its own schedule; every formula below is elementwise). Everything is
 written through gamma = -log SNR with log-sigmoid and expm1 forms, so it stays finite
 in float32 for |gamma| up to ~80 and for s arbitrarily close to t.
 
@@ -13,6 +15,9 @@ Example:
   >>> mean, var = gaussian.q_posterior(z_t, x, jnp.full((4,), 0.4), jnp.full((4,), 0.5))
   >>> z_t.shape, mean.shape, var.shape
   ((4, 8, 8, 1), (4, 8, 8, 1), (4, 8, 8, 1))
+  >>> gamma_map = jnp.linspace(-2.0, 2.0, 256).reshape(x.shape)   # one gamma per dimension
+  >>> gaussian.q_sample(x, gamma_map, eps).shape
+  (4, 8, 8, 1)
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ def q_sample(x: ArrayLike, gamma_t: ArrayLike, eps: ArrayLike) -> jax.Array:
 
   Args:
     x: data, `[B, ...]`, floating.
-    gamma_t: scalar or `[B]`.
+    gamma_t: scalar, `[B]`, or `[B, ...]` like `x` (one gamma per dimension).
     eps: standard normal noise, same shape as `x`.
 
   Returns:
@@ -69,8 +74,9 @@ def q_posterior(
   Args:
     z_t: latent at time t, `[B, ...]`.
     x: data (or a prediction of it), same shape as `z_t`.
-    gamma_s: scalar or `[B]`, gamma at the earlier time s.
-    gamma_t: scalar or `[B]`, gamma at t; must exceed gamma_s.
+    gamma_s: scalar, `[B]` or `[B, ...]` (per dimension, like `z_t`), gamma at the
+      earlier time s.
+    gamma_t: likewise, gamma at t; must exceed gamma_s (in every dimension).
 
   Returns:
     (mean, variance), both with the shape of `z_t`.

@@ -3,6 +3,7 @@
 With z_t = alpha_t x + sigma_t eps (alpha_t^2 = sigmoid(-gamma_t), sigma_t^2 =
 sigmoid(gamma_t)) any one of x, eps and v = alpha_t eps - sigma_t x determines the other
 two given z_t; a network may predict any of them and the ELBO stays the same objective.
+Every gamma_t is a scalar, `[B]`, or `[B, ...]` like the data (one per dimension).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def prediction_to_eps(
   Args:
     prediction: network output `[B, ...]`.
     z_t: the network's input latent, same shape.
-    gamma_t: scalar or `[B]`.
+    gamma_t: scalar, `[B]` or `[B, ...]` (per dimension, like `z_t`).
     parameterization: what the network predicts: "eps", "x" or "v".
 
   Returns:

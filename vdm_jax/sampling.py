@@ -10,7 +10,9 @@ r"""Samplers of the reverse process (pure functions of a model and its params).
 Classifier-free guidance is the pure `guided_eps`. The samplers are pure functions of
 (vdm, params, key), for any object with `gamma`, `eps_hat`,
 `data_shape` and `vocab_size` (a `models.VDM`, or `testing.OracleVDM`); the T-step loop is
-a `lax.fori_loop`.
+a `lax.fori_loop`. `gamma(params, t)` may return one gamma per example (`[B]` for t `[B]`)
+or one per example and dimension (`[B, *data_shape]`, a multivariate schedule): every step
+is elementwise in gamma, so each dimension then follows its own schedule.
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ METHODS = ("ancestral", "ddim", "dpm_solver")
 
 
 class ReverseModel(Protocol):
-  """What the samplers call: a `models.VDM`, or `testing.OracleVDM`."""
+  """What the samplers call: a `models.VDM`, or `testing.OracleVDM`.
+
+  `gamma` maps t `[B]` (or a scalar t, for gamma(0)) to `[B]`, a scalar, or
+  `[B, *data_shape]` (per dimension); `eps_hat` takes gamma_t in the same form.
+  """
 
   data_shape: tuple[int, ...]
   vocab_size: int
@@ -149,7 +155,7 @@ def _conditional_eps(vdm, params, num_samples, label, guidance):
 
 def _decode(vdm, params, z_0, key, decode):
   """Integer data from z_0 through the exact discrete decoder p(k | z_0)."""
-  gamma_0 = vdm.gamma(params, jnp.zeros(()))
+  gamma_0 = vdm.gamma(params, jnp.zeros((z_0.shape[0],)))  # [N], or [N, ...] per dimension
   logits = elbo.decoder_logits(z_0, gamma_0, vocab_size=vdm.vocab_size)
   if decode == "mode":
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)

@@ -51,6 +51,7 @@ __all__ = [
   "gamma_and_derivative",
   "log_alpha2_sigma2",
   "snr",
+  "square_polynomial_gamma",
 ]
 
 
@@ -295,3 +296,71 @@ def discrete_alphas(schedule: Schedule, num_steps: int) -> tuple[jax.Array, jax.
   t = jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps
   log_abar, _ = log_alpha2_sigma2(schedule(t))
   return jnp.exp(log_abar[1:] - log_abar[:-1]), jnp.exp(log_abar[1:])
+
+
+def square_polynomial_gamma(
+  coeffs: ArrayLike,
+  t: ArrayLike,
+  *,
+  gamma_min: float,
+  gamma_max: float,
+  floor: float = 1e-3,
+) -> tuple[jax.Array, jax.Array]:
+  r"""A monotone schedule with fixed end points whose derivative is a square, and gamma'.
+
+  With $p(u) = a u^2 + b u + c$ (one (a, b, c) per dimension, e.g. from a network) and
+  $P(t) = \int_0^t (p(u)^2 + \varepsilon)\,du$ (closed form, a polynomial of degree 5),
+
+    gamma(t) = gamma_min + (gamma_max - gamma_min) P(t) / P(1),
+    gamma'(t) = (gamma_max - gamma_min) (p(t)^2 + eps) / P(1) > 0,
+
+  so gamma is strictly increasing from gamma(0) = gamma_min to gamma(1) = gamma_max for
+  any coefficients (the multivariate schedule of MuLAN, Sahoo et al. 2024). `floor` is
+  eps: it keeps gamma' > 0 where p vanishes and absorbs the rounding of P's terms.
+
+  Args:
+    coeffs: `[..., 3]`, (a, b, c) along the last axis.
+    t: times in [0, 1], broadcastable against `coeffs.shape[:-1]`.
+    gamma_min: gamma at t = 0.
+    gamma_max: gamma at t = 1, gamma_min < gamma_max.
+    floor: eps > 0.
+
+  Returns:
+    (gamma, dgamma_dt), each of the broadcast shape of t and `coeffs.shape[:-1]`.
+
+  Example: (a, b, c) = (0, 0, 1) is the linear schedule; other rows bend it, same ends.
+    >>> import jax.numpy as jnp
+    >>> coeffs = jnp.array([[0.0, 0.0, 1.0], [3.0, -1.0, 0.5]])            # two dimensions
+    >>> gamma, _ = square_polynomial_gamma(
+    ...   coeffs, jnp.array([[0.0], [0.5], [1.0]]), gamma_min=-10.0, gamma_max=5.0
+    ... )
+    >>> gamma.tolist()                                             # [t, dimension]
+    [[-10.0, -10.0], [-2.5, -8.595], [5.0, 5.0]]
+  """
+  _check_range(gamma_min, gamma_max)
+  if not (isinstance(floor, int | float) and floor > 0):
+    raise ValueError(f"`floor` must be a positive number, got {floor!r}.")
+  coeffs = _checks.as_float("coeffs", coeffs)
+  if coeffs.ndim < 1 or coeffs.shape[-1] != 3:
+    raise ValueError(
+      f"`coeffs` must hold (a, b, c) along its last axis, shape [..., 3]; got {coeffs.shape}."
+    )
+  t = _checks.as_float("t", t)
+  shape = jnp.broadcast_shapes(t.shape, coeffs.shape[:-1])
+  t = jnp.broadcast_to(t, shape)
+  a, b, c = (jnp.broadcast_to(coeffs[..., i], shape) for i in range(3))
+
+  def integral(u):  # int_0^u p^2 + eps, by Horner's rule in u
+    inner = (
+      c * c
+      + floor
+      + u * (b * c + u * ((b * b + 2.0 * a * c) / 3.0 + u * (a * b / 2.0 + u * (a * a / 5.0))))
+    )
+    return u * inner
+
+  total = integral(jnp.ones((), t.dtype))
+  span = gamma_max - gamma_min
+  poly = c + t * (b + t * a)
+  gamma = gamma_min + span * (integral(t) / total)
+  dgamma = span * (jnp.square(poly) + floor) / total
+  return gamma, dgamma

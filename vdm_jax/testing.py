@@ -25,7 +25,13 @@ from jax.typing import ArrayLike
 
 from vdm_jax import _checks, gaussian, predictions, schedules
 
-__all__ = ["GaussianData", "GaussianMixture", "OracleVDM", "gaussian_decoder_nll"]
+__all__ = [
+  "GaussianData",
+  "GaussianMixture",
+  "OracleVDM",
+  "PerDimensionSchedule",
+  "gaussian_decoder_nll",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +49,12 @@ class GaussianData:
   def x_hat(self, z_t: ArrayLike, gamma_t: ArrayLike) -> jax.Array:
     r"""Bayes-optimal E[x | z_t] = mean + alpha s^2 (z_t - alpha mean) / (alpha^2 s^2 + sigma^2).
 
+    Elementwise, so a per-dimension gamma_t (`[B, ...]` like z_t) is exact too: the
+    dimensions are independent under the data and the noise.
+
     Args:
       z_t: `[B, ...]`.
-      gamma_t: scalar or `[B]`.
+      gamma_t: scalar, `[B]` or `[B, ...]` (per dimension).
     """
     z_t = _checks.as_float("z_t", z_t)
     alpha, sigma = schedules.alpha_sigma(_checks.per_example("gamma_t", gamma_t, z_t))
@@ -80,7 +89,8 @@ def gaussian_decoder_nll(x: ArrayLike, z_0: ArrayLike, gamma_0: ArrayLike) -> ja
   r"""-log N(x; z_0/alpha_0, sigma_0^2/alpha_0^2), summed to `[B]`: a decoder for continuous data.
 
   The continuous-data counterpart of `elbo.reconstruction_loss`; its expectation over
-  q(z_0 | x) is (log(2 pi) + gamma_0 + 1)/2 per dimension.
+  q(z_0 | x) is (log(2 pi) + gamma_0 + 1)/2 per dimension. gamma_0: scalar, `[B]` or
+  `[B, ...]` like x (per dimension).
   """
   x = _checks.as_float("x", x)
   g0 = _checks.per_example("gamma_0", gamma_0, x)
@@ -114,22 +124,67 @@ class GaussianMixture:
     return jax.nn.logsumexp(log_n, axis=-1) - math.log(mu.shape[0])
 
   def x_hat(self, z_t: ArrayLike, gamma_t: ArrayLike) -> jax.Array:
-    r"""Bayes-optimal E[x | z_t] for z_t `[B, D]`, gamma_t scalar or `[B]`.
+    r"""Bayes-optimal E[x | z_t] for z_t `[B, D]`, gamma_t scalar, `[B]` or `[B, D]`.
 
     With v = alpha^2 s^2 + sigma^2 the responsibilities are r_j(z) propto
     N(z; alpha mu_j, v I) and E[x | z] = sum_j r_j (mu_j + alpha s^2 (z - alpha mu_j) / v).
+    With a per-dimension gamma_t (`[B, D]`: a diagonal process, alpha_d and v_d per
+    dimension) z | j ~ N(alpha * mu_j, diag(v)): r_j propto
+    exp(-1/2 sum_d (z_d - alpha_d mu_jd)^2 / v_d) (the normalisers, equal for every j,
+    cancel) and the conditional mean is the same expression per dimension.
     """
     z_t = _checks.as_float("z_t", z_t)
     alpha, sigma = schedules.alpha_sigma(_checks.per_example("gamma_t", gamma_t, z_t))
     s2 = self.std**2
-    var = alpha**2 * s2 + sigma**2  # [B, 1] or []
+    var = alpha**2 * s2 + sigma**2  # [], [B, 1] or [B, D]
     mu = jnp.asarray(self.means, z_t.dtype)[None]  # [1, J, D]
-    a3 = alpha[..., None] if alpha.ndim else alpha
-    v3 = var[..., None] if var.ndim else var
-    d2 = jnp.sum(jnp.square(z_t[:, None, :] - a3 * mu), axis=-1)  # [B, J]
-    resp = jax.nn.softmax(-0.5 * d2 / var, axis=-1)  # [B, J]; equal variances cancel
+    a3 = alpha[:, None, :] if alpha.ndim else alpha  # [], [B, 1, 1] or [B, 1, D]
+    v3 = var[:, None, :] if var.ndim else var
+    if _checks.is_per_dimension(var, z_t):
+      d2 = jnp.sum(jnp.square(z_t[:, None, :] - a3 * mu) / v3, axis=-1)  # [B, J], scaled
+      resp = jax.nn.softmax(-0.5 * d2, axis=-1)
+    else:
+      d2 = jnp.sum(jnp.square(z_t[:, None, :] - a3 * mu), axis=-1)  # [B, J]
+      resp = jax.nn.softmax(-0.5 * d2 / var, axis=-1)  # [B, J]; equal variances cancel
     cond_mean = mu + a3 * s2 * (z_t[:, None, :] - a3 * mu) / v3  # [B, J, D]
     return jnp.sum(resp[..., None] * cond_mean, axis=1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PerDimensionSchedule:
+  r"""A fixed per-dimension schedule: t `[B]` -> gamma `[B, D]`, each dimension its own curve.
+
+  gamma_d(t) = `schedules.square_polynomial_gamma` with (a_d, b_d, c_d) = `coeffs[d]`,
+  from gamma_min to gamma_max for every d. With a closed-form denoiser
+  (`GaussianMixture.x_hat` with per-dimension gamma) it certifies the per-dimension ELBO.
+
+  Attributes:
+    coeffs: `[D, 3]` the (a, b, c) of each dimension.
+    gamma_min, gamma_max: the shared end points.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> schedule = PerDimensionSchedule(np.array([[0.0, 0.0, 1.0], [4.0, 0.0, 0.0]]), -5.0, 5.0)
+    >>> schedule(jnp.array([0.0, 0.5, 1.0])).tolist()        # [B=3, D=2]: linear, t^5-like
+    [[-5.0, -5.0], [0.0, -4.686], [5.0, 5.0]]
+  """
+
+  coeffs: np.ndarray
+  gamma_min: float = -13.3
+  gamma_max: float = 5.0
+
+  def __call__(self, t: ArrayLike) -> jax.Array:
+    return self.gamma_and_derivative(t)[0]
+
+  def gamma_and_derivative(self, t: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """(gamma, gamma') `[B, D]` each, for t `[B]`, in closed form."""
+    t = _checks.as_float("t", t)
+    if t.ndim != 1:
+      raise ValueError(f"PerDimensionSchedule takes t of shape [B], got shape {t.shape}.")
+    coeffs = jnp.asarray(self.coeffs, t.dtype)
+    return schedules.square_polynomial_gamma(
+      coeffs[None], t[:, None], gamma_min=self.gamma_min, gamma_max=self.gamma_max
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -138,7 +193,8 @@ class OracleVDM:
 
   Samplers and likelihood evaluators written for a trained VDM accept it unchanged
   (they call `gamma`, `gamma_and_derivative`, `eps_hat`, `x_hat`, `data_shape`,
-  `vocab_size`, `num_dims`); `params` is ignored.
+  `vocab_size`, `num_dims`); `params` is ignored. With a `PerDimensionSchedule` gamma is
+  `[B, D]` and the denoiser is the per-dimension Bayes-optimal one.
   """
 
   schedule: schedules.Schedule

@@ -269,7 +269,10 @@ def exact_time_sum_step(params, batch: dict, key, *, vdm, num_steps: int, chunk:
   Step i (t = i/T) draws example n's noise from `fold_in(fold_in(key, i), index_n)`, as
   `eval_step(params, batch, fold_in(key, i), t=i/T)` would; the T steps run as one
   `lax.map` (`chunk` steps at a time, vmapped; 0 = all T at once), so a batch costs one
-  dispatch and one gather instead of T. "recon" and "prior" are step T's draws.
+  dispatch and one gather instead of T. "recon", "prior" and the model's other terms
+  (e.g. an auxiliary latent's "latent_kl") are step T's draws. A model with an auxiliary
+  latent c draws c afresh at every step: each term is still an unbiased estimate of its
+  expectation under q(c | x), so their sum estimates the same bound.
 
   Returns:
     (terms, by_step): terms as `eval_step`'s ("t" NaN), by_step `[T, B]` each step's
@@ -281,21 +284,19 @@ def exact_time_sum_step(params, batch: dict, key, *, vdm, num_steps: int, chunk:
     terms = eval_step(params, batch, jax.random.fold_in(key, i), t, vdm=vdm, num_steps=num_steps)
     return {
       "diffusion": terms["diffusion"] / num_steps,
-      **{n: terms[n] for n in ("recon", "prior")},
+      **{n: terms[n] for n in vdm.terms if n != "diffusion"},
     }
 
   steps = jnp.arange(1, num_steps + 1)
   per_step = jax.lax.map(one_step, steps, batch_size=min(chunk or num_steps, num_steps))
   by_step = per_step["diffusion"]
-  diffusion = by_step.sum(axis=0)
-  recon, prior = per_step["recon"][-1], per_step["prior"][-1]  # step T's draws
-  terms = {
-    "recon": recon,
-    "prior": prior,
-    "diffusion": diffusion,
-    "total": recon + prior + diffusion,
-    "t": jnp.full_like(diffusion, jnp.nan),
-  }
+  terms = {n: per_step[n][-1] for n in vdm.terms if n != "diffusion"}  # step T's draws
+  terms["diffusion"] = by_step.sum(axis=0)
+  total = terms[vdm.terms[0]]
+  for name in vdm.terms[1:]:  # in the model's order: recon + prior + diffusion for the VDM
+    total = total + terms[name]
+  terms["total"] = total
+  terms["t"] = jnp.full_like(terms["diffusion"], jnp.nan)
   return terms, by_step
 
 

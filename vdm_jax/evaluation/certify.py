@@ -29,7 +29,8 @@ __all__ = ["certify"]
 def _terms(key, data, schedule, x, num_samples: int, num_steps: int):
   """Per-example (recon, prior, diffusion) in nats, each `[N]`, averaged over samples."""
   n = x.shape[0]
-  g0, g1 = schedule(jnp.zeros(())), schedule(jnp.ones(()))
+  # `[N]`, or `[N, D]` for a per-dimension schedule (t `[N]` -> gamma `[N, D]`).
+  g0, g1 = schedule(jnp.zeros((n,))), schedule(jnp.ones((n,)))
   key_r, key_d = jax.random.split(key)
 
   def recon_one(k):
@@ -58,6 +59,7 @@ def _terms(key, data, schedule, x, num_samples: int, num_steps: int):
     # Every one of the T steps (no sampling of t), noise averaged over `num_samples` draws.
     def step(i):
       t = (i + 1.0) / num_steps
+      t = jnp.full((n,), t)
       g_t, g_s = schedule(t), schedule(t - 1.0 / num_steps)
 
       def one(k):
@@ -91,7 +93,9 @@ def certify(
     key: `jax.random` key.
     data: a `testing.GaussianMixture` or `testing.GaussianData`.
     x: continuous data `[N, D]`, typically drawn from `data`.
-    schedule: callable t -> gamma.
+    schedule: callable t -> gamma, elementwise, or t `[N]` -> `[N, D]` for a
+      per-dimension schedule (e.g. `testing.PerDimensionSchedule`); the certificate holds
+      for both (each dimension's diffusion term integrates its own gamma_d).
     steps: the discrete T to evaluate (continuous time, T = 0, is always added last).
     num_samples: Monte Carlo draws of the noise per example and per step (discrete T).
     continuous_samples: draws of (t, noise) per example in continuous time.

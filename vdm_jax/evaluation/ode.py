@@ -37,13 +37,18 @@ __all__ = ["dequantized_bpd", "drift", "evaluate_ode", "log_prob_z0", "nll_conti
 
 
 def drift(vdm, params, t, z):
-  """dz/dt of the probability-flow ODE at scalar time t for z `[B, ...]`."""
+  """dz/dt of the probability-flow ODE at scalar time t for z `[B, ...]`.
+
+  `vdm.gamma_and_derivative(params, t)` may give one gamma per example (`[B]`) or one per
+  example and dimension (`[B, ...]` like z): the drift is elementwise,
+  dz_d/dt = 1/2 gamma_d'(t) (sigma_{t,d} eps_hat_d - sigma_{t,d}^2 z_d).
+  """
   batch = z.shape[0]
   gamma, dgamma = vdm.gamma_and_derivative(params, jnp.full((batch,), t))
-  _, sigma = schedules.alpha_sigma(gamma)
   eps_hat = vdm.eps_hat(params, z, gamma)
-  expand = lambda v: v.reshape((batch,) + (1,) * (z.ndim - 1))
-  return 0.5 * expand(dgamma) * (expand(sigma) * eps_hat - expand(sigma**2) * z)
+  _, sigma = schedules.alpha_sigma(_checks.per_example("gamma", gamma, z, batch_name="z"))
+  dgamma = _checks.per_example("dgamma_dt", dgamma, z, batch_name="z")
+  return 0.5 * dgamma * (sigma * eps_hat - sigma**2 * z)
 
 
 def _divergence(fn, z, key, exact: bool):
@@ -107,28 +112,43 @@ def log_prob_z0(
 
 
 def nll_continuous(vdm, params, x, key, **kwargs):
-  """-log p(x) `[B]` in nats for continuous x `[B, ...]`, through z_0 = alpha_0 x."""
-  gamma_0 = vdm.gamma(params, jnp.zeros(()))
+  """-log p(x) `[B]` in nats for continuous x `[B, ...]`, through z_0 = alpha_0 x.
+
+  With a per-dimension gamma_0 (`[B, ...]` like x) the change of variables has the
+  log-determinant sum_d log alpha_{0,d} instead of D log alpha_0.
+  """
+  gamma_0 = vdm.gamma(params, jnp.zeros((x.shape[0],)))  # [B], or [B, ...] per dimension
   log_a2, _ = schedules.log_alpha2_sigma2(gamma_0)
+  if _checks.is_per_dimension(log_a2, x):
+    z_0 = x * jnp.exp(0.5 * log_a2)
+    return -(log_prob_z0(vdm, params, z_0, key, **kwargs) + 0.5 * _checks.sum_except_batch(log_a2))
   dims = math.prod(x.shape[1:])
-  z_0 = x * jnp.exp(0.5 * log_a2)
+  z_0 = x * jnp.exp(0.5 * _checks.per_example("log_alpha2", log_a2, x))
   return -(log_prob_z0(vdm, params, z_0, key, **kwargs) + 0.5 * dims * log_a2)
 
 
 def dequantized_bpd(vdm, params, k, key, **kwargs):
   """Upper bound on -log2 P(k) per dimension, `[B]`: uniform dequantisation + the ODE.
 
+  A model with an auxiliary latent c (`vdm.auxiliary_latent`, e.g. `models.AdaptiveVDM`)
+  draws one c ~ q(c | k) per example and adds KL(q(c | k) || p(c)) to the ODE's
+  -log p(k | c): -log P(k) <= E_q[-log P(k | c)] + KL (docs/adaptive.md).
+
   Args:
     k: integer data `[B, ...]` in {0..V-1} (V = `vdm.vocab_size`).
-    key: draws the dequantisation noise and Hutchinson's probes.
+    key: draws the dequantisation noise and Hutchinson's probes (and c).
   """
+  latent_kl = 0.0
+  if getattr(vdm, "auxiliary_latent", False):
+    key, key_c = jax.random.split(key)
+    vdm, latent_kl = vdm.condition(params, k, key_c)
   key_u, key_h = jax.random.split(key)
   vocab = vdm.vocab_size
   x = elbo.encode(k, vocab)
   x = x + jax.random.uniform(key_u, x.shape, minval=-1.0 / vocab, maxval=1.0 / vocab)
   dims = math.prod(x.shape[1:])
   nats = nll_continuous(vdm, params, x, key_h, **kwargs) - dims * math.log(2.0 / vocab)
-  return elbo.bits_per_dim(nats, dims)
+  return elbo.bits_per_dim(nats + latent_kl, dims)
 
 
 def evaluate_ode(

@@ -2,13 +2,15 @@
 
 * `interface`: the `Model` / `DiffusionModel` protocols every model implements.
 * `vdm.VDM`: a schedule and a denoiser tied to the ELBO terms; `vae.GaussianVAE`: the
-  seed's Gaussian VAE baseline.
+  seed's Gaussian VAE baseline; `adaptive.AdaptiveVDM`: a learned per-dimension schedule
+  conditioned on an auxiliary latent (docs/adaptive.md).
 * `unet.UNet`, `mlp.MLPDenoiser`: denoisers; `noise`: fixed and learned schedules;
   `embed`: the gamma embedding and Fourier features.
 * `registry`: `SCHEDULES`, `DENOISERS`, `MODELS` (config name -> builder);
   `factory.make_model(config, info)` builds the configured model.
 """
 
+from vdm_jax.models.adaptive import AdaptiveVDM
 from vdm_jax.models.factory import make_denoiser, make_model, make_schedule
 from vdm_jax.models.interface import DiffusionModel, Model
 from vdm_jax.models.mlp import MLPDenoiser
@@ -23,6 +25,7 @@ __all__ = [
   "MODELS",
   "SCHEDULES",
   "VDM",
+  "AdaptiveVDM",
   "DiffusionModel",
   "FixedSchedule",
   "GaussianVAE",

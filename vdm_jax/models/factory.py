@@ -10,6 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 
 from vdm_jax import schedules
+from vdm_jax.models import adaptive
 from vdm_jax.models.mlp import MLPDenoiser
 from vdm_jax.models.noise import FixedSchedule, LearnedLinearSchedule, MonotoneSchedule
 from vdm_jax.models.registry import DENOISERS, MODELS, SCHEDULES
@@ -32,7 +33,8 @@ def make_denoiser(config, info) -> nn.Module:
 
 def make_model(config, info):
   """The model named by `config.model.kind` for data described by `info` (a
-  `data.DatasetInfo`): a `VDM` ("vdm") or the seed's Gaussian VAE ("vae")."""
+  `data.DatasetInfo`): a `VDM` ("vdm"), the seed's Gaussian VAE ("vae"), or a VDM with a
+  learned per-dimension schedule adapted to each input ("adaptive", `adaptive.AdaptiveVDM`)."""
   return MODELS.lookup(config.model.kind)(config, info)
 
 
@@ -141,3 +143,4 @@ def _vae(config, info) -> GaussianVAE:
 
 MODELS.register("vdm", _vdm)
 MODELS.register("vae", _vae)
+MODELS.register("adaptive", lambda c, info: adaptive.build(c, info, make_denoiser(c, info)))
