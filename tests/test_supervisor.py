@@ -70,9 +70,11 @@ def _ready(parent) -> int:
 
 
 def test_exit_status_and_output_pass_through():
-  parent = _parent("import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)")
+  work = "import sys; print('out'); sys.stderr.write('err\\n 50%\\r100%\\r'); sys.exit(3)"
+  parent = _parent(work)
   out, err = parent.communicate(timeout=30)
-  assert parent.returncode == 3 and out == "out\n" and err == "err\n"
+  # (text mode reads a carriage return as a line end)
+  assert parent.returncode == 3 and out == "out\n" and err == "err\n 50%\n100%\n"
 
 
 def test_a_cpp_abort_becomes_one_line_and_exit_1(tmp_path):

@@ -123,6 +123,10 @@ class _Relay:
     *lines, self.partial = (self.partial + data).split(b"\n")
     for line in lines:
       self._line(line + b"\n")
+    cut = self.partial.rfind(b"\r") + 1  # a progress bar redrawn in place: show it now
+    if cut and not self.held:
+      _write(self.partial[:cut])
+      self.partial = self.partial[cut:]
 
   def close(self) -> None:
     if self.partial:
