@@ -381,7 +381,7 @@ def test_catalogue_of_mistakes(tmp_path, digits_dir):
     ("train", [*train, "--config.optim.learning_rate=inf"], "config.optim.learning_rate"),
     ("train", [*train, "--config.optim.grad_clip=nan"], "config.optim.grad_clip"),
     ("train", [*train, "--config.train.batch_size=0"], "config.train.batch_size"),
-    ("train", [*train, "--config.train.batch_size=1000000"], "larger than the train split"),
+    ("train", [*train, "--config.train.batch_size=1000000"], "668 times over"),
     ("train", [*train, "--config.train.num_steps=10000000000"], "beyond the int32 counts"),
     ("train", [*train, "--config.optim.learning_rate=1e39"], "beyond the float32 range"),
     ("train", [*train, "--config.optim.eps=1e-50"], "below the smallest normal float32"),

@@ -296,19 +296,25 @@ def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
   return a, b
 
 
+# A training batch may repeat a small train split (a try-out on a few imported images with
+# the default batch), but one holding every example more than this many times in each step
+# is a mistyped size: it costs time and memory in proportion (a batch of 1,000,000 digits,
+# 1,497 examples, ran for over 9 minutes without finishing its first step).
+MAX_REPEATS_PER_BATCH = 16
+
+
 def _batch_fits_the_split(config: ml_collections.ConfigDict, dataset) -> None:
-  """A training batch no larger than the train split (when its size is known without
-  opening the data): a bigger one holds every example several times in each step, and
-  costs time and memory in proportion (a batch of 1,000,000 digits ran for minutes
-  without finishing its first step)."""
+  """A training batch at most `MAX_REPEATS_PER_BATCH` times the train split (when its size
+  is known without opening the data)."""
   sizes = dataset.num_examples or {}
   size = sizes.get("train")
-  if size is not None and config.train.batch_size > size:
+  if size is not None and config.train.batch_size > MAX_REPEATS_PER_BATCH * size:
     raise ValueError(
       f"config.train.batch_size={config.train.batch_size} is larger than the train split "
-      f"of {dataset.name!r} ({size} examples): each step would see every example about "
-      f"{config.train.batch_size / size:.0f} times. Use a batch of at most {size} (the "
-      "usual sizes are 32-512; config.train.grad_accum_steps splits a large one for memory)."
+      f"of {dataset.name!r} ({size} examples) {config.train.batch_size / size:.0f} times over: "
+      "each step would see every example that often, at that cost in time and memory. Use "
+      f"a batch of at most {size} (the usual sizes are 32-512; at most "
+      f"{MAX_REPEATS_PER_BATCH * size} is accepted)."
     )
 
 
@@ -320,8 +326,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Every numeric field must be finite (NaN or infinity would train nothing, or, for
   `optim.grad_clip`, silently turn clipping off) and representable in float32 (1e39 is
   infinite there, 1e-50 is 0), counts must be integers below 2**31, the schedule's end
-  points within +-88.72 (exp(gamma) finite in float32), and a training batch no larger
-  than the train split when its size is known.
+  points within +-88.72 (exp(gamma) finite in float32), and a training batch at most
+  `MAX_REPEATS_PER_BATCH` times the train split when its size is known.
   """
   # Local: config files import this module, and need neither tfds nor Flax to load.
   from vdm_jax import data, models, predictions
