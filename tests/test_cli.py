@@ -228,6 +228,8 @@ def test_output_locations_are_checked_before_the_work(tmp_path, monkeypatch):
   assert problem("output", str(tmp_path), prefix=True) is None  # <prefix>.npz beside it
   assert problem("output_dir", str(a_file), directory=True).endswith("is a file; give a folder")
   assert problem("output", f"{a_file}/x.json").endswith(f"cannot be created: {a_file} is a file")
+  # /proc passes the permission test for root, but holds no new files.
+  assert "cannot be written: no file can be made in /proc (" in problem("output", "/proc/x/y.json")
   # A folder this user cannot write (tests may run as root, for whom permissions do not
   # apply: os.access answers as for another user).
   monkeypatch.setattr(os, "access", lambda path, mode: path != str(tmp_path))

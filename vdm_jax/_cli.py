@@ -205,6 +205,13 @@ def output_problem(name: str, value, *, directory: bool = False, prefix: bool = 
     return f"--{name}={value} cannot be created: {parent} is a file"
   if not os.access(parent, os.W_OK | os.X_OK):
     return f"--{name}={value} cannot be written: {parent} is not writable by this user"
+  try:  # what permissions do not tell (a read-only mount, /proc, root): a file made and gone
+    import tempfile
+
+    with tempfile.TemporaryFile(dir=parent):
+      pass
+  except OSError as e:
+    return f"--{name}={value} cannot be written: no file can be made in {parent} ({e.strerror})"
   return None
 
 
