@@ -77,6 +77,18 @@ def test_exit_status_and_output_pass_through():
   assert parent.returncode == 3 and out == "out\n" and err == "err\n 50%\n100%\n"
 
 
+def test_a_process_left_holding_stderr_does_not_keep_the_parent():
+  # The work starts a process that outlives it with the same stderr.
+  work = (
+    "import subprocess, sys; "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); sys.exit(5)"
+  )
+  parent = _parent(work)
+  start = time.monotonic()
+  parent.wait(timeout=20)
+  assert parent.returncode == 5 and time.monotonic() - start < 15
+
+
 def test_a_cpp_abort_becomes_one_line_and_exit_1(tmp_path):
   work = f"import os, sys; print('before'); sys.stderr.write({ABORT_REPORT!r}); os.abort()"
   parent = _parent(work)

@@ -55,6 +55,7 @@ CHILD_ENV = "VDM_JAX_SUPERVISED_FD"  # in the child: the pipe descriptor of its 
 SWITCH_ENV = "VDM_JAX_SUPERVISOR"  # "0": no supervising parent
 FORWARD_DELAY_S = 0.3  # a signal the child did not receive itself within this is forwarded
 _OFF = ("0", "off", "no", "false", "none")
+_EOF_WAIT_S = 2.0  # after the child ended, how long its stderr may stay open
 FATAL_MARKERS = re.compile(
   r"^F\d{4} \d\d:\d\d:\d\d"  # glog's FATAL line (e.g. the coordination service client)
   r"|Terminating process because the JAX distributed service detected fatal errors"
@@ -203,6 +204,7 @@ def supervise(*, label: str, grace: float, advice, command: list[str] | None = N
     if child.poll() is None:
       child.kill()
       child.wait()
+    signal.set_wakeup_fd(previous_wakeup)
     for fd in (report_r, wake_r, wake_w):
       os.close(fd)
 
@@ -214,7 +216,7 @@ def _watch(child, report_r: int, wake_r: int, *, label, grace, advice) -> int:
   to_forward: list[tuple[int, float]] = []  # (signal, when) received here, not yet matched
   direct = {s: 0 for s in _STOP_SIGNALS}  # received by the child itself, not forwarded
   first_stop: tuple[int, float] | None = None
-  err_open = True
+  err_open, ended = True, None
   while True:
     now = time.monotonic()
     waits = [when for _, when in to_forward]
@@ -264,8 +266,14 @@ def _watch(child, report_r: int, wake_r: int, *, label, grace, advice) -> int:
         f"(--distributed_timeout sets this wait). {advice()}"
       )
       return 128 + s
-    if not err_open and child.poll() is not None:
-      return _status(child.returncode, relay, label=label, advice=advice)
+    if child.poll() is not None:
+      # Its stderr ends with it (or, held open by a process it started, soon after).
+      ended = ended or now
+      if not err_open or now > ended + _EOF_WAIT_S:
+        if err_open:
+          _drain(err, relay)
+        relay.close()
+        return _status(child.returncode, relay, label=label, advice=advice)
 
 
 def _read_bytes(fd: int) -> bytes:
