@@ -423,7 +423,8 @@ class _SignalWatchdog(threading.Thread):
   writes the signal's number to `signal.set_wakeup_fd`'s pipe even then, and this thread
   reads it: after `grace` seconds it prints one line and exits with 128 + the signal's
   number, without saving (a clean stop that saves exits long before). The wakeup
-  descriptor is set only if no other code uses it.
+  descriptor is set only if no other code uses it: in the work process of a supervising
+  parent (`runtime.supervisor`) it reports signals to the parent, which does this instead.
   """
 
   def __init__(self, grace: float):
