@@ -5,7 +5,9 @@ with model.kind = "adaptive".
   vdm-evaluate --workdir=runs/digits_adaptive
 
 Same data, U-Net, optimiser and step budget as configs/digits.py, so the two runs compare
-(docs/adaptive.md, "Measured"); the bits/dim include the auxiliary latent's KL term.
+(docs/adaptive.md, "Measured"); the bits/dim include the auxiliary latent's KL term. The
+latent (8 dimensions) and the schedule network (128 wide) are the defaults of
+`base_config()`.
 """
 
 from vdm_jax.config import sibling_config
@@ -14,6 +16,4 @@ from vdm_jax.config import sibling_config
 def get_config():
   c = sibling_config(__file__, "digits.py")
   c.model.kind = "adaptive"
-  c.model.adaptive_latent_dim = 8
-  c.model.adaptive_hidden = 128
   return c

@@ -16,5 +16,4 @@ from vdm_jax.config import sibling_config
 def get_config():
   c = sibling_config(__file__, "digits.py")
   c.model.conditional = True
-  c.model.label_dropout = 0.1
   return c

@@ -15,5 +15,4 @@ def get_config():
   c = sibling_config(__file__, "photos.py")
   c.model.kind = "adaptive"
   c.model.adaptive_latent_dim = 16
-  c.model.adaptive_hidden = 128
   return c

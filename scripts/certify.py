@@ -29,6 +29,7 @@ for _name in ["num_examples", "num_samples"]:
   _cli.check_flag_range(_name, minimum=1)
 _cli.check_flag_range("max_log2_steps", minimum=0)
 _cli.check_flag_range("seed", minimum=0)
+_cli.check_output_flag("output_dir", directory=True)
 
 
 def main(argv):

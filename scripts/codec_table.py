@@ -26,6 +26,7 @@ _ALPHA = flags.DEFINE_float("alpha", 1.0, "Add-alpha smoothing of the categorica
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
 
 _cli.check_flag_range("alpha", minimum=0, exclusive=True)
+_cli.check_output_flag("output")
 
 
 def _split(data, config, split):

@@ -37,6 +37,7 @@ for _name in ["num_steps", "num_samples", "num_examples", "chunk", "dims"]:
   _cli.check_flag_range(_name, minimum=1)
 _cli.check_flag_range("step", minimum=0, optional=True)
 _cli.check_flag_range("seed", minimum=0)
+_cli.check_output_flag("output")
 
 
 def main(argv):

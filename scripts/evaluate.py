@@ -56,7 +56,10 @@ for _name in ["passes", "num_bins"]:
 _cli.check_flag_range("batch_size", minimum=1, optional=True)
 _cli.check_flag_range("num_steps", minimum=0, optional=True)
 _cli.check_flag_range("step", minimum=0, optional=True)
-_cli.check_flag_range("ode_tol", minimum=0, exclusive=True)
+# rtol = atol: float32 cannot resolve a relative error below its epsilon (2**-23), and a
+# tolerance of 1 or more bounds nothing.
+_cli.check_flag_range("ode_tol", minimum=2**-23, maximum=1, why="float32's epsilon to 1")
+_cli.check_output_flag("output")
 _cli.check_flag_range("seed", minimum=0, optional=True)
 
 

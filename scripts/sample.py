@@ -40,6 +40,7 @@ _cli.check_flag_range("step", minimum=0, optional=True)
 _cli.check_flag_range("seed", minimum=0)
 _cli.check_flag_range("label", minimum=0, optional=True)
 _cli.check_flag_range("guidance", minimum=0)
+_cli.check_output_flag("output", prefix=True)
 
 
 def main(argv):

@@ -30,6 +30,7 @@ for _name in ["num_examples", "num_bins", "reps", "pilot"]:
 for _name in ["num_steps", "seed"]:
   _cli.check_flag_range(_name, minimum=0)
 _cli.check_flag_range("step", minimum=0, optional=True)
+_cli.check_output_flag("output")
 
 
 def main(argv):

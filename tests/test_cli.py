@@ -218,6 +218,26 @@ def test_config_values_resolve_to_names_files_and_records(tmp_path):
       _cli.resolve_config(bad)
 
 
+def test_output_locations_are_checked_before_the_work(tmp_path, monkeypatch):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  problem = _cli.output_problem
+  assert problem("output", str(tmp_path / "new" / "deeper" / "x.json")) is None  # made later
+  assert problem("output", None) is None and problem("output", "gs://bucket/x.json") is None
+  assert problem("output", str(tmp_path)) == f"--output={tmp_path} is a folder; give a file path"
+  assert problem("output", str(tmp_path), prefix=True) is None  # <prefix>.npz beside it
+  assert problem("output_dir", str(a_file), directory=True).endswith("is a file; give a folder")
+  assert problem("output", f"{a_file}/x.json").endswith(f"cannot be created: {a_file} is a file")
+  # /proc passes the permission test for root, but holds no new files.
+  assert "cannot be written: no file can be made in /proc (" in problem("output", "/proc/x/y.json")
+  # A folder this user cannot write (tests may run as root, for whom permissions do not
+  # apply: os.access answers as for another user).
+  monkeypatch.setattr(os, "access", lambda path, mode: path != str(tmp_path))
+  assert problem("output", str(tmp_path / "sub" / "x.json")) == (
+    f"--output={tmp_path}/sub/x.json cannot be written: {tmp_path} is not writable by this user"
+  )
+
+
 def test_a_bare_install_names_the_extra(monkeypatch):
   monkeypatch.setattr(_entry, "_NEEDED", ("absl", "no_such_module_xyz", "a_missing.pkg"))
   with pytest.raises(SystemExit) as e:
@@ -363,6 +383,12 @@ def test_catalogue_of_mistakes(tmp_path, digits_dir):
     ("train", [*train, "--config.optim.learning_rate=inf"], "config.optim.learning_rate"),
     ("train", [*train, "--config.optim.grad_clip=nan"], "config.optim.grad_clip"),
     ("train", [*train, "--config.train.batch_size=0"], "config.train.batch_size"),
+    ("train", [*train, "--config.train.batch_size=1000000"], "668 times over"),
+    ("train", [*train, "--config.train.num_steps=10000000000"], "beyond the int32 counts"),
+    ("train", [*train, "--config.optim.learning_rate=1e39"], "beyond the float32 range"),
+    ("train", [*train, "--config.optim.eps=1e-50"], "below the smallest normal float32"),
+    ("train", [*train, "--config.schedule.gamma_max=1e39"], "config.schedule.gamma_max=1e+39"),
+    ("train", [*train, "--config.schedule.gamma_min=-100"], "outside [-88.72, 88.72]"),
     ("train", [*train, "--config.model.norm_groups=5"], "divisible"),
     ("train", [*train, "--config.eval.split=valid"], "config.eval.split='valid'"),
     ("train", [*train, "--config.data.name=nosuch"], "Unknown dataset data.name='nosuch'"),
@@ -388,8 +414,14 @@ def test_catalogue_of_mistakes(tmp_path, digits_dir):
     ("evaluate", [w, "--method=bogus"], "--method"),
     ("evaluate", [w, "--passes=0"], "--passes must be an integer >= 1"),
     ("evaluate", [w, "--batch_size=0"], "--batch_size must be an integer >= 1"),
-    ("evaluate", [w, "--ode_tol=-1"], "--ode_tol must be a number > 0"),
-    ("evaluate", [w, "--ode_tol=nan"], "--ode_tol must be a number > 0"),
+    ("evaluate", [w, "--ode_tol=-1"], "--ode_tol must be a number >= 1.19209e-07 and < 1"),
+    ("evaluate", [w, "--ode_tol=nan"], "--ode_tol must be a number >= 1.19209e-07 and < 1"),
+    ("evaluate", [w, "--method=ode", "--ode_tol=0"], "--ode_tol must be a number >= 1.19209e-07"),
+    ("evaluate", [w, "--method=ode", "--ode_tol=1e-30"], "(float32's epsilon to 1)"),
+    ("evaluate", [w, "--ode_tol=2"], "--ode_tol must be a number >= 1.19209e-07 and < 1"),
+    ("evaluate", [w, "--num_bins=0"], "--num_bins must be an integer >= 1"),
+    ("evaluate", [w, f"--output={empty}"], "is a folder; give a file path"),
+    ("evaluate", [w, f"--output={a_file}/x.json"], "cannot be created: "),
     ("evaluate", [w, "--config.model.prediction=x"], "config.model.prediction: recorded 'eps'"),
     ("evaluate", [w, "--config.model.n_embd=16"], "config.model.n_embd: recorded 8, given 16"),
     ("evaluate", [w, "--config=digits"], "config.model.n_embd: recorded 8, given 32"),
@@ -398,6 +430,7 @@ def test_catalogue_of_mistakes(tmp_path, digits_dir):
     ("evaluate", [f"--workdir={empty}", "--config.eval.batch_size=8"], "has no config.json"),
     # sample, diagnostics
     ("sample", [w, "--num_samples=0"], "--num_samples must be an integer >= 1"),
+    ("sample", [w, f"--output={a_file}/s"], "cannot be created: "),
     ("sample", [w, "--config.model.n_layer=3"], "config.model.n_layer: recorded 1"),
     ("time_variance", [w, "--reps=0"], "--reps must be an integer >= 1"),
     ("elbo_forms", ["--target=checkpoint"], "needs the training run's --workdir"),
@@ -405,6 +438,10 @@ def test_catalogue_of_mistakes(tmp_path, digits_dir):
     ("benchmark", ["--config=digits", "--steps=0"], "--steps must be an integer >= 1"),
     ("benchmark", [], "--config is required"),
     ("certify", ["--num_examples=0"], "--num_examples must be an integer >= 1"),
+    ("certify", [f"--output_dir={a_file}"], "is a file; give a folder"),
+    ("benchmark", ["--config=digits", "--warmup=-1"], "--warmup must be an integer >= 0"),
+    ("time_variance", [w, f"--output={empty}"], "is a folder; give a file path"),
+    ("elbo_forms", [f"--output={a_file}/x.json"], "cannot be created: "),
     # data tools
     ("import_images", [f"--images={tmp_path}/nowhere", "--name=x"], "does not exist"),
     ("import_images", [f"--images={empty}", "--name=x", f"--data_dir={tmp_path}/t"], "is empty"),
@@ -417,6 +454,7 @@ def test_catalogue_of_mistakes(tmp_path, digits_dir):
       "none.json",
     ),  # fmt: skip
     ("codec_table", ["--name=nosuch", f"--data_dir={tmp_path}/t"], "Unknown dataset"),
+    ("codec_table", [f"--output={empty}"], "is a folder; give a file path"),
   ]
   assert len(cases) >= 40
   home = tmp_path / "home"

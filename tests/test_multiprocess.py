@@ -260,6 +260,55 @@ def test_killed_peer_ends_the_survivor_with_a_message(data_dir, tmp_path):
   assert took < 30, took
 
 
+def _work_pid(proc) -> int:
+  """The work process of a launched process (its supervising parent's only child)."""
+  deadline = time.monotonic() + 30
+  while time.monotonic() < deadline:
+    children = pathlib.Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    if children:
+      return int(children[0])
+    time.sleep(0.1)
+  raise AssertionError(f"process {proc.pid} started no work process")
+
+
+@pytest.mark.slow
+def test_killed_process_0_ends_the_survivor_with_one_line(data_dir, tmp_path):
+  """Process 0 hosts JAX's coordination service: when it dies, the survivor's runtime may
+  abort in C++ (a FATAL line, a stack dump, SIGABRT) before Python sees the lost peer. The
+  supervising parent turns either ending into one line of the project and exit status 1."""
+  port = _free_port()
+  procs = [_train_cli(tmp_path / "run", data_dir, 400, process=(port, i)) for i in range(2)]
+  try:
+    for _ in procs[0].stdout:
+      if (tmp_path / "run" / "checkpoints" / "5").is_dir():
+        break
+    work = _work_pid(procs[0])
+    procs[0].kill()  # the launched process 0; its work process dies with it
+    killed = time.monotonic()
+    rc, _, err = _finish(procs[1:], timeout=60)[0]
+    took = time.monotonic() - killed
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  assert rc == 1, err[-3000:]
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("[process 1] error: "), err[-3000:]
+  assert "lost contact with another process (" in last or "JAX's runtime aborted" in last, last
+  assert "rerun all 2 processes with the same command" in last, last
+  for raw in ("Check failure", "Terminating process because", "Traceback", "\nF1", "*** SIG"):
+    assert raw not in "\n" + err, err[-3000:]
+  assert took < 30, took
+  assert not pathlib.Path(f"/proc/{work}").exists() or "zombie" in _state(work)
+
+
+def _state(pid: int) -> str:
+  try:
+    return pathlib.Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+  except (FileNotFoundError, IndexError):
+    return "zombie (gone)"
+
+
 @pytest.mark.slow
 def test_sigterm_ends_a_process_blocked_by_a_stopped_peer(data_dir, tmp_path):
   port = _free_port()
@@ -273,7 +322,7 @@ def test_sigterm_ends_a_process_blocked_by_a_stopped_peer(data_dir, tmp_path):
     for line in procs[0].stdout:
       if line.startswith("[train] step 3:"):
         break
-    procs[1].send_signal(signal.SIGSTOP)  # process 0 now waits in its next collective
+    os.kill(_work_pid(procs[1]), signal.SIGSTOP)  # process 0 now waits in its next collective
     time.sleep(2)
     procs[0].send_signal(signal.SIGTERM)
     sent = time.monotonic()

@@ -292,16 +292,67 @@ def test_non_integer_counts_are_refused(data_dir):
   config_lib.validate(tiny_config(data_dir))  # the defaults pass
 
 
+# Finite in Python but not in the float32 computation (1e39 is inf there, 1e-50 is 0), counts
+# beyond int32, schedule end points whose exp overflows float32, a batch larger than the
+# train split: all refused by validation, naming the field, the value and the limit.
+_OUT_OF_RANGE = [
+  ("optim.learning_rate", 1e39, r"config.optim.learning_rate=1e\+39 is beyond the float32 range"),
+  ("optim.weight_decay", 3.5e38, r"config.optim.weight_decay=3.5e\+38 is beyond the float32"),
+  ("optim.grad_clip", 1e300, r"config.optim.grad_clip=1e\+300 is beyond the float32 range"),
+  (
+    "optim.eps",
+    1e-50,
+    r"config.optim.eps=1e-50 is below the smallest normal float32 \(1.175e-38\)",
+  ),
+  ("optim.learning_rate", 1e-40, r"config.optim.learning_rate=1e-40 is below the smallest normal"),
+  ("schedule.gamma_max", 1e39, r"config.schedule.gamma_max=1e\+39 is beyond the float32 range"),
+  ("schedule.gamma_max", 100.0, r"config.schedule.gamma_max=100.0 is outside \[-88.72, 88.72\]"),
+  ("schedule.gamma_min", -89.0, r"config.schedule.gamma_min=-89.0 is outside \[-88.72, 88.72\]"),
+  ("train.num_steps", 2**31, r"config.train.num_steps=2147483648 is beyond the int32 counts"),
+  ("model.n_embd", 10**20, r"config.model.n_embd=100000000000000000000 is beyond the int32"),
+  (
+    "train.batch_size",
+    1_000_000,
+    r"config.train.batch_size=1000000 is larger than the train split of 'digits' \(1497 "
+    r"examples\) 668 times over: each step would see every example that often, at that cost "
+    r"in time and memory. Use a batch of at most 1497 \(the usual sizes are 32-512; at most "
+    r"23952 is accepted\)",
+  ),
+]
+
+
+@pytest.mark.parametrize(
+  "field, value, message", _OUT_OF_RANGE, ids=[f"{f}={v!r}" for f, v, _ in _OUT_OF_RANGE]
+)
+def test_numbers_beyond_float32_int32_or_the_data_are_refused(data_dir, field, value, message):
+  c = tiny_config(data_dir)
+  section, _, name = field.rpartition(".")
+  c[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(c)
+
+
+def test_the_limits_themselves_pass(data_dir):
+  c = tiny_config(data_dir)
+  c.optim.learning_rate, c.optim.eps, c.optim.weight_decay = 3e38, 1.2e-38, 0.0
+  c.schedule.gamma_min, c.schedule.gamma_max = -88.7, 88.7
+  c.train.batch_size, c.train.num_steps = 16 * 1497, 2**31 - 1
+  config_lib.validate(c)
+
+
 def test_an_overflowing_update_saves_nothing_and_stops(data_dir, tmp_path):
-  # A learning rate beyond float32 (1e39 -> inf) makes step 1's update NaN while its loss
-  # and gradient norm are finite. This run used to save the NaN parameters as checkpoint 1,
-  # then stop at step 2's NaN loss saying "the latest checkpoint, step 1, is before it".
+  # A learning rate near float32's largest number with weight decay 1 makes step 2's update
+  # overflow (3.4e38 * (1 + p) is inf for p > 0; step 1's learning rate is 0, the start of
+  # the warm-up) while its loss and gradient norm are finite. (The soak used 1e39, now
+  # refused by validation.) Such a run used to save the NaN parameters, then stop at the
+  # next step's NaN loss saying "the latest checkpoint, step 2, is before it".
   run = tmp_path / "run"
   proc = run_script(
     "train.py",
     f"--workdir={run}",
     f"--config.data.data_dir={data_dir}",
-    "--config.optim.learning_rate=1e39",
+    "--config.optim.learning_rate=3.4e38",
+    "--config.optim.weight_decay=1.0",
     "--config.optim.warmup_steps=0",
     "--config.train.num_steps=2",
     "--config.train.ckpt_every=1",
@@ -310,11 +361,12 @@ def test_an_overflowing_update_saves_nothing_and_stops(data_dir, tmp_path):
   )
   assert proc.returncode == 1, proc.stderr[-3000:]
   error = proc.stderr.strip().splitlines()[-1]
-  assert error.startswith("error: Training diverged at step 1: its loss and gradient norm were ")
-  assert "non-finite values (in ema_params, params)" in error, error
-  assert "Nothing was saved for step 1; no checkpoint had been saved yet" in error
+  assert error.startswith("error: Training diverged at step 2: its loss and gradient norm were ")
+  assert "non-finite values (in " in error and "params" in error, error
+  assert "Nothing was saved for step 2; " in error and "step 1" in error, error
   assert "--config.optim.learning_rate" in error and "Traceback" not in proc.stderr
-  assert not (run / "checkpoints" / "1").exists() and not (run / "final_metrics.json").exists()
+  assert (run / "checkpoints" / "1").is_dir()  # the last finite state
+  assert not (run / "checkpoints" / "2").exists() and not (run / "final_metrics.json").exists()
 
 
 def test_diverged_parameters_are_not_evaluated_as_valid_and_the_resume_tells_the_truth(

@@ -105,6 +105,41 @@ def test_evaluate_stops_at_the_next_batch_and_writes_nothing(data_dir, tmp_path)
   assert not list(run.glob("eval_*")), list(run.iterdir())
 
 
+@pytest.mark.slow
+def test_an_ode_batch_stops_at_once(data_dir, tmp_path):
+  """One batch of the ODE evaluation is one compiled call: with --ode_tol=1e-30 (now
+  refused) a SIGTERM waited for it over 30 minutes. Now a signal during it exits at once,
+  with the smallest tolerance allowed too."""
+  run = tmp_path / "run"
+  training.train_and_evaluate(tiny_config(data_dir, num_steps=3), str(run))
+  command = [
+    sys.executable,
+    str(REPO / "scripts" / "evaluate.py"),
+    f"--workdir={run}",
+    "--method=ode",
+    f"--ode_tol={2**-23}",
+  ]
+  proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    seen = ""
+    while "ODE test:" not in seen:  # its progress bar: the first batch starts
+      char = proc.stderr.read(1)
+      assert char, f"evaluate ended before its progress bar: {seen[-2000:]}"
+      seen += char
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  assert err.strip().splitlines()[-1] == (
+    "Stopped by SIGTERM during the ODE evaluation of a batch; nothing was written."
+  ), err[-2000:]
+  assert not list(run.glob("eval_*")) and took < 20, took
+
+
 def _signal_self(signum):
   os.kill(os.getpid(), signum)
   time.sleep(0.05)  # the handler runs in the main thread, here

@@ -12,6 +12,9 @@
 * `start()`: quiet logs, the compilation cache, plugins, several processes.
 * Signals: `run` first installs handlers that only record SIGTERM/SIGINT (`runtime.signals`); the
   tool stops at its next safe point with 128 + the signal's number and one line.
+* Several processes (`--num_processes` > 1, `--config.distributed=True`): the work runs in a
+  child process watched by the launched one (`runtime.supervisor`), so a lost peer that makes
+  JAX abort in C++ still ends with one line and a non-zero status.
 """
 
 import contextlib
@@ -24,11 +27,13 @@ import traceback
 
 from absl import flags, logging
 
-from vdm_jax.runtime import distributed
+from vdm_jax.runtime import distributed, supervisor
 from vdm_jax.runtime import signals as _signals
 
 __all__ = [
   "check_flag_range",
+  "check_output_flag",
+  "output_problem",
   "compilation_cache_dir",
   "config_names",
   "define_config",
@@ -137,11 +142,18 @@ def define_launch_flags():
 
 
 def check_flag_range(
-  name: str, *, minimum: float, exclusive: bool = False, optional: bool = False
+  name: str,
+  *,
+  minimum: float,
+  exclusive: bool = False,
+  optional: bool = False,
+  maximum: float | None = None,
+  why: str = "",
 ) -> None:
   """Registers a check of the numeric flag `--name` (run while the flags are parsed, so a
   bad value stops the tool before any work): finite and >= `minimum` (> with
-  `exclusive`); None passes when `optional`."""
+  `exclusive`), and < `maximum` when given; None passes when `optional`. `why` is added
+  to the message (e.g. the reason for a bound)."""
   import math
 
   relation = ">" if exclusive else ">="
@@ -149,12 +161,58 @@ def check_flag_range(
   def valid(value) -> bool:
     if value is None:
       return optional
-    if not math.isfinite(value):
+    if not math.isfinite(value) or (maximum is not None and value >= maximum):
       return False
     return value > minimum if exclusive else value >= minimum
 
   kind = "an integer" if isinstance(flags.FLAGS[name].parser, flags.IntegerParser) else "a number"
-  flags.register_validator(name, valid, f"--{name} must be {kind} {relation} {minimum:g}.")
+  below = f" and < {maximum:g}" if maximum is not None else ""
+  reason = f" ({why})" if why else ""
+  flags.register_validator(
+    name, valid, f"--{name} must be {kind} {relation} {minimum:g}{below}{reason}."
+  )
+
+
+def check_output_flag(name: str, *, directory: bool = False, prefix: bool = False) -> None:
+  """Registers a check of the path flag `--name` (run while the flags are parsed): when
+  given, it can be written (a file: not a folder, in a folder that exists or can be made;
+  with `directory`, a folder; with `prefix`, the start of file names), so a tool does not
+  fail writing its result after the work.
+  Paths with a scheme (gs://...) are left to the storage layer."""
+
+  def valid(value) -> bool:
+    message = output_problem(name, value, directory=directory, prefix=prefix)
+    if message is None:
+      return True
+    raise flags.ValidationError(f"{message}. Choose a writable location.")
+
+  flags.register_validator(name, valid)
+
+
+def output_problem(name: str, value, *, directory: bool = False, prefix: bool = False):
+  """Why the path `value` of `--name` cannot be written (`check_output_flag`), or None."""
+  if not value or "://" in value:
+    return None
+  path = os.path.abspath(os.path.expanduser(value))
+  if not directory and not prefix and os.path.isdir(path):
+    return f"--{name}={value} is a folder; give a file path"
+  if directory and os.path.exists(path) and not os.path.isdir(path):
+    return f"--{name}={value} is a file; give a folder"
+  parent = path if directory else os.path.dirname(path)
+  while not os.path.exists(parent):  # the nearest folder that exists will hold the rest
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    return f"--{name}={value} cannot be created: {parent} is a file"
+  if not os.access(parent, os.W_OK | os.X_OK):
+    return f"--{name}={value} cannot be written: {parent} is not writable by this user"
+  try:  # what permissions do not tell (a read-only mount, /proc, root): a file made and gone
+    import tempfile
+
+    with tempfile.TemporaryFile(dir=parent):
+      pass
+  except OSError as e:
+    return f"--{name}={value} cannot be written: no file can be made in {parent} ({e.strerror})"
+  return None
 
 
 def config_names() -> list[str]:
@@ -366,6 +424,7 @@ def run(main, *, reads_run: bool = False, errors=None) -> None:
   """
   # First: SIGTERM/SIGINT only recorded from here on, honoured at safe points (`runtime.signals`).
   _signals.install()
+  supervisor.attach()  # the work process of a multi-process launch reports to its parent
   from absl import app
 
   module = sys.modules[main.__module__]
@@ -381,6 +440,7 @@ def run(main, *, reads_run: bool = False, errors=None) -> None:
   def guarded(args):
     with user_errors_exit(errors):
       _signals.check(_BEFORE_WORK)
+      _supervise_if_several_processes()
       main(args)
       # A signal during the last stretch (e.g. the final sample grid) is not ignored either.
       _signals.check("after the work was done; everything was written")
@@ -389,6 +449,29 @@ def run(main, *, reads_run: bool = False, errors=None) -> None:
 
 
 _BEFORE_WORK = "before the work started; nothing was written"
+
+
+def _supervise_if_several_processes() -> None:
+  """A launch of several processes runs its work in a child process that this one watches
+  and exits with (`runtime.supervisor`: a C++ abort after a lost peer becomes one line);
+  one process (no launch flags, or --num_processes=1) runs the work itself."""
+  if "num_processes" not in flags.FLAGS or not supervisor.enabled():
+    return
+  count = flags.FLAGS.num_processes
+  config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+  auto = count is None and bool(config is not None and config.get("distributed", False))
+  if not ((count or 0) > 1 or auto):
+    return
+  index = flags.FLAGS.process_id
+  workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
+  workdir = os.path.abspath(os.path.expanduser(workdir)) if workdir else None
+  sys.exit(
+    supervisor.supervise(
+      label=f"[process {index}] " if index is not None else "",
+      grace=flags.FLAGS.distributed_timeout,
+      advice=lambda: distributed.resume_advice(workdir, count),
+    )
+  )
 
 
 def start(argv, launch_flags=None, config=None) -> None:

@@ -233,21 +233,54 @@ def _is_number(value) -> bool:
   return not isinstance(value, float) or math.isfinite(value)
 
 
+# The computation is float32: a finite Python float beyond its range is infinite there, one
+# below its smallest normal number is 0 (or a subnormal that accelerators flush to 0).
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38
+# Counts (steps, sizes) become int32 arrays and loop bounds on the devices.
+COUNT_LIMIT = 2**31 - 1
+# exp(gamma) and exp(-gamma) of a schedule's end points stay finite in float32 within this.
+GAMMA_LIMIT = math.log(FLOAT32_MAX)
+
+
+def _check_float32(path: str, value) -> None:
+  """A finite number that float32 represents without overflowing or vanishing."""
+  if abs(value) > FLOAT32_MAX:
+    raise ValueError(
+      f"config.{path}={value!r} is beyond the float32 range the computation uses "
+      f"(|x| <= {FLOAT32_MAX:.4g}): it would be infinite there."
+    )
+  if value != 0 and abs(value) < FLOAT32_TINY:
+    raise ValueError(
+      f"config.{path}={value!r} is below the smallest normal float32 ({FLOAT32_TINY:.4g}): "
+      "the float32 computation would see 0."
+    )
+
+
 def _finite(path: str, value):
-  """Any finite number (e.g. a schedule's end points)."""
+  """Any finite number within float32's range (e.g. a schedule's end points)."""
   if not _is_number(value):
     raise ValueError(f"config.{path} must be a finite number, got {value!r}.")
+  _check_float32(path, value)
 
 
 def _positive(path: str, value, *, allow_zero: bool = False, integer: bool = False):
-  """A finite number > 0 (>= 0 with `allow_zero`); with `integer`, an int >= 1 (>= 0)."""
+  """A finite number > 0 (>= 0 with `allow_zero`) within float32's range; with `integer`,
+  an int >= 1 (>= 0) and <= `COUNT_LIMIT`."""
   if integer:
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
       raise ValueError(f"config.{path} must be an integer >= {low}, got {value!r}.")
+    if value > COUNT_LIMIT:
+      raise ValueError(
+        f"config.{path}={value} is beyond the int32 counts the computation uses "
+        f"(at most 2**31 - 1 = {COUNT_LIMIT})."
+      )
   elif not _is_number(value) or value < 0 or (value == 0 and not allow_zero):
     bound = ">= 0" if allow_zero else "> 0"
     raise ValueError(f"config.{path} must be a finite number {bound}, got {value!r}.")
+  else:
+    _check_float32(path, value)
 
 
 def _in_unit_interval(path: str, value):
@@ -276,13 +309,38 @@ def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
   return a, b
 
 
+# A training batch may repeat a small train split (a try-out on a few imported images with
+# the default batch), but one holding every example more than this many times in each step
+# is a mistyped size: it costs time and memory in proportion (a batch of 1,000,000 digits,
+# 1,497 examples, ran for over 9 minutes without finishing its first step).
+MAX_REPEATS_PER_BATCH = 16
+
+
+def _batch_fits_the_split(config: ml_collections.ConfigDict, dataset) -> None:
+  """A training batch at most `MAX_REPEATS_PER_BATCH` times the train split (when its size
+  is known without opening the data)."""
+  sizes = dataset.num_examples or {}
+  size = sizes.get("train")
+  if size is not None and config.train.batch_size > MAX_REPEATS_PER_BATCH * size:
+    raise ValueError(
+      f"config.train.batch_size={config.train.batch_size} is larger than the train split "
+      f"of {dataset.name!r} ({size} examples) {config.train.batch_size / size:.0f} times over: "
+      "each step would see every example that often, at that cost in time and memory. Use "
+      f"a batch of at most {size} (the usual sizes are 32-512; at most "
+      f"{MAX_REPEATS_PER_BATCH * size} is accepted)."
+    )
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad field of `config`.
 
   Everything a run would otherwise discover late (after hours of training) is checked
   here, before any file is written: choices, ranges, divisibility, the evaluation split.
   Every numeric field must be finite (NaN or infinity would train nothing, or, for
-  `optim.grad_clip`, silently turn clipping off), and counts must be integers.
+  `optim.grad_clip`, silently turn clipping off) and representable in float32 (1e39 is
+  infinite there, 1e-50 is 0), counts must be integers below 2**31, the schedule's end
+  points within +-88.72 (exp(gamma) finite in float32), and a training batch at most
+  `MAX_REPEATS_PER_BATCH` times the train split when its size is known.
   """
   # Local: config files import this module, and need neither tfds nor Flax to load.
   from vdm_jax import data, models, predictions
@@ -320,8 +378,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config.model.conditional=True applies to model.kind='vdm', got {config.model.kind!r}."
     )
-  _finite("schedule.gamma_min", config.schedule.gamma_min)
-  _finite("schedule.gamma_max", config.schedule.gamma_max)
+  for path in ["schedule.gamma_min", "schedule.gamma_max"]:
+    gamma = config.schedule[path.split(".")[1]]
+    _finite(path, gamma)
+    if abs(gamma) > GAMMA_LIMIT:
+      raise ValueError(
+        f"config.{path}={gamma!r} is outside [-{GAMMA_LIMIT:.2f}, {GAMMA_LIMIT:.2f}], where "
+        "exp(gamma) and exp(-gamma) (the noise-to-signal ratio and its inverse) stay finite "
+        "in float32; the defaults are -13.3 and 5.0."
+      )
   if not config.schedule.gamma_min < config.schedule.gamma_max:
     raise ValueError(
       f"config.schedule.gamma_min ({config.schedule.gamma_min}) must be below "
@@ -395,6 +460,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"config.train.batch_size ({config.train.batch_size})."
     )
   _positive("train.prefetch", config.train.prefetch, allow_zero=True, integer=True)
+  _batch_fits_the_split(config, dataset)
   profile_steps(config)
   _positive("eval.batch_size", config.eval.batch_size, integer=True)
   if not isinstance(config.train.allow_config_changes, str):

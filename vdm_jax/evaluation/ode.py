@@ -28,6 +28,7 @@ import numpy as np
 from vdm_jax import _checks, _deps, data, elbo, schedules
 from vdm_jax.evaluation import bpd
 from vdm_jax.runtime import mesh as mesh_lib
+from vdm_jax.runtime import signals as _signals
 
 diffrax = _deps.require(
   "diffrax", extra="ode", feature="The probability-flow ODE (vdm_jax.evaluation.ode)"
@@ -207,7 +208,10 @@ def evaluate_ode(
   for _, glob, mask, index in bpd.global_batches(
     config, split, batch_size, mesh, progress=progress, desc=f"ODE {split}"
   ):
-    values.append(mesh_lib.gather(fn(params, glob["image"], glob["index"]))[mask])
+    # One batch's adaptive solves are one compiled call that can run for minutes (small
+    # tolerances, large batches): a signal during it stops at once, nothing being written.
+    with _signals.exit_at_once("during the ODE evaluation of a batch; nothing was written"):
+      values.append(mesh_lib.gather(fn(params, glob["image"], glob["index"]))[mask])
     indices.append(index[mask])
   values = np.concatenate(values).astype(np.float64)[np.argsort(np.concatenate(indices))]
   return {

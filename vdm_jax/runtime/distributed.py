@@ -338,11 +338,15 @@ def _num_processes() -> int:
   return runtime.global_state.num_processes
 
 
-def resume_advice(workdir: str | None = None) -> str:
+def resume_advice(workdir: str | None = None, num_processes: int | None = None) -> str:
   """What a rerun of every process does: "The latest checkpoint on disk is step N (<dir>);
-  rerun all P processes with the same command to resume from it", or start from step 0."""
+  rerun all P processes with the same command to resume from it", or start from step 0.
+  `num_processes` None: the running runtime's count (or "all processes" without one)."""
   workdir = workdir or _state["workdir"]
-  rerun = f"rerun all {_num_processes()} processes with the same command"
+  if num_processes is None and is_multiprocess():
+    num_processes = _num_processes()
+  every = f"all {num_processes} processes" if num_processes else "all processes"
+  rerun = f"rerun {every} with the same command"
   if not workdir:
     return f"To go on, {rerun}."
   directory = os.path.join(workdir, "checkpoints")
@@ -419,7 +423,8 @@ class _SignalWatchdog(threading.Thread):
   writes the signal's number to `signal.set_wakeup_fd`'s pipe even then, and this thread
   reads it: after `grace` seconds it prints one line and exits with 128 + the signal's
   number, without saving (a clean stop that saves exits long before). The wakeup
-  descriptor is set only if no other code uses it.
+  descriptor is set only if no other code uses it: in the work process of a supervising
+  parent (`runtime.supervisor`) it reports signals to the parent, which does this instead.
   """
 
   def __init__(self, grace: float):
