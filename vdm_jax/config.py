@@ -336,7 +336,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "diffusion steps; leave it at 0."
     )
   _positive("model.norm_groups", config.model.norm_groups, integer=True)
-  if config.model.denoiser == "unet" and config.model.n_embd % config.model.norm_groups:
+  if config.model.denoiser == "vdm_reference":
+    from vdm_jax.models import vdm_reference
+
+    vdm_reference.check_config(config, dataset.shape)
+  if config.model.denoiser in ("unet", "vdm_reference") and (
+    config.model.n_embd % config.model.norm_groups
+  ):
     raise ValueError(
       f"config.model.n_embd ({config.model.n_embd}) must be divisible by "
       f"config.model.norm_groups ({config.model.norm_groups})."
