@@ -196,7 +196,8 @@ class _MonotoneDense(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
     y = x @ jnp.abs(kernel)
     if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,))
+      bias = self.param("bias", self.bias_init, (self.features,))
+      y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
     return y
 
 

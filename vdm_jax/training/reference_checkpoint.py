@@ -266,9 +266,19 @@ def map_params(ema_params, expected) -> dict:
       continue
     mapped[tuple(name.split("/"))] = np.asarray(array, np.float32)
   if unmatched or missing or mismatched:
-    raise _refuse(unmatched, missing, mismatched)
+    raise _refuse(
+      [_reference_name(n) for n in unmatched],
+      [_reference_name(n) for n in missing],
+      [_reference_name(n) for n in mismatched],
+    )
   params = flax.traverse_util.unflatten_dict(mapped)
   return {"schedule": params.get("schedule", {}), "denoiser": params["denoiser"]}
+
+
+def _reference_name(name: str) -> str:
+  """An array's name in the reference's tree (score_model/..., gamma/...)."""
+  head, _, rest = name.partition("/")
+  return {"denoiser": "score_model", "schedule": "gamma"}.get(head, head) + "/" + rest
 
 
 def _step(state, flax_path: str) -> int:
