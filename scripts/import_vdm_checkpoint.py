@@ -62,12 +62,11 @@ def _refuse_inferred_overrides(argv) -> None:
     name = arg.split("=", 1)[0].removeprefix("--").removeprefix("no")
     field = name.removeprefix("config.")
     if name.startswith("config.") and field in reference_checkpoint.INFERRED_FIELDS:
-      way = {
-        "schedule.gamma_min": " Use --gamma_min.",
-        "schedule.gamma_max": " Use --gamma_max.",
-      }.get(field, "")
+      if field.startswith("schedule.gamma_"):
+        flag = field.removeprefix("schedule.")
+        raise ValueError(f"--config.{field} is set by the importer: use --{flag} instead.")
       raise ValueError(
-        f"--config.{field} is set by the importer from the checkpoint's weights; leave it out.{way}"
+        f"--config.{field} is set by the importer from the checkpoint's weights; leave it out."
       )
 
 
