@@ -279,3 +279,17 @@ def test_cli_imports_evaluates_samples_and_resumes(tmp_path, rgb_data):
   absent = tool("evaluate", f"--workdir={tmp_path}/c")
   assert absent.returncode == 1 and "Traceback" not in absent.stderr
   assert "error:" in absent.stderr and "tfds build cifar10" in absent.stderr
+
+
+def test_weight_decay_mask_keeps_a_fixed_schedules_empty_params():
+  """A fixed schedule has params["schedule"] = {}: the mask keeps it (optax needs the same
+  tree), and decays the denoiser's kernels only."""
+  from vdm_jax.training.state import weight_decay_mask
+
+  params = {"schedule": {}, "denoiser": {"conv": {"kernel": np.ones(2), "bias": np.ones(2)}}}
+  assert weight_decay_mask(params) == {
+    "schedule": {},
+    "denoiser": {"conv": {"kernel": True, "bias": False}},
+  }
+  learned = {"schedule": {"w": np.ones(()), "l1": {"kernel": np.ones((1, 1))}}}
+  assert weight_decay_mask(learned) == {"schedule": {"w": False, "l1": {"kernel": False}}}
