@@ -155,11 +155,9 @@ class ReferenceScoreUNet(nn.Module):
     cond = nn.swish(nn.Dense(4 * n, name="dense0")(cond))
     cond = nn.swish(nn.Dense(4 * n, name="dense1")(cond))
 
-    h = (
-      jnp.concatenate([z, fourier_features(z, *FOURIER_EXPONENTS)], axis=-1)
-      if (self.fourier_features)
-      else z
-    )
+    h = z
+    if self.fourier_features:
+      h = jnp.concatenate([z, fourier_features(z, *FOURIER_EXPONENTS)], axis=-1)
     h = nn.Conv(n, (3, 3), name="conv_in")(h)
     block = lambda out_ch, name: _ResnetBlock(out_ch, self.norm_groups, self.dropout, name=name)
     attn = lambda name: _AttnBlock(self.norm_groups, name=name)
