@@ -266,6 +266,7 @@ TOOLS = {
   "evaluate": "exact_time_sum",
   "sample": "--num_samples",
   "import-images": "--images",
+  "import-vdm-checkpoint": "--gamma_min",
   "benchmark": "memory_only",
   "codec-table": "--eval_json",
   "certify": "--max_log2_steps",

@@ -56,7 +56,7 @@ def test_readme_registers_a_denoiser_that_config_and_training_accept():
   config = base_config()
   config.model.denoiser = "tiny"
   with pytest.raises(
-    ValueError, match=r"config.model.denoiser='tiny' is not one of \['unet', 'mlp'\]"
+    ValueError, match=r"config.model.denoiser='tiny' is not one of \['unet', 'mlp'"
   ):
     validate(config)
   exec(block, {})

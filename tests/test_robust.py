@@ -330,6 +330,7 @@ def test_numbers_beyond_float32_int32_or_the_data_are_refused(data_dir, field, v
   c[section][name] = value
   with pytest.raises(ValueError, match=message):
     config_lib.validate(c)
+    config_lib.check_training_batch(c)
 
 
 def test_the_limits_themselves_pass(data_dir):
@@ -337,6 +338,9 @@ def test_the_limits_themselves_pass(data_dir):
   c.optim.learning_rate, c.optim.eps, c.optim.weight_decay = 3e38, 1.2e-38, 0.0
   c.schedule.gamma_min, c.schedule.gamma_max = -88.7, 88.7
   c.train.batch_size, c.train.num_steps = 16 * 1497, 2**31 - 1
+  config_lib.validate(c)
+  config_lib.check_training_batch(c)
+  c.train.batch_size = 16 * 1497 + 8  # evaluation and sampling do not check the train batch
   config_lib.validate(c)
 
 

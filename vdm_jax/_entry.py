@@ -55,6 +55,10 @@ def import_images():
   _launch("import_images")
 
 
+def import_vdm_checkpoint():
+  _launch("import_vdm_checkpoint")
+
+
 def benchmark():
   _launch("benchmark")
 

@@ -316,9 +316,17 @@ def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
 MAX_REPEATS_PER_BATCH = 16
 
 
-def _batch_fits_the_split(config: ml_collections.ConfigDict, dataset) -> None:
-  """A training batch at most `MAX_REPEATS_PER_BATCH` times the train split (when its size
-  is known without opening the data)."""
+def check_training_batch(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError unless the training batch is at most `MAX_REPEATS_PER_BATCH` times
+  the train split (when its size is known without opening the data).
+
+  A rule for training only (`training.train_and_evaluate` applies it after `validate`):
+  evaluating or sampling a run trained elsewhere, e.g. on a small split, does not depend on
+  its training batch.
+  """
+  from vdm_jax import data  # local, as in `validate`
+
+  dataset = data.lookup(config.data)
   sizes = dataset.num_examples or {}
   size = sizes.get("train")
   if size is not None and config.train.batch_size > MAX_REPEATS_PER_BATCH * size:
@@ -339,8 +347,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Every numeric field must be finite (NaN or infinity would train nothing, or, for
   `optim.grad_clip`, silently turn clipping off) and representable in float32 (1e39 is
   infinite there, 1e-50 is 0), counts must be integers below 2**31, the schedule's end
-  points within +-88.72 (exp(gamma) finite in float32), and a training batch at most
-  `MAX_REPEATS_PER_BATCH` times the train split when its size is known.
+  points within +-88.72 (exp(gamma) finite in float32). Training also applies
+  `check_training_batch`.
   """
   # Local: config files import this module, and need neither tfds nor Flax to load.
   from vdm_jax import data, models, predictions
@@ -427,7 +435,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "diffusion steps; leave it at 0."
     )
   _positive("model.norm_groups", config.model.norm_groups, integer=True)
-  if config.model.denoiser == "unet" and config.model.n_embd % config.model.norm_groups:
+  if config.model.denoiser == "vdm_reference":
+    from vdm_jax.models import vdm_reference
+
+    vdm_reference.check_config(config, dataset.shape)
+  if config.model.denoiser in ("unet", "vdm_reference") and (
+    config.model.n_embd % config.model.norm_groups
+  ):
     raise ValueError(
       f"config.model.n_embd ({config.model.n_embd}) must be divisible by "
       f"config.model.norm_groups ({config.model.norm_groups})."
@@ -460,7 +474,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"config.train.batch_size ({config.train.batch_size})."
     )
   _positive("train.prefetch", config.train.prefetch, allow_zero=True, integer=True)
-  _batch_fits_the_split(config, dataset)
   profile_steps(config)
   _positive("eval.batch_size", config.eval.batch_size, integer=True)
   if not isinstance(config.train.allow_config_changes, str):

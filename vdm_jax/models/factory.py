@@ -17,6 +17,7 @@ from vdm_jax.models.registry import DENOISERS, MODELS, SCHEDULES
 from vdm_jax.models.unet import UNet
 from vdm_jax.models.vae import GaussianVAE, VAEDecoder, VAEEncoder
 from vdm_jax.models.vdm import VDM
+from vdm_jax.models.vdm_reference import ReferenceNNetSchedule, ReferenceScoreUNet
 
 __all__ = ["make_denoiser", "make_model", "make_schedule"]
 
@@ -47,6 +48,9 @@ SCHEDULES.register("cosine", lambda c, info: FixedSchedule(schedules.CosineSched
 SCHEDULES.register("ddpm", lambda c, info: FixedSchedule(schedules.DDPMLinearSchedule()))
 SCHEDULES.register("learned_linear", lambda c, info: LearnedLinearSchedule(*_range(c)))
 SCHEDULES.register("monotone", lambda c, info: MonotoneSchedule(*_range(c)))
+# google-research/vdm's "learnable_nnet" (its "fixed" is "linear", "learnable_scalar" is
+# "learned_linear"): models.vdm_reference, scripts/import_vdm_checkpoint.py.
+SCHEDULES.register("vdm_reference_nnet", lambda c, info: ReferenceNNetSchedule(*_range(c)))
 
 
 def _unet(config, info) -> UNet:
@@ -107,8 +111,28 @@ def _num_classes(config, info) -> int:
   return info.num_classes
 
 
+def _vdm_reference(config, info) -> ReferenceScoreUNet:
+  if len(info.shape) != 3:
+    raise ValueError(
+      f"config.model.denoiser='vdm_reference' needs image data [H, W, C]; {info.name} has "
+      f"shape {info.shape}."
+    )
+  m = config.model
+  return ReferenceScoreUNet(
+    n_layer=m.n_layer,
+    n_embd=m.n_embd,
+    norm_groups=m.norm_groups,
+    dropout=m.dropout,
+    fourier_features=m.fourier_features,
+    attention_everywhere=m.attention_everywhere,
+    gamma_min=config.schedule.gamma_min,
+    gamma_max=config.schedule.gamma_max,
+  )
+
+
 DENOISERS.register("unet", _unet)
 DENOISERS.register("mlp", _mlp)
+DENOISERS.register("vdm_reference", _vdm_reference)  # google-research/vdm's ScoreUNet
 
 
 def _vdm(config, info) -> VDM:

@@ -204,6 +204,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     the eval's `pass_se` of one pass, is None).
   """
   config_lib.validate(config)
+  config_lib.check_training_batch(config)
   with _StopSignals() as stop:
     return _lock_and_train(config, workdir, stop)
 

@@ -39,9 +39,17 @@ def learning_rate_schedule(config) -> optax.Schedule:
 
 
 def weight_decay_mask(params):
-  """Decay only the networks' kernels: not biases, norm scales or the schedule's parameters."""
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-  mask = {path: path[0] != "schedule" and path[-1] == "kernel" for path in flat}
+  """Decay only the networks' kernels: not biases, norm scales or the schedule's parameters.
+
+  The mask has the params' tree structure, empty subtrees included (a fixed schedule's
+  `params["schedule"] = {}`), as optax requires.
+  """
+  empty = flax.traverse_util.empty_node
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), keep_empty_nodes=True)
+  mask = {
+    path: empty if leaf is empty else (path[0] != "schedule" and path[-1] == "kernel")
+    for path, leaf in flat.items()
+  }
   return flax.traverse_util.unflatten_dict(mask)
 
 
