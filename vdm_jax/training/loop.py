@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 from vdm_jax import config as config_lib
 from vdm_jax import data, models
 from vdm_jax.evaluation import bpd, sampling
-from vdm_jax.runtime import checkpoints, distributed
+from vdm_jax.runtime import checkpoints, distributed, storage
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import signals as _signals
 from vdm_jax.runtime import workdir as workdir_lib
@@ -112,7 +112,12 @@ class TrainingInterrupted(_signals.Stopped):
 
 
 def check_workdir(workdir: str) -> str:
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  """The resolved work directory (`storage.resolve`), once a probe file was written to it
+  and removed again. Raises ValueError if it is a file or cannot be written (on GCS: the
+  bucket, the credentials or the emulator cannot be reached)."""
+  workdir = storage.resolve(workdir)
+  if storage.is_remote(workdir):
+    return _check_remote_workdir(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir {workdir!r} is a file; a work directory is a folder.")
   try:
@@ -123,6 +128,27 @@ def check_workdir(workdir: str) -> str:
     os.remove(probe)
   except OSError as e:
     raise ValueError(f"Work directory {workdir!r} is not writable: {e}") from e
+  return workdir
+
+
+def _check_remote_workdir(workdir: str) -> str:
+  probe = storage.join(workdir, f".write_test_{jax.process_index()}")
+  try:
+    storage.write_atomic(probe, "ok")
+    storage.remove(probe, missing_ok=True)
+  except Exception as e:  # gcsfs, google-auth and aiohttp raise many kinds
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    where = (
+      f"the GCS emulator at STORAGE_EMULATOR_HOST={emulator}"
+      if emulator
+      else "Google Cloud Storage (credentials: `gcloud auth application-default login`, or "
+      "the VM's service account; for an emulator set STORAGE_EMULATOR_HOST)"
+    )
+    raise ValueError(
+      f"Work directory {workdir!r} cannot be written through {where}: "
+      f"{type(e).__name__}: {checkpoints.first_line(e)}. Check that the bucket exists and "
+      "that this account may write to it."
+    ) from e
   return workdir
 
 
@@ -160,10 +186,9 @@ class _StopSignals:
 
 
 def _read_final_metrics(workdir: str) -> dict | None:
-  path = os.path.join(workdir, "final_metrics.json")
-  try:
-    with open(path) as f:  # one written before strict JSON may hold NaN: None, as now
-      return workdir_lib.to_strict_json(json.load(f))
+  path = storage.join(workdir, "final_metrics.json")
+  try:  # one written before strict JSON may hold NaN: None, as now
+    return workdir_lib.to_strict_json(json.loads(storage.read_text(path)))
   except (OSError, ValueError):
     return None
 
@@ -176,7 +201,7 @@ def write_samples(model, params, config, mesh, workdir: str, step: int, writer=N
   key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
   options = {"num_steps": config.train.sample_steps} if model.diffusion_time else {}
   samples = sampling.draw_samples(model, params, key, config.train.num_samples, mesh, **options)
-  path = os.path.join(workdir, f"samples_{step:08d}.png")
+  path = storage.join(workdir, f"samples_{step:08d}.png")
   grid = sampling.write_sample_grid(samples, model.vocab_size, path)
   if writer is not None:
     writer.image(step, "samples", grid)
@@ -213,7 +238,7 @@ def _lock_and_train(config, workdir: str, stop: _StopSignals) -> dict:
   lock, error = None, ""
   if jax.process_index() == 0:
     try:
-      lock = workdir_lib.RunLock(workdir).__enter__()
+      lock = workdir_lib.lock(workdir).__enter__()
     except workdir_lib.WorkdirLockedError as e:
       error = str(e)
   if jax.process_count() > 1:
@@ -222,13 +247,13 @@ def _lock_and_train(config, workdir: str, stop: _StopSignals) -> dict:
   if error:
     raise workdir_lib.WorkdirLockedError(error)
   try:
-    return _train(config, workdir, stop)
+    return _train(config, workdir, stop, lock)
   finally:
     if lock is not None:
       lock.__exit__(None, None, None)
 
 
-def _train(config, workdir: str, stop: _StopSignals) -> dict:
+def _train(config, workdir: str, stop: _StopSignals, lock=None) -> dict:
   distributed.prepare_data(config.data)
   info = data.dataset_info(config.data)
   mesh = mesh_lib.make_mesh()
@@ -310,6 +335,8 @@ def _train(config, workdir: str, stop: _StopSignals) -> dict:
         f"but the state after it holds non-finite values (in {', '.join(bad)}): an "
         f"update overflowed. Nothing was saved for step {step}; {where}. {_ADVICE}"
       )
+    if lock is not None:
+      lock.check()  # a gs:// lease lost to another run: write nothing more
     checkpoints.save_checkpoint(manager, step, state)
     last_saved = step
 
@@ -426,7 +453,7 @@ def _write_final_metrics(workdir: str, step: int, train: dict, evaluation: dict 
   result = workdir_lib.to_strict_json({"step": step, "train": train, "eval": evaluation})
   if jax.process_index() == 0:
     workdir_lib.write_json_atomic(
-      os.path.join(workdir, "final_metrics.json"), workdir_lib.dumps_strict(result, indent=2)
+      storage.join(workdir, "final_metrics.json"), workdir_lib.dumps_strict(result, indent=2)
     )
   return result
 
@@ -440,8 +467,7 @@ def _pending_eval(workdir: str) -> int | None:
   step = 0
   if jax.process_index() == 0:
     try:
-      with open(os.path.join(workdir, _PENDING_EVAL)) as f:
-        step = int(json.load(f)["step"])
+      step = int(json.loads(storage.read_text(storage.join(workdir, _PENDING_EVAL)))["step"])
     except (OSError, ValueError, KeyError, TypeError):
       step = 0
   if jax.process_count() > 1:
@@ -451,16 +477,13 @@ def _pending_eval(workdir: str) -> int | None:
 
 def _write_pending_eval(workdir: str, step: int) -> None:
   if jax.process_index() == 0:
-    path = os.path.join(workdir, _PENDING_EVAL)
+    path = storage.join(workdir, _PENDING_EVAL)
     workdir_lib.write_json_atomic(path, json.dumps({"step": step}))
 
 
 def _clear_pending_eval(workdir: str) -> None:
   if jax.process_index() == 0:
-    try:
-      os.remove(os.path.join(workdir, _PENDING_EVAL))
-    except FileNotFoundError:
-      pass
+    storage.remove(storage.join(workdir, _PENDING_EVAL), missing_ok=True)
 
 
 USER_ERRORS = (
@@ -476,18 +499,25 @@ USER_ERRORS = (
 
 class _Profiler:
   """`jax.profiler` trace of the steps a..b of `config.train.profile_steps` into
-  `<workdir>/profile`, on process 0. A run resumed inside the window traces the rest of it."""
+  `<workdir>/profile`, on process 0. A run resumed inside the window traces the rest of it.
+  With a `gs://` work directory the profiler writes to a local temporary folder, whose files
+  are uploaded to `<workdir>/profile/` when the trace ends."""
 
   def __init__(self, config, workdir: str):
     window = config_lib.profile_steps(config)
     self.window = window if jax.process_index() == 0 else None
-    self.directory = os.path.join(workdir, "profile")
+    self.directory = storage.join(workdir, "profile")
     self.active = False
+    self._local = None
 
   def before(self, step: int) -> None:
     """Called before running step `step` (the step that makes state.step == step)."""
     if self.window and not self.active and self.window[0] <= step <= self.window[1]:
-      jax.profiler.start_trace(self.directory)
+      if storage.is_remote(self.directory):
+        import tempfile
+
+        self._local = tempfile.mkdtemp(prefix="vdm_jax_profile_")
+      jax.profiler.start_trace(self._local or self.directory)
       self.active = True
 
   def after(self, step: int, state) -> None:
@@ -500,6 +530,17 @@ class _Profiler:
     if self.active:
       self.active = False
       jax.profiler.stop_trace()
+      if self._local is not None:
+        import shutil
+
+        for folder, _, files in os.walk(self._local):
+          for name in files:
+            local = os.path.join(folder, name)
+            relative = os.path.relpath(local, self._local).replace(os.sep, "/")
+            with open(local, "rb") as f:
+              storage.write_atomic(storage.join(self.directory, relative), f.read())
+        shutil.rmtree(self._local, ignore_errors=True)
+        self._local = None
 
 
 def _check_metrics(fetched: list, window_start: int, step: int, manager, last_saved) -> None:
