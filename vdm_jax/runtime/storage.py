@@ -203,11 +203,15 @@ def move_tree(source: str, target: str, *, marker: str | None = None) -> None:
   if not is_remote(source):
     os.replace(source, target)
     return
-  root = _epath(source)
-  files = [p for p in root.rglob("*") if p.is_file()]
-  for p in files:
-    copy = _epath(join(target, os.fspath(p.relative_to(root))))
-    copy.write_bytes(p.read_bytes())
+  bare = source.split("://", 1)[1]  # the walk gives folders as "bucket/path"
+  relative = [
+    posixpath.relpath(posixpath.join(os.fspath(folder).split("://")[-1], name), bare)
+    for folder, _, names in _epath(source).walk()
+    for name in names
+  ]
+  files = [_epath(join(source, name)) for name in relative]
+  for name, p in zip(relative, files, strict=True):
+    p.copy(_epath(join(target, name)))  # a copy within GCS
   files.sort(key=lambda p: p.name != marker)  # the marker goes first
   for p in files:
     p.unlink(missing_ok=True)
