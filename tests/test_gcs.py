@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, TINY_MODEL_FLAGS, gcs_emulator
+from helpers import REPO, TINY_MODEL_FLAGS, devices_flags, gcs_emulator
 
 from vdm_jax.runtime import storage, workdir
 
@@ -326,3 +326,44 @@ def test_train_kill_resume_evaluate_sample_on_gcs(gcs, tmp_path):
   assert _checksums(storage.read_text(f"{run}/checksums/30.json")) == _checksums(
     (local / "checksums" / "30.json").read_text()
   )
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_train_into_one_gcs_workdir_like_one_process(gcs, tmp_path):
+  data_dir = tmp_path / "tfds"
+  base = dict(os.environ, **gcs, VDM_JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"))
+  one = subprocess.run(
+    _train_command(tmp_path / "one", data_dir),
+    env=dict(base, XLA_FLAGS=devices_flags(2)),  # 1 process x 2 devices, local
+    capture_output=True,
+    text=True,
+  )
+  assert one.returncode == 0, one.stderr[-3000:]
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  launch = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  procs = [
+    subprocess.Popen(
+      _train_command("gs://test/two", data_dir, *launch, f"--process_id={i}"),
+      env=dict(base, XLA_FLAGS=devices_flags(1)),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  try:
+    results = [p.communicate(timeout=900) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (_, err) in zip(procs, results, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  assert _checksums(storage.read_text("gs://test/two/checksums/30.json")) == _checksums(
+    (tmp_path / "one" / "checksums" / "30.json").read_text()
+  )
+  final = json.loads(storage.read_text("gs://test/two/final_metrics.json"))["eval"]
+  expected = json.loads((tmp_path / "one" / "final_metrics.json").read_text())["eval"]
+  assert final["bpd"] == pytest.approx(expected["bpd"], rel=1e-5)
