@@ -264,6 +264,8 @@ def test_train_kill_resume_evaluate_sample_on_gcs(gcs, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
 
   run = "gs://test/run"
+  # A lease of 600 s: the holder stopped below (SIGSTOP) stays fresh while the second run starts.
+  env["VDM_JAX_LEASE_SECONDS"] = "600"
   proc = subprocess.Popen(
     _train_command(run, data_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     text=True,
@@ -272,6 +274,7 @@ def test_train_kill_resume_evaluate_sample_on_gcs(gcs, tmp_path):
     for line in proc.stdout:  # past the first checkpoint
       if line.startswith("[train] step 21:"):  # checkpoint 10 committed (20 waited for it)
         break
+    os.kill(proc.pid, signal.SIGSTOP)  # held there, before step 30, while the second run starts
     second = subprocess.run(_train_command(run, data_dir), env=env, capture_output=True, text=True)
     assert second.returncode == 1
     assert f"is in use by a running training (pid {proc.pid} on host" in second.stderr

@@ -30,6 +30,7 @@ from vdm_jax.runtime import storage
 from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = [
+  "UNVERIFIED_ENV",
   "CheckpointError",
   "abstract_tree",
   "checksums",
@@ -186,11 +187,47 @@ def first_line(e: BaseException) -> str:
   return text.splitlines()[0][:300] if text else ""
 
 
+UNVERIFIED_ENV = "VDM_JAX_ALLOW_UNVERIFIED"
+"""Set to 1 to use checkpoint steps whose integrity record is missing or unreadable."""
+
+
+def _expected_checksums(workdir: str, step: int, directory: str) -> dict | None:
+  """The checksums recorded when step `step` was saved; None only for a step without a
+  readable record used on purpose (`VDM_JAX_ALLOW_UNVERIFIED=1`, with a warning).
+
+  Raises `CheckpointError` naming the record and the step when it is missing or unreadable:
+  an unverified step is treated like a damaged one (a resume falls back past it)."""
+  path = _checksum_path(workdir, step)
+  try:
+    record = json.loads(storage.read_text(path))
+    problem = None if isinstance(record, dict) else "is not a JSON object"
+  except FileNotFoundError:
+    problem = "is missing"
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    problem = f"cannot be read ({type(e).__name__}: {first_line(e)})"
+  if problem is None:
+    return record
+  message = (
+    f"Checkpoint step {step} in {directory} cannot be verified: its integrity record {path} "
+    f"{problem}."
+  )
+  if os.environ.get(UNVERIFIED_ENV) == "1":
+    logging.warning("%s Used unverified (%s=1).", message, UNVERIFIED_ENV)
+    print(f"WARNING: {message} Used unverified ({UNVERIFIED_ENV}=1).", file=sys.stderr)
+    return None
+  raise CheckpointError(
+    f"{message} An unverified step is not used (its arrays could be damaged without any "
+    f"sign); to use it anyway, set {UNVERIFIED_ENV}=1."
+  )
+
+
 def _restore_fields(manager, step: int, fields: dict) -> dict:
   """Restores the subtree `fields` (a dict of abstract arrays, any subset of the saved
-  fields) of step `step`, verified against the checksums recorded at save time."""
+  fields) of step `step`, verified against the checksums recorded at save time (a step
+  without a readable record raises `CheckpointError`, unless `VDM_JAX_ALLOW_UNVERIFIED=1`)."""
   directory = os.fspath(manager.directory)
   format_version(_workdir(manager), step)
+  expected = _expected_checksums(_workdir(manager), step, directory)
   # Checkpoints of earlier versions also hold a per-process "data" item; it is not read.
   # A partial restore: the fields not asked for (the optimizer's, for inference) are not read.
   restore = ocp.args.PyTreeRestore(
@@ -206,18 +243,15 @@ def _restore_fields(manager, step: int, fields: dict) -> dict:
       f"Checkpoint step {step} in {directory} cannot be read: {type(e).__name__}: {first_line(e)}"
     ) from e
   restored = {name: restored[name] for name in fields}
-  path = _checksum_path(_workdir(manager), step)
-  if storage.exists(path):
-    expected = json.loads(storage.read_text(path))
+  if expected is not None:
     actual = checksums(restored)
     bad = [k for k in actual if expected.get(k) != actual[k]]
     if bad:
       raise CheckpointError(
         f"Checkpoint step {step} in {directory} is damaged: {len(bad)} array(s) differ from "
-        f"the checksums recorded when it was saved ({path}), e.g. {bad[0]}."
+        f"the checksums recorded when it was saved ({_checksum_path(_workdir(manager), step)}),"
+        f" e.g. {bad[0]}."
       )
-  else:
-    logging.warning("Checkpoint step %d has no recorded checksums; not verified.", step)
   return restored
 
 

@@ -460,8 +460,20 @@ def check_resume_config(config, workdir: str, latest_step: int | None) -> dict:
     ValueError naming each refused field, its old and new value, and the ways out.
   """
   path = storage.join(workdir, "config.json")
-  if latest_step is None or not storage.exists(path):
+  if latest_step is None:
     return {}
+  if not storage.exists(path):
+    copies = _history(workdir)
+    way = (
+      f"copy the latest record of config_history/ to it ({copies[-1]} -> {path})"
+      if copies
+      else f"write the config they were made with to {path} (as a run's config.json)"
+    )
+    raise ValueError(
+      f"The checkpoints in {workdir!r} (latest step {latest_step}) have no config.json "
+      f"({path}), the record of the config they were made with, so this resume cannot be "
+      f"checked against it. To resume, {way}; or use a new --workdir."
+    )
   changes = changed_fields(config_as_dict(read_config_record(path)), config_as_dict(config))
   refused = {k: v for k, v in changes.items() if k not in RESUME_SAFE | allowed_changes(config)}
   if refused:
@@ -475,6 +487,23 @@ def check_resume_config(config, workdir: str, latest_step: int | None) -> dict:
       f"{','.join(refused)} (fields that change parameter shapes cannot be restored)."
     )
   return changes
+
+
+def _history(workdir: str) -> list[str]:
+  """The files of `<workdir>/config_history/`, oldest start first."""
+  folder = storage.join(workdir, "config_history")
+  try:
+    names = storage.listdir(folder)
+  except (FileNotFoundError, NotADirectoryError):
+    return []
+  names = [n for n in names if n.startswith("config.step") and n.endswith(".json")]
+  return [storage.join(folder, n) for n in sorted(names, key=_history_order)]
+
+
+def _history_order(name: str) -> tuple:
+  """config.step<N>[.<n>].json -> (N, n): by step, then by restart at that step."""
+  parts = name.removeprefix("config.step").removesuffix(".json").split(".")
+  return tuple(int(p) if p.isdigit() else -1 for p in parts) + (0,) * (2 - len(parts))
 
 
 def to_strict_json(obj: Any) -> Any:

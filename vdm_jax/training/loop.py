@@ -337,7 +337,10 @@ def _train(config, workdir: str, stop: _StopSignals, lock=None) -> dict:
       )
     if lock is not None:
       lock.check()  # a gs:// lease lost to another run: write nothing more
-    checkpoints.save_checkpoint(manager, step, state)
+    try:
+      checkpoints.save_checkpoint(manager, step, state)
+    except OSError as e:  # the synchronous part: the checksums, orbax's folders
+      raise _save_failed(manager, step, e) from e
     last_saved = step
 
   def evaluate_periodically(step, state):
@@ -586,8 +589,28 @@ def _check_saves(manager, step: int | None) -> None:
   try:
     manager.check_for_errors()
   except Exception as e:
-    raise CheckpointSaveError(
-      f"Saving checkpoint step {step} to {os.fspath(manager.directory)} failed: "
-      f"{type(e).__name__}: {checkpoints.first_line(e)}. Check free disk space and permissions; "
-      "older checkpoints are intact and a rerun resumes from the newest of them."
-    ) from e
+    raise _save_failed(manager, step, e) from e
+
+
+def _save_failed(manager, step: int | None, error: BaseException) -> CheckpointSaveError:
+  """The one-paragraph error of a failed save of `step`, naming the checkpoint a rerun
+  resumes from (the newest one before it)."""
+  try:
+    manager.wait_until_finished()  # the save before it may still be being written
+  except Exception:  # it failed too: the listing below leaves it out
+    pass
+  try:
+    manager.reload()
+    older = [s for s in manager.all_steps() if step is None or s < step]
+  except Exception:  # the listing fails too (the storage is gone): say nothing of it
+    older = []
+  where = (
+    f"the latest saved checkpoint is step {max(older)}, and a rerun resumes from it"
+    if older
+    else "no earlier checkpoint is saved, so a rerun starts from step 0"
+  )
+  return CheckpointSaveError(
+    f"Saving checkpoint step {step} to {os.fspath(manager.directory)} failed: "
+    f"{type(error).__name__}: {checkpoints.first_line(error)}. Training stopped; {where}. "
+    "Check free disk space and permissions."
+  )
