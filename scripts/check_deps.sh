@@ -16,7 +16,7 @@ pins() { grep -E '^[A-Za-z0-9]' "$1"; }
 
 cp requirements/lock-py311.txt "$tmp/lock.txt"
 "$UV" pip compile --quiet pyproject.toml \
-  --extra train --extra ode --extra plots --extra tensorboard --extra test --extra docs \
+  --extra train --extra ode --extra plots --extra tensorboard --extra gcs --extra test --extra docs \
   --python-version 3.11 -o "$tmp/lock.txt"
 if ! diff <(pins requirements/lock-py311.txt) <(pins "$tmp/lock.txt"); then
   echo "requirements/lock-py311.txt is out of date with pyproject.toml: run bash scripts/lock.sh" >&2

@@ -9,6 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_uv.sh
 "$UV" pip compile pyproject.toml \
-  --extra train --extra ode --extra plots --extra tensorboard --extra test --extra docs \
+  --extra train --extra ode --extra plots --extra tensorboard --extra gcs --extra test --extra docs \
   --python-version 3.11 --custom-compile-command "bash scripts/lock.sh" \
   -o requirements/lock-py311.txt "$@"

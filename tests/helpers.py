@@ -1,8 +1,13 @@
 """Shared test helpers (importable from tests: pytest puts this folder on sys.path)."""
 
+import contextlib
+import os
 import pathlib
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 from vdm_jax.config import base_config
 
@@ -61,3 +66,47 @@ def devices_flags(count: int) -> str:
   import os
 
   return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
+
+
+@contextlib.contextmanager
+def gcs_emulator(bucket: str = "test", log_path=None):
+  """A GCS emulator (gcp-storage-emulator, in memory, with the additions of
+  tests/gcs_emulator.py: generation headers and preconditions) on a free port of 127.0.0.1
+  (loopback only) with the bucket `bucket`; yields the environment variables that point
+  vdm_jax at it (gcsfs, google-cloud-storage and tensorstore). Stopped by its own pid."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  log = open(log_path or os.devnull, "w")  # noqa: SIM115 (closed below)
+  proc = subprocess.Popen(
+    [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), str(port), bucket],
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    stdin=subprocess.DEVNULL,
+  )
+  url = f"http://127.0.0.1:{port}"
+  try:
+    deadline = time.monotonic() + 60
+    while True:
+      try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+          break
+      except OSError:
+        if proc.poll() is not None or time.monotonic() > deadline:
+          raise RuntimeError(f"the GCS emulator did not start on {url}") from None
+        time.sleep(0.1)
+    yield {
+      "STORAGE_EMULATOR_HOST": url,
+      "TENSORSTORE_GCS_HTTP_URL": url,
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    }
+  finally:
+    if proc.poll() is None:
+      os.kill(proc.pid, signal.SIGTERM)
+      try:
+        proc.wait(timeout=10)
+      except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()

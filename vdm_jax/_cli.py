@@ -27,7 +27,7 @@ import traceback
 
 from absl import flags, logging
 
-from vdm_jax.runtime import distributed, supervisor
+from vdm_jax.runtime import distributed, storage, supervisor
 from vdm_jax.runtime import signals as _signals
 
 __all__ = [
@@ -241,9 +241,9 @@ def resolve_config(value: str) -> tuple[str, str]:
     ValueError naming the value and the choices when nothing of that name exists.
   """
   path = os.path.expanduser(value)
-  if path.endswith(".json") or os.path.isdir(path):
-    record = os.path.join(path, "config.json") if os.path.isdir(path) else path
-    if not os.path.isfile(record):
+  if path.endswith(".json") or storage.isdir(path):
+    record = storage.join(path, "config.json") if not path.endswith(".json") else path
+    if not storage.isfile(record):
       raise ValueError(
         f"{value!r} holds no run record ({record!r} does not exist). A training run's work "
         "directory has a config.json; otherwise pass a config file or a packaged config name."
@@ -325,7 +325,7 @@ def _with_record_config(argv: list[str]) -> list[str]:
     return argv
   workdir = _flag_value(argv, "workdir")
   overrides = [a for a in argv[1:] if re.match(r"--(no)?config\.", a)]
-  if workdir and os.path.isfile(os.path.join(os.path.expanduser(workdir), "config.json")):
+  if workdir and storage.isfile(storage.join(os.path.expanduser(workdir), "config.json")):
     return [argv[0], f"--config={workdir}", *argv[1:]]
   if overrides:
     where = f"{workdir!r} has no config.json" if workdir else "no --workdir was given"
@@ -501,7 +501,7 @@ def _start_processes(launch_flags, config) -> None:
   auto = bool(config is not None and config.get("distributed", False))
   facts = {"vdm_jax": __version__}
   if "workdir" in flags.FLAGS and flags.FLAGS["workdir"].value:
-    facts["--workdir"] = os.path.abspath(os.path.expanduser(flags.FLAGS["workdir"].value))
+    facts["--workdir"] = storage.resolve(flags.FLAGS["workdir"].value)
   if config is not None:
     facts.update(distributed.config_fingerprint(config))
   initialize_distributed(

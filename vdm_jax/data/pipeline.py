@@ -201,6 +201,14 @@ def _data_dir(data_config) -> str:
       f"data.data_dir must name the tfds data directory for dataset {data_config.name!r}, "
       f"got {data_dir!r}."
     )
+  if "://" in os.fspath(data_dir):
+    raise ValueError(
+      f"data.data_dir={os.fspath(data_dir)!r}: datasets are read from a folder of this host "
+      "(array_record files, read with local file calls), not from an object store. Copy the "
+      "prepared dataset to each host (e.g. gcloud storage cp -r gs://.../digits "
+      "~/tensorflow_datasets/) or to a shared mount, and point data.data_dir there; the "
+      "work directory (--workdir) may be gs:// (docs/cloud_storage.md)."
+    )
   return os.path.expanduser(os.fspath(data_dir))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import jax
@@ -11,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax import data, elbo, times
+from vdm_jax.runtime import storage
 from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = ["time_sampling_variance", "time_variance_report"]
@@ -121,9 +121,8 @@ def time_variance_report(
   )
   result |= {"checkpoint_step": step, "seconds": time.perf_counter() - start}
   result |= {"schedule": config.schedule.kind, "schedule_objective": config.schedule.objective}
-  output = output or os.path.join(workdir, f"time_variance_T{num_steps}.json")
-  with open(output, "w") as f:
-    f.write(workdir_lib.dumps_strict(result, indent=2))
+  output = output or storage.join(workdir, f"time_variance_T{num_steps}.json")
+  storage.write_atomic(output, workdir_lib.dumps_strict(result, indent=2))
   base = result["antithetic"]["var_batch_mean"]
   print(
     f"{config.data.name}, step {step}, schedule {config.schedule.kind} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -28,8 +29,15 @@ def image_grid(images, vocab_size: int, *, scale: int = 1) -> np.ndarray:
 
 
 def save_png(path, grid: np.ndarray) -> None:
-  """Writes a uint8 `[H, W, C]` grid (C = 1 or 3) as PNG."""
+  """Writes a uint8 `[H, W, C]` grid (C = 1 or 3) as PNG, atomically (a local path or a
+  `gs://` object, `runtime.storage.write_atomic`)."""
+  import io
+
   from PIL import Image
 
+  from vdm_jax.runtime import storage
+
   img = grid[..., 0] if grid.shape[-1] == 1 else grid
-  Image.fromarray(img).save(path)
+  buffer = io.BytesIO()
+  Image.fromarray(img).save(buffer, format="PNG")
+  storage.write_atomic(os.fspath(path), buffer.getvalue())

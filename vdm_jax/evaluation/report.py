@@ -10,6 +10,7 @@ ELBO, the decomposition over t as CSV and PNG) and prints the table. The JSON is
 from __future__ import annotations
 
 import csv
+import io
 import os
 
 import jax
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 from vdm_jax import _deps, data
 from vdm_jax.evaluation import bpd, runs
 from vdm_jax.runtime import signals as _signals
+from vdm_jax.runtime import storage
 from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = ["evaluate_checkpoint", "format_table", "write_decomposition"]
@@ -66,7 +68,7 @@ def evaluate_checkpoint(
   tag = f"{split}_step{step}_" + (
     "ode" if method == "ode" else f"T{num_steps}" + ("_exact" if exact_time_sum else "")
   )
-  output = output or os.path.join(workdir, f"eval_{tag}.json")
+  output = output or storage.join(workdir, f"eval_{tag}.json")
   rows = None
   if method == "ode":
     from vdm_jax.evaluation import ode  # the optional `ode` extra (diffrax)
@@ -118,7 +120,7 @@ def evaluate_checkpoint(
   _signals.check("during the evaluation; nothing was written")  # not after the JSON
   if jax.process_index() != 0:
     return result
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  storage.makedirs(storage.dirname(storage.resolve(output)))
   workdir_lib.write_json_atomic(output, workdir_lib.dumps_strict(result, indent=2))
   files = {"JSON": output}
   if rows is not None:
@@ -134,8 +136,8 @@ def evaluate_checkpoint(
 
 def _check_finite(result: dict, run: runs.Run, split: str) -> None:
   """Raises `bpd.NonFiniteEvaluationError` (nothing written) for a non-finite bits/dim."""
-  directory = os.path.join(run.workdir, "checkpoints")
-  kept = sorted(int(n) for n in os.listdir(directory) if n.isdigit() and int(n) < run.step)
+  directory = storage.join(run.workdir, "checkpoints")
+  kept = sorted(int(n) for n in storage.listdir(directory) if n.isdigit() and int(n) < run.step)
   other = (
     f"an earlier checkpoint may be intact (--step={kept[-1]}; kept: {kept})"
     if kept
@@ -186,11 +188,13 @@ def format_table(result: dict, *, split: str, num_steps: int, exact: bool, files
 
 
 def write_decomposition(rows, csv_path, png_path, name, num_steps) -> str:
-  """Writes the CSV, and the PNG if matplotlib is installed; returns what became of the PNG."""
-  with open(csv_path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  """Writes the CSV, and the PNG if matplotlib is installed (local paths or `gs://` objects,
+  each atomically); returns what became of the PNG."""
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(rows)
+  storage.write_atomic(csv_path, text.getvalue())
   if not _deps.available("matplotlib"):
     return "no PNG (pip install 'vdm_jax[plots]')"
   import matplotlib
@@ -206,6 +210,8 @@ def write_decomposition(rows, csv_path, png_path, name, num_steps) -> str:
   ax.set_ylabel("bits/dim in bin")
   ax.set_title(f"{name}: diffusion term by noise level (T={num_steps or 'inf'})")
   fig.tight_layout()
-  fig.savefig(png_path, dpi=120)
+  image = io.BytesIO()
+  fig.savefig(image, dpi=120, format="png")
   plt.close(fig)
+  storage.write_atomic(png_path, image.getvalue())
   return png_path

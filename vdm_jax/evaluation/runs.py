@@ -22,7 +22,7 @@ import sys
 
 from vdm_jax import config as config_lib
 from vdm_jax import data
-from vdm_jax.runtime import checkpoints, distributed
+from vdm_jax.runtime import checkpoints, distributed, storage
 from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = ["INFERENCE_SAFE", "Run", "check_against_record", "load_run"]
@@ -105,7 +105,7 @@ def check_against_record(record, config, workdir: str) -> dict:
       hint = " To evaluate at another T, keep the config and pass --num_steps=T."
     raise ValueError(
       f"The config differs from the one {workdir} was trained with "
-      f"({os.path.join(workdir, 'config.json')}) in fields that change what its "
+      f"({storage.join(workdir, 'config.json')}) in fields that change what its "
       f"checkpoints mean:\n{lines}\nLeave out --config (and these overrides): the run's "
       "recorded config is used. Evaluation options (eval.*), data.data_dir, model.dtype and "
       f"a dataset of the same shape and vocabulary may differ.{hint}"
@@ -116,10 +116,10 @@ def check_against_record(record, config, workdir: str) -> dict:
 def _check_workdir(workdir) -> str:
   if not isinstance(workdir, str | os.PathLike) or not os.fspath(workdir):
     raise ValueError(f"A work directory path is needed, got {workdir!r}.")
-  workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
-  if not os.path.exists(workdir):
+  workdir = storage.resolve(workdir)
+  if not storage.exists(workdir):
     raise FileNotFoundError(f"No work directory {workdir!r}: check the --workdir path.")
-  if not os.path.isdir(workdir):
+  if not storage.isdir(workdir):
     raise ValueError(f"--workdir {workdir!r} is a file; a run's work directory is a folder.")
   return workdir
 
@@ -145,9 +145,9 @@ def load_run(workdir, *, step: int | None = None, config=None, prepare_data: boo
     vdm_jax.runtime.checkpoints.CheckpointError: a damaged checkpoint.
   """
   workdir = _check_workdir(workdir)
-  record_path = os.path.join(workdir, "config.json")
+  record_path = storage.join(workdir, "config.json")
   record = None
-  if os.path.exists(record_path):
+  if storage.exists(record_path):
     record = workdir_lib.read_config_record(record_path)
     config_lib.import_plugins(record)
   elif config is None:

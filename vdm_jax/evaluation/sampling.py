@@ -8,7 +8,7 @@ axis; their count is padded to a multiple of the device count and cut back).
 from __future__ import annotations
 
 import functools
-import os
+import io
 import time
 
 import jax
@@ -18,6 +18,7 @@ import numpy as np
 from vdm_jax.evaluation import images
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import signals as _signals
+from vdm_jax.runtime import storage
 
 __all__ = ["draw_samples", "jit_sampler", "sample_checkpoint", "write_sample_grid"]
 
@@ -63,7 +64,7 @@ def write_sample_grid(samples, vocab_size: int, path: str, *, scale: int = 4) ->
   returns the grid."""
   grid = images.image_grid(samples, vocab_size, scale=scale)
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    storage.makedirs(storage.dirname(storage.resolve(path)))
     images.save_png(path, grid)
   return grid
 
@@ -98,13 +99,15 @@ def sample_checkpoint(
     samples = draw_samples(model, params, jax.random.key(seed), num_samples, mesh, **options)
   seconds = time.perf_counter() - start
   tag = "" if label is None else f"_label{label}_w{guidance:g}"
-  prefix = output or os.path.join(
+  prefix = output or storage.join(
     workdir, f"samples_step{step}_{method}_T{num_steps}{tag}_seed{seed}"
   )
   written = [prefix + ".npz"]
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    np.savez(prefix + ".npz", samples=samples)
+    storage.makedirs(storage.dirname(storage.resolve(prefix)))
+    buffer = io.BytesIO()
+    np.savez(buffer, samples=samples)
+    storage.write_atomic(prefix + ".npz", buffer.getvalue())
   if samples.ndim == 4:
     write_sample_grid(samples, model.vocab_size, prefix + ".png")
     written.append(prefix + ".png")

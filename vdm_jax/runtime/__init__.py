@@ -3,7 +3,8 @@ and sampling share below them.
 
 * `mesh`: the device mesh, shardings, host <-> device batches.
 * `checkpoints`: saving and verifying the train state; `load_ema_params` for inference.
-* `workdir`: the run lock, the config record, atomic writes.
+* `workdir`: the run lock (flock locally, a lease object on gs://), the config record.
+* `storage`: the path layer of work directories: local paths or gs:// (atomic writes).
 * `distributed`: `jax.distributed` start-up from launch flags.
 * `signals`: SIGTERM/SIGINT recorded by a handler, honoured at safe points (no JAX).
 """

@@ -26,9 +26,11 @@ from jax.experimental import multihost_utils
 from vdm_jax import config as config_lib
 from vdm_jax import data, models
 from vdm_jax.runtime import mesh as mesh_lib
+from vdm_jax.runtime import storage
 from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = [
+  "UNVERIFIED_ENV",
   "CheckpointError",
   "abstract_tree",
   "checksums",
@@ -58,7 +60,7 @@ def make_checkpoint_manager(workdir: str, *, max_to_keep: int) -> ocp.Checkpoint
     enable_async_checkpointing=True,
   )
   return ocp.CheckpointManager(
-    os.path.join(os.path.abspath(workdir), "checkpoints"), options=options
+    storage.join(storage.resolve(workdir), "checkpoints"), options=options
   )
 
 
@@ -110,8 +112,13 @@ def non_finite_fields(fields: dict) -> list[str]:
   return [name for name, ok in zip(sorted(fields), finite, strict=True) if not ok]
 
 
+def _workdir(manager) -> str:
+  """The work directory of a checkpoint manager (of `<workdir>/checkpoints`)."""
+  return storage.dirname(storage.resolve(os.fspath(manager.directory)))
+
+
 def _checksum_path(workdir: str, step: int) -> str:
-  return os.path.join(workdir, "checksums", f"{step}.json")
+  return storage.join(workdir, "checksums", f"{step}.json")
 
 
 def checksums(tree) -> dict:
@@ -137,16 +144,16 @@ def save_checkpoint(manager, step: int, state, *, force: bool = False) -> None:
   fields = saved_fields(state)
   sums = checksums(fields)
   if jax.process_index() == 0:
-    workdir = os.path.dirname(os.path.abspath(os.fspath(manager.directory)))
-    path = _checksum_path(workdir, step)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = _checksum_path(_workdir(manager), step)
+    folder = storage.dirname(path)
+    storage.makedirs(folder)
     record = {workdir_lib.FORMAT_KEY: workdir_lib.FORMAT_VERSION} | sums
     workdir_lib.write_json_atomic(path, workdir_lib.dumps_strict(record, indent=0))
     kept = manager.all_steps()  # those of steps orbax has deleted (max_to_keep) go too
-    for name in os.listdir(os.path.dirname(path)):
+    for name in storage.listdir(folder):
       old = name.removesuffix(".json")
       if old.isdigit() and kept and int(old) < min(kept):
-        os.remove(os.path.join(os.path.dirname(path), name))
+        storage.remove(storage.join(folder, name), missing_ok=True)
   manager.save(
     step,
     args=ocp.args.Composite(state=ocp.args.PyTreeSave(fields)),
@@ -163,8 +170,7 @@ def format_version(workdir: str, step: int) -> int:
   """
   path = _checksum_path(workdir, step)
   try:
-    with open(path) as f:
-      version = json.load(f).get(workdir_lib.FORMAT_KEY, 1)
+    version = json.loads(storage.read_text(path)).get(workdir_lib.FORMAT_KEY, 1)
   except (OSError, ValueError, AttributeError):
     return 1  # no readable record: verification (`_restore_fields`) reports that
   if not isinstance(version, int) or not 1 <= version <= workdir_lib.FORMAT_VERSION:
@@ -182,11 +188,47 @@ def first_line(e: BaseException) -> str:
   return text.splitlines()[0][:300] if text else ""
 
 
+UNVERIFIED_ENV = "VDM_JAX_ALLOW_UNVERIFIED"
+"""Set to 1 to use checkpoint steps whose integrity record is missing or unreadable."""
+
+
+def _expected_checksums(workdir: str, step: int, directory: str) -> dict | None:
+  """The checksums recorded when step `step` was saved; None only for a step without a
+  readable record used on purpose (`VDM_JAX_ALLOW_UNVERIFIED=1`, with a warning).
+
+  Raises `CheckpointError` naming the record and the step when it is missing or unreadable:
+  an unverified step is treated like a damaged one (a resume falls back past it)."""
+  path = _checksum_path(workdir, step)
+  try:
+    record = json.loads(storage.read_text(path))
+    problem = None if isinstance(record, dict) else "is not a JSON object"
+  except FileNotFoundError:
+    problem = "is missing"
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    problem = f"cannot be read ({type(e).__name__}: {first_line(e)})"
+  if problem is None:
+    return record
+  message = (
+    f"Checkpoint step {step} in {directory} cannot be verified: its integrity record {path} "
+    f"{problem}."
+  )
+  if os.environ.get(UNVERIFIED_ENV) == "1":
+    logging.warning("%s Used unverified (%s=1).", message, UNVERIFIED_ENV)
+    print(f"WARNING: {message} Used unverified ({UNVERIFIED_ENV}=1).", file=sys.stderr)
+    return None
+  raise CheckpointError(
+    f"{message} An unverified step is not used (its arrays could be damaged without any "
+    f"sign); to use it anyway, set {UNVERIFIED_ENV}=1."
+  )
+
+
 def _restore_fields(manager, step: int, fields: dict) -> dict:
   """Restores the subtree `fields` (a dict of abstract arrays, any subset of the saved
-  fields) of step `step`, verified against the checksums recorded at save time."""
+  fields) of step `step`, verified against the checksums recorded at save time (a step
+  without a readable record raises `CheckpointError`, unless `VDM_JAX_ALLOW_UNVERIFIED=1`)."""
   directory = os.fspath(manager.directory)
-  format_version(os.path.dirname(os.path.abspath(directory)), step)
+  format_version(_workdir(manager), step)
+  expected = _expected_checksums(_workdir(manager), step, directory)
   # Checkpoints of earlier versions also hold a per-process "data" item; it is not read.
   # A partial restore: the fields not asked for (the optimizer's, for inference) are not read.
   restore = ocp.args.PyTreeRestore(
@@ -202,19 +244,15 @@ def _restore_fields(manager, step: int, fields: dict) -> dict:
       f"Checkpoint step {step} in {directory} cannot be read: {type(e).__name__}: {first_line(e)}"
     ) from e
   restored = {name: restored[name] for name in fields}
-  path = _checksum_path(os.path.dirname(os.path.abspath(directory)), step)
-  if os.path.exists(path):
-    with open(path) as f:
-      expected = json.load(f)
+  if expected is not None:
     actual = checksums(restored)
     bad = [k for k in actual if expected.get(k) != actual[k]]
     if bad:
       raise CheckpointError(
         f"Checkpoint step {step} in {directory} is damaged: {len(bad)} array(s) differ from "
-        f"the checksums recorded when it was saved ({path}), e.g. {bad[0]}."
+        f"the checksums recorded when it was saved ({_checksum_path(_workdir(manager), step)}),"
+        f" e.g. {bad[0]}."
       )
-  else:
-    logging.warning("Checkpoint step %d has no recorded checksums; not verified.", step)
   return restored
 
 
@@ -271,15 +309,16 @@ def restore_latest_intact(manager, target):
 def _quarantine(manager, steps) -> None:
   directory = os.fspath(manager.directory)
   if jax.process_index() == 0:
-    damaged = os.path.join(os.path.dirname(os.path.abspath(directory)), "checkpoints_damaged")
-    os.makedirs(damaged, exist_ok=True)
+    damaged = storage.join(_workdir(manager), "checkpoints_damaged")
+    storage.makedirs(damaged)
     for step in steps:
-      source = os.path.join(directory, str(step))
-      if os.path.exists(source):
-        target, n = os.path.join(damaged, str(step)), 1
-        while os.path.exists(target):
-          target, n = os.path.join(damaged, f"{step}.{n}"), n + 1
-        os.replace(source, target)
+      source = storage.join(directory, str(step))
+      if storage.exists(source):
+        target, n = storage.join(damaged, str(step)), 1
+        while storage.exists(target):
+          target, n = storage.join(damaged, f"{step}.{n}"), n + 1
+        # On GCS orbax counts a step as complete by its commit_success.txt: removed first.
+        storage.move_tree(source, target, marker="commit_success.txt")
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("vdm_jax: damaged checkpoints moved")
   manager.reload()
@@ -322,9 +361,9 @@ def load_ema_params(config, workdir: str, *, step: int | None = None):
     (model, mesh, ema_params, step).
   """
   config_lib.validate(config)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
+  workdir = storage.resolve(workdir)
+  ckpt_dir = storage.join(workdir, "checkpoints")
+  if not storage.isdir(ckpt_dir):
     raise FileNotFoundError(f"No checkpoints in {workdir!r} (expected {ckpt_dir!r}).")
   mesh = mesh_lib.make_mesh()
   model = models.make_model(config, data.static_info(config.data))

@@ -349,9 +349,14 @@ def resume_advice(workdir: str | None = None, num_processes: int | None = None) 
   rerun = f"rerun {every} with the same command"
   if not workdir:
     return f"To go on, {rerun}."
-  directory = os.path.join(workdir, "checkpoints")
+  from vdm_jax.runtime import storage
+
+  directory = storage.join(workdir, "checkpoints")
   try:  # committed steps only: orbax writes into a temporary folder, then renames it
-    steps = [int(n) for n in os.listdir(directory) if n.isdigit()]
+    steps = [int(n) for n in storage.listdir(directory) if n.isdigit()]
+    if storage.is_remote(directory):  # no rename on GCS: a step is committed by a marker
+      marker = "commit_success.txt"
+      steps = [s for s in steps if storage.exists(storage.join(directory, str(s), marker))]
   except OSError:
     steps = []
   if not steps:

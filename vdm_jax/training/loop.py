@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 from vdm_jax import config as config_lib
 from vdm_jax import data, models
 from vdm_jax.evaluation import bpd, sampling
-from vdm_jax.runtime import checkpoints, distributed
+from vdm_jax.runtime import checkpoints, distributed, storage
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import signals as _signals
 from vdm_jax.runtime import workdir as workdir_lib
@@ -112,12 +112,16 @@ class TrainingInterrupted(_signals.Stopped):
 
 
 def check_workdir(workdir: str) -> str:
-  """The absolute work directory, created if missing and checked to be writable.
+  """The resolved work directory (`storage.resolve`), once a probe file was written to it
+  and removed again.
 
   Raises:
-    ValueError: a file for a work directory, or one that cannot be written.
+    ValueError: a file for a work directory, or one that cannot be written (on GCS: the
+      bucket, the credentials or the emulator cannot be reached).
   """
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = storage.resolve(workdir)
+  if storage.is_remote(workdir):
+    return _check_remote_workdir(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir {workdir!r} is a file; a work directory is a folder.")
   try:
@@ -128,6 +132,27 @@ def check_workdir(workdir: str) -> str:
     os.remove(probe)
   except OSError as e:
     raise ValueError(f"Work directory {workdir!r} is not writable: {e}") from e
+  return workdir
+
+
+def _check_remote_workdir(workdir: str) -> str:
+  probe = storage.join(workdir, f".write_test_{jax.process_index()}")
+  try:
+    storage.write_atomic(probe, "ok")
+    storage.remove(probe, missing_ok=True)
+  except Exception as e:  # gcsfs, google-auth and aiohttp raise many kinds
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    where = (
+      f"the GCS emulator at STORAGE_EMULATOR_HOST={emulator}"
+      if emulator
+      else "Google Cloud Storage (credentials: `gcloud auth application-default login`, or "
+      "the VM's service account; for an emulator set STORAGE_EMULATOR_HOST)"
+    )
+    raise ValueError(
+      f"Work directory {workdir!r} cannot be written through {where}: "
+      f"{type(e).__name__}: {checkpoints.first_line(e)}. Check that the bucket exists and "
+      "that this account may write to it."
+    ) from e
   return workdir
 
 
@@ -165,10 +190,9 @@ class _StopSignals:
 
 
 def _read_final_metrics(workdir: str) -> dict | None:
-  path = os.path.join(workdir, "final_metrics.json")
-  try:
-    with open(path) as f:  # one written before strict JSON may hold NaN: None, as now
-      return workdir_lib.to_strict_json(json.load(f))
+  path = storage.join(workdir, "final_metrics.json")
+  try:  # one written before strict JSON may hold NaN: None, as now
+    return workdir_lib.to_strict_json(json.loads(storage.read_text(path)))
   except (OSError, ValueError):
     return None
 
@@ -181,7 +205,7 @@ def write_samples(model, params, config, mesh, workdir: str, step: int, writer=N
   key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
   options = {"num_steps": config.train.sample_steps} if model.diffusion_time else {}
   samples = sampling.draw_samples(model, params, key, config.train.num_samples, mesh, **options)
-  path = os.path.join(workdir, f"samples_{step:08d}.png")
+  path = storage.join(workdir, f"samples_{step:08d}.png")
   grid = sampling.write_sample_grid(samples, model.vocab_size, path)
   if writer is not None:
     writer.image(step, "samples", grid)
@@ -219,7 +243,7 @@ def _lock_and_train(config, workdir: str, stop: _StopSignals) -> dict:
   lock, error = None, ""
   if jax.process_index() == 0:
     try:
-      lock = workdir_lib.RunLock(workdir).__enter__()
+      lock = workdir_lib.lock(workdir).__enter__()
     except workdir_lib.WorkdirLockedError as e:
       error = str(e)
   if jax.process_count() > 1:
@@ -228,13 +252,13 @@ def _lock_and_train(config, workdir: str, stop: _StopSignals) -> dict:
   if error:
     raise workdir_lib.WorkdirLockedError(error)
   try:
-    return _train(config, workdir, stop)
+    return _train(config, workdir, stop, lock)
   finally:
     if lock is not None:
       lock.__exit__(None, None, None)
 
 
-def _train(config, workdir: str, stop: _StopSignals) -> dict:
+def _train(config, workdir: str, stop: _StopSignals, lock=None) -> dict:
   distributed.prepare_data(config.data)
   info = data.dataset_info(config.data)
   mesh = mesh_lib.make_mesh()
@@ -316,7 +340,12 @@ def _train(config, workdir: str, stop: _StopSignals) -> dict:
         f"but the state after it holds non-finite values (in {', '.join(bad)}): an "
         f"update overflowed. Nothing was saved for step {step}; {where}. {_ADVICE}"
       )
-    checkpoints.save_checkpoint(manager, step, state)
+    if lock is not None:
+      lock.check()  # a gs:// lease lost to another run: write nothing more
+    try:
+      checkpoints.save_checkpoint(manager, step, state)
+    except OSError as e:  # the synchronous part: the checksums, orbax's folders
+      raise _save_failed(manager, step, e) from e
     last_saved = step
 
   def evaluate_periodically(step, state):
@@ -432,7 +461,7 @@ def _write_final_metrics(workdir: str, step: int, train: dict, evaluation: dict 
   result = workdir_lib.to_strict_json({"step": step, "train": train, "eval": evaluation})
   if jax.process_index() == 0:
     workdir_lib.write_json_atomic(
-      os.path.join(workdir, "final_metrics.json"), workdir_lib.dumps_strict(result, indent=2)
+      storage.join(workdir, "final_metrics.json"), workdir_lib.dumps_strict(result, indent=2)
     )
   return result
 
@@ -446,8 +475,7 @@ def _pending_eval(workdir: str) -> int | None:
   step = 0
   if jax.process_index() == 0:
     try:
-      with open(os.path.join(workdir, _PENDING_EVAL)) as f:
-        step = int(json.load(f)["step"])
+      step = int(json.loads(storage.read_text(storage.join(workdir, _PENDING_EVAL)))["step"])
     except (OSError, ValueError, KeyError, TypeError):
       step = 0
   if jax.process_count() > 1:
@@ -457,16 +485,13 @@ def _pending_eval(workdir: str) -> int | None:
 
 def _write_pending_eval(workdir: str, step: int) -> None:
   if jax.process_index() == 0:
-    path = os.path.join(workdir, _PENDING_EVAL)
+    path = storage.join(workdir, _PENDING_EVAL)
     workdir_lib.write_json_atomic(path, json.dumps({"step": step}))
 
 
 def _clear_pending_eval(workdir: str) -> None:
   if jax.process_index() == 0:
-    try:
-      os.remove(os.path.join(workdir, _PENDING_EVAL))
-    except FileNotFoundError:
-      pass
+    storage.remove(storage.join(workdir, _PENDING_EVAL), missing_ok=True)
 
 
 USER_ERRORS = (
@@ -482,18 +507,25 @@ USER_ERRORS = (
 
 class _Profiler:
   """`jax.profiler` trace of the steps a..b of `config.train.profile_steps` into
-  `<workdir>/profile`, on process 0. A run resumed inside the window traces the rest of it."""
+  `<workdir>/profile`, on process 0. A run resumed inside the window traces the rest of it.
+  With a `gs://` work directory the profiler writes to a local temporary folder, whose files
+  are uploaded to `<workdir>/profile/` when the trace ends."""
 
   def __init__(self, config, workdir: str):
     window = config_lib.profile_steps(config)
     self.window = window if jax.process_index() == 0 else None
-    self.directory = os.path.join(workdir, "profile")
+    self.directory = storage.join(workdir, "profile")
     self.active = False
+    self._local = None
 
   def before(self, step: int) -> None:
     """Called before running step `step` (the step that makes state.step == step)."""
     if self.window and not self.active and self.window[0] <= step <= self.window[1]:
-      jax.profiler.start_trace(self.directory)
+      if storage.is_remote(self.directory):
+        import tempfile
+
+        self._local = tempfile.mkdtemp(prefix="vdm_jax_profile_")
+      jax.profiler.start_trace(self._local or self.directory)
       self.active = True
 
   def after(self, step: int, state) -> None:
@@ -506,6 +538,17 @@ class _Profiler:
     if self.active:
       self.active = False
       jax.profiler.stop_trace()
+      if self._local is not None:
+        import shutil
+
+        for folder, _, files in os.walk(self._local):
+          for name in files:
+            local = os.path.join(folder, name)
+            relative = os.path.relpath(local, self._local).replace(os.sep, "/")
+            with open(local, "rb") as f:
+              storage.write_atomic(storage.join(self.directory, relative), f.read())
+        shutil.rmtree(self._local, ignore_errors=True)
+        self._local = None
 
 
 def _check_metrics(fetched: list, window_start: int, step: int, manager, last_saved) -> None:
@@ -551,8 +594,28 @@ def _check_saves(manager, step: int | None) -> None:
   try:
     manager.check_for_errors()
   except Exception as e:
-    raise CheckpointSaveError(
-      f"Saving checkpoint step {step} to {os.fspath(manager.directory)} failed: "
-      f"{type(e).__name__}: {checkpoints.first_line(e)}. Check free disk space and permissions; "
-      "older checkpoints are intact and a rerun resumes from the newest of them."
-    ) from e
+    raise _save_failed(manager, step, e) from e
+
+
+def _save_failed(manager, step: int | None, error: BaseException) -> CheckpointSaveError:
+  """The one-paragraph error of a failed save of `step`, naming the checkpoint a rerun
+  resumes from (the newest one before it)."""
+  try:
+    manager.wait_until_finished()  # the save before it may still be being written
+  except Exception:  # it failed too: the listing below leaves it out
+    pass
+  try:
+    manager.reload()
+    older = [s for s in manager.all_steps() if step is None or s < step]
+  except Exception:  # the listing fails too (the storage is gone): say nothing of it
+    older = []
+  where = (
+    f"the latest saved checkpoint is step {max(older)}, and a rerun resumes from it"
+    if older
+    else "no earlier checkpoint is saved, so a rerun starts from step 0"
+  )
+  return CheckpointSaveError(
+    f"Saving checkpoint step {step} to {os.fspath(manager.directory)} failed: "
+    f"{type(error).__name__}: {checkpoints.first_line(error)}. Training stopped; {where}. "
+    "Check free disk space and permissions."
+  )
