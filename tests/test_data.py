@@ -335,7 +335,7 @@ def _eval_union(config, split, global_batch_size, count, num_processes):
     batches = list(data.eval_batches(config, split, global_batch_size=global_batch_size))
     rows = global_batch_size // count
     for b in batches:
-      assert set(b) == {"image", "mask", "index"}
+      assert set(b) == {"image", "mask", "index", "label"}  # digits are labelled
       assert b["image"].shape[0] == rows and b["image"].dtype == np.int32
       assert b["mask"].shape == (rows,) and b["mask"].dtype == np.float32
       assert b["index"].shape == (rows,) and b["index"].dtype == np.int32

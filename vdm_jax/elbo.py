@@ -226,7 +226,7 @@ def prior_loss(x: ArrayLike, gamma_1: ArrayLike) -> jax.Array:
 # ---------------------------------------------------------------------------
 
 
-def _sq_error(eps, eps_hat):
+def _sq_error(eps: ArrayLike, eps_hat: ArrayLike) -> tuple[jax.Array, jax.Array]:
   """The checked inputs and their elementwise squared difference `[B, ...]`."""
   eps = _checks.as_float("eps", eps)
   eps_hat = _checks.as_float("eps_hat", eps_hat)

@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 FOURIER_EXPONENTS = (6, 8)  # n in [6, 8): fixed in the reference, whatever the vocabulary
+"""The range [6, 8) of n in the Fourier features 2^n 2 pi z: fixed in the reference, whatever the
+vocabulary."""
 
 
 def reference_embedding(t, dim: int):

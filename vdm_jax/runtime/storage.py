@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 SCHEMES = ("gs",)  # the object stores supported (and tested, against a GCS emulator)
+"""The URL schemes of the object stores supported (tested against a GCS emulator)."""
 
 
 def is_remote(path) -> bool:
@@ -108,16 +109,19 @@ def _epath(path):
 
 
 def join(path, *parts) -> str:
+  """Joins path parts: with "/" for a URL, `os.path.join` for a local path."""
   path = os.fspath(path)
   return posixpath.join(path, *parts) if is_remote(path) else os.path.join(path, *parts)
 
 
 def dirname(path) -> str:
+  """The folder (or prefix) holding `path`."""
   path = os.fspath(path)
   return posixpath.dirname(path) if is_remote(path) else os.path.dirname(path)
 
 
 def exists(path) -> bool:
+  """Whether a file, folder or object exists at `path`."""
   return _epath(path).exists() if is_remote(path) else os.path.exists(path)
 
 
@@ -127,6 +131,7 @@ def isdir(path) -> bool:
 
 
 def isfile(path) -> bool:
+  """Whether `path` is a file (or an object)."""
   return _epath(path).is_file() if is_remote(path) else os.path.isfile(path)
 
 
@@ -147,6 +152,7 @@ def makedirs(path) -> None:
 
 
 def remove(path, *, missing_ok: bool = False) -> None:
+  """Deletes the file or object `path`; a missing one raises unless `missing_ok`."""
   try:
     _epath(path).unlink() if is_remote(path) else os.remove(path)
   except FileNotFoundError:
@@ -155,6 +161,7 @@ def remove(path, *, missing_ok: bool = False) -> None:
 
 
 def read_bytes(path) -> bytes:
+  """The content of the file or object `path`."""
   if is_remote(path):
     return _epath(path).read_bytes()
   with open(path, "rb") as f:
@@ -162,6 +169,7 @@ def read_bytes(path) -> bytes:
 
 
 def read_text(path) -> str:
+  """The content of the file or object `path`, decoded as UTF-8."""
   return read_bytes(path).decode()
 
 

@@ -52,8 +52,12 @@ __all__ = [
 ]
 
 CHILD_ENV = "VDM_JAX_SUPERVISED_FD"  # in the child: the pipe descriptor of its wakeup fd
+"""Environment variable set in the work process: the pipe descriptor its signal wakeup fd writes
+to."""
 SWITCH_ENV = "VDM_JAX_SUPERVISOR"  # "0": no supervising parent
+"""Environment variable: "0" runs a multi-process launch without the supervising parent."""
 FORWARD_DELAY_S = 0.3  # a signal the child did not receive itself within this is forwarded
+"""Seconds after which a signal the work process did not receive itself is forwarded to it."""
 _OFF = ("0", "off", "no", "false", "none")
 _EOF_WAIT_S = 2.0  # after the child ended, how long its stderr may stay open
 FATAL_MARKERS = re.compile(
@@ -63,6 +67,7 @@ FATAL_MARKERS = re.compile(
   r"|^\*\*\* SIG\w+ received"
   r"|^Fatal Python error: Aborted"
 )
+"""Lines that start JAX's C++ fatal-error report on stderr."""
 _OWN_ERROR = re.compile(r"^(\[process \d+\] )?error: ")  # a message of this project
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

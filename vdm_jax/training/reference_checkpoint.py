@@ -63,6 +63,7 @@ INFERRED_FIELDS = (
   "schedule.gamma_min",
   "schedule.gamma_max",
 )
+"""Config fields the importer sets from the checkpoint (and from --gamma_min/--gamma_max)."""
 
 # The reference's gamma_type -> this project's schedule.kind (README of the module above).
 SCHEDULE_KINDS = {
