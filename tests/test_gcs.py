@@ -256,6 +256,7 @@ def _checksums(text: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # minutes each: outside CI's budget, run with -m soak
 def test_train_kill_resume_evaluate_sample_on_gcs(gcs, tmp_path):
   data_dir = tmp_path / "tfds"
   env = dict(os.environ, **gcs, VDM_JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"))
@@ -332,6 +333,7 @@ def test_train_kill_resume_evaluate_sample_on_gcs(gcs, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # minutes each: outside CI's budget, run with -m soak
 @pytest.mark.multiprocess
 def test_two_processes_train_into_one_gcs_workdir_like_one_process(gcs, tmp_path):
   data_dir = tmp_path / "tfds"
