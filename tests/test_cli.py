@@ -254,7 +254,7 @@ from vdm_jax import models
 
 class PluginDenoiser(nn.Module):
   @nn.compact
-  def __call__(self, z, gamma, train=False):
+  def __call__(self, z, gamma, *, train=False, batch=None):
     return nn.Conv(z.shape[-1], (3, 3))(z)
 
 
