@@ -293,3 +293,12 @@ def test_weight_decay_mask_keeps_a_fixed_schedules_empty_params():
   }
   learned = {"schedule": {"w": np.ones(()), "l1": {"kernel": np.ones((1, 1))}}}
   assert weight_decay_mask(learned) == {"schedule": {"w": False, "l1": {"kernel": False}}}
+
+
+def test_a_conditional_reference_model_is_refused():
+  from vdm_jax import data, models
+
+  config = config_lib.base_config()  # digits: labelled, 8x8x1 images
+  config.model.denoiser, config.model.conditional = "vdm_reference", True
+  with pytest.raises(ValueError, match="'vdm_reference' has none"):
+    models.make_model(config, data.dataset_info(config.data))

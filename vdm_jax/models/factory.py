@@ -117,6 +117,11 @@ def _vdm_reference(config, info) -> ReferenceScoreUNet:
       f"config.model.denoiser='vdm_reference' needs image data [H, W, C]; {info.name} has "
       f"shape {info.shape}."
     )
+  if config.model.conditional:  # its network has no label input: labels would be ignored
+    raise ValueError(
+      "config.model.conditional=True needs a denoiser with a label embedding ('unet' or "
+      "'mlp'); config.model.denoiser='vdm_reference' has none."
+    )
   m = config.model
   return ReferenceScoreUNet(
     n_layer=m.n_layer,
