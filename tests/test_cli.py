@@ -3,7 +3,6 @@ directory alone), --config by name, file or record, plugins, installed console s
 format-1 work directory of tests/fixtures, and a catalogue of mistakes that each end in one
 clear message, exit status 1 and nothing written."""
 
-import concurrent.futures
 import json
 import os
 import pathlib
@@ -50,6 +49,26 @@ def cli(script: str, *args, cwd=None, env=None) -> subprocess.CompletedProcess:
   command = [sys.executable, str(REPO / "scripts" / f"{script}.py"), *map(str, args)]
   environment = dict(os.environ, VDM_JAX_COMPILATION_CACHE_DIR="none") | (env or {})
   return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=environment)
+
+
+def cli_many(calls, *, cwd, env=None) -> list[dict]:
+  """Runs each (script, args) of `calls` as `cli` would, from one process that imports the
+  stack once and forks per call (tests/_forkcli.py): the same exit status, stdout and
+  stderr, without paying JAX's import for every call. Returns dicts with `returncode`,
+  `stdout` and `stderr`, in order."""
+  cases = [[str(REPO / "scripts" / f"{script}.py"), list(map(str, args))] for script, args in calls]
+  environment = dict(os.environ, VDM_JAX_COMPILATION_CACHE_DIR="none")
+  environment |= {k: str(v) for k, v in (env or {}).items()}
+  server = subprocess.run(
+    [sys.executable, str(REPO / "tests" / "_forkcli.py")],
+    input=json.dumps(cases),
+    capture_output=True,
+    text=True,
+    cwd=cwd,
+    env=environment,
+  )
+  assert server.returncode == 0, server.stderr[-3000:]
+  return json.loads(server.stdout)
 
 
 def bpd_of(proc: subprocess.CompletedProcess) -> float:
@@ -462,17 +481,12 @@ def test_catalogue_of_mistakes(tmp_path, digits_dir):
   home.mkdir()
   before = _snapshot(tmp_path)
 
-  def one(case):
-    script, args, expected = case
-    return case, cli(script, *args, cwd=empty, env={"HOME": str(home)})
-
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    results = list(pool.map(one, cases))
+  procs = cli_many([(script, args) for script, args, _ in cases], cwd=empty, env={"HOME": home})
   problems = []
-  for (script, args, expected), proc in results:
-    err = proc.stderr
-    if proc.returncode != 1 or "Traceback" in err + proc.stdout or expected not in err:
-      problems.append(f"{script} {' '.join(args)}: exit {proc.returncode}\n{err[-1500:]}")
+  for (script, args, expected), proc in zip(cases, procs, strict=True):
+    err = proc["stderr"]
+    if proc["returncode"] != 1 or "Traceback" in err + proc["stdout"] or expected not in err:
+      problems.append(f"{script} {' '.join(args)}: exit {proc['returncode']}\n{err[-1500:]}")
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     if len(lines) != 1:
       problems.append(f"{script} {' '.join(args)}: not one error paragraph:\n{err[-1500:]}")
