@@ -82,6 +82,7 @@ def test_unusable_directory_warns_and_goes_on(env, tmp_path, capsys):
   assert not jax.config.jax_enable_compilation_cache
 
 
+@pytest.mark.slow  # two training processes / grain worker processes: a minute under load
 def test_training_cli_writes_and_reuses_the_cache(tmp_path):
   cache = tmp_path / "cache"
   # JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 (conftest) makes every program cacheable,

@@ -274,6 +274,7 @@ def test_restored_state_continues_exactly(name, digits_dir):
   assert _same(expected, _take(fresh, 5))
 
 
+@pytest.mark.slow  # two training processes / grain worker processes: a minute under load
 def test_restored_state_with_worker_processes(digits_dir):
   config = _config("digits", digits_dir, num_workers=2)
   iterator = data.make_train_iterator(config, global_batch_size=16, seed=5)

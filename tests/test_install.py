@@ -161,6 +161,7 @@ def test_modules_have_docstring_examples_that_the_suite_runs(module_name):
   assert "vdm_jax" in PYPROJECT["tool"]["pytest"]["ini_options"]["testpaths"]
 
 
+@pytest.mark.slow  # mypy from cold: about a minute under load
 def test_pure_maths_passes_mypy(tmp_path):
   """The annotations hold: mypy checks the pure modules ([tool.mypy] in pyproject.toml)."""
   pytest.importorskip("mypy")

@@ -51,6 +51,7 @@ def _restore_latest(config, run):
     manager.close()
 
 
+@pytest.mark.slow  # trains a run first: ~45 s under load
 def test_a_step_without_its_integrity_record_is_not_used(data_dir, run, capsys, monkeypatch):
   record = run / "checksums" / "6.json"
   record.unlink()
@@ -111,6 +112,7 @@ def test_config_history_is_ordered_by_step_and_restart():
   ]
 
 
+@pytest.mark.slow  # trains until the disk fills: ~20 s under load
 def test_a_full_disk_stops_at_the_failed_save_naming_it(data_dir, tmp_path, monkeypatch):
   write = storage.write_atomic
 
