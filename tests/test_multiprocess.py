@@ -46,6 +46,7 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("tfds")
 
 
+@pytest.mark.slow  # two processes train, then stop: minutes under load
 def test_sigterm_to_one_process_stops_both_at_the_same_step(data_dir, tmp_path):
   run = tmp_path / "run"
   port = _free_port()
@@ -196,6 +197,7 @@ def test_different_configs_refused_naming_the_field(data_dir, tmp_path):
   assert "train.num_steps=21 vs 20" in results[0][2]
 
 
+@pytest.mark.slow  # waits for a rendezvous to time out
 def test_duplicate_process_id_refused(data_dir, tmp_path):
   port = _free_port()
   twins = [_train_cli(tmp_path / "run", data_dir, 20, process=(port, 1)) for _ in range(2)]
