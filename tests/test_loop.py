@@ -54,3 +54,25 @@ def test_the_largest_seed_leaves_room_for_every_offset():
   c.seed += 1
   with pytest.raises(ValueError, match="config.seed"):
     config_lib.validate(c)
+
+
+def test_one_list_of_user_errors_for_the_library_and_the_tools(capsys):
+  """The training errors are user errors of the one list, and the tools' handler prints one
+  of them as one line with exit status 1 (a bug keeps its traceback)."""
+  from vdm_jax import _cli, _errors
+  from vdm_jax.runtime import checkpoints, workdir
+
+  assert training.USER_ERRORS is _errors.USER_ERRORS
+  for kind in (
+    checkpoints.CheckpointError,
+    workdir.WorkdirLockedError,
+    training.CheckpointSaveError,
+    training.NonFiniteLossError,
+    training.NonFiniteStateError,
+  ):
+    assert issubclass(kind, training.USER_ERRORS) and issubclass(kind, RuntimeError), kind
+  with pytest.raises(SystemExit) as e, _cli.user_errors_exit():
+    raise training.CheckpointSaveError("Saving checkpoint step 6 failed: disk full.")
+  assert e.value.code == "error: Saving checkpoint step 6 failed: disk full."
+  with pytest.raises(KeyError), _cli.user_errors_exit():
+    raise KeyError("a bug")

@@ -429,14 +429,22 @@ def test_stale_lock_is_taken_over(data_dir, tmp_path):
 
 
 def test_failed_async_save_is_reported_clearly(tmp_path):
+  from vdm_jax.training.saver import Saver
+
   class Manager:
     directory = str(tmp_path / "checkpoints")
 
-    def check_for_errors(self):
+    def wait_until_finished(self):
       raise OSError(28, "No space left on device")
 
+    def reload(self):
+      pass
+
+    def all_steps(self):
+      return [20, 25]
+
   with pytest.raises(training.CheckpointSaveError, match="step 25 .* No space left on device"):
-    training.loop._check_saves(Manager(), 25)
+    Saver(Manager(), last_saved=25).wait()
 
 
 def test_checked_mode_of_the_pure_terms():

@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from vdm_jax._errors import UserError
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import storage
 from vdm_jax.runtime import workdir as workdir_lib
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint step that cannot be restored as saved."""
 
 

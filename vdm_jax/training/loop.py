@@ -19,12 +19,12 @@ from jax.experimental import multihost_utils
 
 from vdm_jax import config as config_lib
 from vdm_jax import data, models, streams
+from vdm_jax._errors import USER_ERRORS, UserError
 from vdm_jax.evaluation import bpd, sampling
 from vdm_jax.runtime import checkpoints, distributed, storage
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import signals as _signals
 from vdm_jax.runtime import workdir as workdir_lib
-from vdm_jax.runtime.checkpoints import CheckpointError
 from vdm_jax.training.metrics import MetricWriter, progress_bar, say
 from vdm_jax.training.saver import CheckpointSaveError, Saver
 from vdm_jax.training.state import create_train_state, make_optimizer
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
   """Training met a non-finite loss or gradient norm; nothing after it was saved."""
 
 
@@ -543,17 +543,6 @@ def _write_pending_eval(workdir: str, step: int) -> None:
 def _clear_pending_eval(workdir: str) -> None:
   if jax.process_index() == 0:
     storage.remove(storage.join(workdir, _PENDING_EVAL), missing_ok=True)
-
-
-USER_ERRORS = (
-  ValueError,
-  FileNotFoundError,
-  workdir_lib.WorkdirLockedError,
-  CheckpointError,
-  CheckpointSaveError,
-  NonFiniteLossError,
-)
-"""Errors whose message says what is wrong and what to do (the CLI prints them alone)."""
 
 
 class _Profiler:

@@ -17,12 +17,13 @@ import os
 import jax
 from absl import logging
 
+from vdm_jax._errors import UserError
 from vdm_jax.runtime import checkpoints, storage
 
 __all__ = ["CheckpointSaveError", "Saver"]
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(UserError, RuntimeError):
   """A checkpoint save failed (disk full, permissions, ...); training stopped."""
 
 
@@ -104,7 +105,8 @@ class Saver:
       self.manager.wait_until_finished()
       self.manager.check_for_errors()
     except Exception as e:
-      raise self._failed(self._in_flight, e) from e
+      step = self._in_flight if self._in_flight is not None else self.last_saved
+      raise self._failed(step, e) from e
     self._in_flight = None
 
   def _failed(self, step: int | None, error: BaseException) -> CheckpointSaveError:
