@@ -398,10 +398,12 @@ def restore_ema_params(workdir: str, target, *, step: int | None = None):
 def load_ema_params(config, workdir: str, *, step: int | None = None):
   """Deprecated alias of `vdm_jax.runtime.inference.load_ema_params` (it builds the model
   and the mesh, which this storage module no longer does); warns, then calls it."""
+  import importlib
   import warnings
 
-  from vdm_jax.runtime import inference
-
+  # By name, not an import statement: inference imports this module, and the alias (which
+  # goes when it is removed) is the only way back up.
+  inference = importlib.import_module("vdm_jax.runtime.inference")
   warnings.warn(
     "vdm_jax.runtime.checkpoints.load_ema_params moved to "
     "vdm_jax.runtime.inference.load_ema_params; the old name will be removed.",
