@@ -16,7 +16,7 @@ from vdm_jax import config as config_lib
 from vdm_jax import data, elbo, gaussian, models, training
 from vdm_jax.config import sibling_config
 from vdm_jax.evaluation import bpd, ode
-from vdm_jax.runtime import checkpoints
+from vdm_jax.runtime import inference
 
 
 def _model(denoiser="unet"):
@@ -182,7 +182,7 @@ def test_trains_resumes_evaluates_and_samples_with_the_common_commands(tmp_path)
   np.testing.assert_allclose(parts, result["eval"]["bpd"], rtol=1e-6)
   config.train.num_steps = 20  # resume from step 10
   training.train_and_evaluate(config, str(workdir))
-  model, _, params, step = checkpoints.load_ema_params(config, str(workdir))
+  model, _, params, step = inference.load_ema_params(config, str(workdir))
   assert step == 20 and isinstance(model, models.AdaptiveVDM)
 
   out = tmp_path / "eval.json"

@@ -25,7 +25,7 @@ from scipy import stats
 from vdm_jax import data, evaluation, models, sampling, schedules, testing, training
 from vdm_jax.data import toy2d
 from vdm_jax.evaluation import bpd, ode, report
-from vdm_jax.runtime import checkpoints
+from vdm_jax.runtime import checkpoints, inference
 from vdm_jax.runtime import mesh as mesh_lib
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -74,7 +74,7 @@ def test_cli_bpd_equals_independent_recomputation(trained, tmp_path):
   # example's ELBO alone, with the documented randomness of pass 0: (k_t, k_noise) =
   # split(fold_in(key(seed), 0)); t from one antithetic draw over the N = 300 examples,
   # permuted (k_u, k_perm = split(k_t)); example n's noise from fold_in(k_noise, n).
-  vdm, _, params, _ = checkpoints.load_ema_params(config, workdir)
+  vdm, _, params, _ = inference.load_ema_params(config, workdir)
   source = data.digits.data_source(config.data.data_dir, "test")
   images = np.stack([np.asarray(source[i]["image"], np.int32) for i in range(len(source))])
   key_t, key_noise = jax.random.split(jax.random.fold_in(jax.random.key(3), 0))
@@ -176,7 +176,7 @@ def test_loading_ema_params_logs_no_read_only_warning(trained, caplog):
   only" warning (filtered around that call only: other warnings still get through)."""
   config, workdir = trained
   caplog.set_level(logging.INFO)
-  checkpoints.load_ema_params(config, workdir)
+  inference.load_ema_params(config, workdir)
   assert caplog.records, "absl logging is not captured: the test would prove nothing"
   assert not [r for r in caplog.records if "read only" in r.getMessage()]
   absl.logging.warning("Given directory is read only=%s", "elsewhere")  # not filtered later
@@ -206,7 +206,7 @@ def test_table_shows_numbers_that_are_not_defined():
 
 def test_evaluation_does_not_depend_on_batch_size(trained):
   config, workdir = trained
-  vdm, mesh, params, _ = checkpoints.load_ema_params(config, workdir)
+  vdm, mesh, params, _ = inference.load_ema_params(config, workdir)
   results = [
     evaluation.evaluate(vdm, params, config, mesh, batch_size=b, key=jax.random.key(5))
     for b in (64, 300, 1000)  # padded last batch, one exact batch, 700 rows of padding
@@ -223,7 +223,7 @@ def test_evaluation_does_not_depend_on_batch_size(trained):
 
 def test_single_pass_standard_error_covers_the_spread_between_passes(trained):
   config, workdir = trained
-  vdm, mesh, params, _ = checkpoints.load_ema_params(config, workdir)
+  vdm, mesh, params, _ = inference.load_ema_params(config, workdir)
   passes = 30
   multi = evaluation.evaluate(vdm, params, config, mesh, passes=passes, key=jax.random.key(1))
   single = evaluation.evaluate(vdm, params, config, mesh, key=jax.random.key(8))
@@ -268,9 +268,9 @@ def test_sample_cli_and_missing_checkpoint(trained, tmp_path):
   assert samples.shape == (4, 8, 8, 1) and samples.min() >= 0 and samples.max() < 17
   assert (tmp_path / "s.png").exists()
   with pytest.raises(FileNotFoundError, match="No checkpoints"):
-    checkpoints.load_ema_params(config, str(tmp_path / "nothing"))
+    inference.load_ema_params(config, str(tmp_path / "nothing"))
   with pytest.raises(ValueError, match="No checkpoint for step 7"):
-    checkpoints.load_ema_params(config, workdir, step=7)
+    inference.load_ema_params(config, workdir, step=7)
 
 
 _TRAIN_ON_8 = """
@@ -279,10 +279,10 @@ import jax
 sys.path.insert(0, {tests!r})
 from helpers import tiny_config
 from vdm_jax import evaluation, training
-from vdm_jax.runtime import checkpoints
+from vdm_jax.runtime import checkpoints, inference
 config = tiny_config({data_dir!r}, num_steps=3, ckpt_every=3)
 training.train_and_evaluate(config, {workdir!r})
-vdm, mesh, params, _ = checkpoints.load_ema_params(config, {workdir!r})
+vdm, mesh, params, _ = inference.load_ema_params(config, {workdir!r})
 bpd = [
   evaluation.evaluate(vdm, params, config, mesh, batch_size=b, key=jax.random.key(4))["bpd"]
   for b in (64, 1000)
@@ -301,7 +301,7 @@ def test_checkpoint_from_eight_devices_evaluates_on_one(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert jax.device_count() == 1
   config = tiny_config(tmp_path / "tfds")
-  vdm, mesh, params, step = checkpoints.load_ema_params(config, str(tmp_path / "run"))
+  vdm, mesh, params, step = inference.load_ema_params(config, str(tmp_path / "run"))
   assert step == 3
   result = evaluation.evaluate(vdm, params, config, mesh, key=jax.random.key(4))
   assert result["num_examples"] == 300 and np.isfinite(result["bpd"])
@@ -389,7 +389,7 @@ def test_exact_time_sum_on_the_device_equals_the_loop_over_steps(trained, monkey
   import chex
 
   config, workdir = trained
-  vdm, mesh, params, _ = checkpoints.load_ema_params(config, workdir)
+  vdm, mesh, params, _ = inference.load_ema_params(config, workdir)
   num_steps, key = 6, jax.random.key(3)
   for fn in (evaluation.jit_eval_step, evaluation.jit_exact_time_sum):
     fn.cache_clear()

@@ -14,7 +14,7 @@ import pytest
 from helpers import tiny_config
 
 from vdm_jax import data, models, training
-from vdm_jax.runtime import checkpoints, storage, workdir
+from vdm_jax.runtime import checkpoints, inference, storage, workdir
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.training.state import create_train_state, make_optimizer
 
@@ -58,13 +58,13 @@ def test_a_step_without_its_integrity_record_is_not_used(data_dir, run, capsys, 
   config = tiny_config(data_dir)
   # Evaluation of that step: refused, naming the record, the step and the older one.
   with pytest.raises(checkpoints.CheckpointError) as e:
-    checkpoints.load_ema_params(config, str(run))
+    inference.load_ema_params(config, str(run))
   assert f"Checkpoint step 6 in {run}/checkpoints cannot be verified" in str(e.value)
   assert f"integrity record {record} is missing" in str(e.value)
   assert "VDM_JAX_ALLOW_UNVERIFIED=1" in str(e.value) and "--step=3" in str(e.value)
   # Opting in uses it, with a warning.
   monkeypatch.setenv(checkpoints.UNVERIFIED_ENV, "1")
-  assert checkpoints.load_ema_params(config, str(run))[3] == 6
+  assert inference.load_ema_params(config, str(run))[3] == 6
   assert "Used unverified" in capsys.readouterr().err
   monkeypatch.delenv(checkpoints.UNVERIFIED_ENV)
   # A resume falls back to step 3 like from a damaged step, and sets step 6 aside.
@@ -136,3 +136,40 @@ def test_a_full_disk_stops_at_the_failed_save_naming_it(data_dir, tmp_path, monk
   )
   assert sorted(os.listdir(run / "checksums")) == ["3.json"]  # no temporary file left
   assert sorted(os.listdir(run / "checkpoints")) == ["3"]
+
+
+@pytest.mark.slow  # 19 s (a whole run); tests/test_checkpoints.py has the fast unit test
+def test_a_failed_background_save_stops_the_run_naming_its_step(data_dir, tmp_path, monkeypatch):
+  """orbax writes a checkpoint in a background thread: its failure (here the commit of step
+  6 on a full disk) is one message naming step 6 and the checkpoint a rerun resumes from,
+  orbax's own tracebacks are not logged, and nothing of step 6 is left behind."""
+  from absl import logging as absl_logging
+  from orbax.checkpoint._src.path import atomicity
+
+  commit = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def full_disk(self):
+    if os.path.basename(str(self.get_final())) == "6":
+      raise OSError(28, "No space left on device")
+    return await commit(self)
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", full_disk)
+  records = []
+  handler = absl_logging.ABSLHandler(absl_logging.PythonFormatter())
+  handler.emit = records.append
+  absl_logging.get_absl_logger().addHandler(handler)
+  run = tmp_path / "run"
+  try:
+    with pytest.raises(training.CheckpointSaveError) as e:
+      training.train_and_evaluate(tiny_config(data_dir, num_steps=9), str(run))
+  finally:
+    absl_logging.get_absl_logger().removeHandler(handler)
+  assert str(e.value) == (
+    f"Saving checkpoint step 6 to {run}/checkpoints failed: OSError: [Errno 28] No space left "
+    "on device. Training stopped; the latest saved checkpoint is step 3, and a rerun resumes "
+    "from it. Check free disk space and permissions."
+  )
+  assert [r for r in records if r.exc_info] == []  # no orbax traceback
+  assert sorted(os.listdir(run / "checkpoints")) == ["3"]  # no temporary folder left
+  assert sorted(os.listdir(run / "checksums")) == ["3.json"]  # nor a record of step 6 or 9
+  assert not (run / "final_metrics.json").exists()

@@ -18,7 +18,7 @@ import pytest
 from helpers import devices_flags, tiny_config
 
 from vdm_jax import evaluation
-from vdm_jax.runtime import checkpoints
+from vdm_jax.runtime import inference
 
 REPO = pathlib.Path(__file__).parents[1]
 pytestmark = pytest.mark.multiprocess  # run in CI too; `-m "not multiprocess"` skips them
@@ -149,7 +149,7 @@ def test_two_processes_train_like_one_and_resume_on_one(data_dir, tmp_path):
   assert json.loads((tmp_path / "cut" / "checksums" / f"{num_steps}.json").read_text()) == expected
   # And the 2-process checkpoint evaluates on one process with one device, to the same bpd.
   config = tiny_config(data_dir)
-  vdm, mesh, params, step = checkpoints.load_ema_params(config, str(tmp_path / "two"))
+  vdm, mesh, params, step = inference.load_ema_params(config, str(tmp_path / "two"))
   assert step == num_steps and mesh.size == 1
   result = evaluation.evaluate(vdm, params, config, mesh, key=jax.random.key(config.seed + 1))
   np.testing.assert_allclose(result["bpd"], final["two"]["bpd"], rtol=1e-5)

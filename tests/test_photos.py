@@ -22,7 +22,7 @@ from vdm_jax import data, models, training
 from vdm_jax.config import validate
 from vdm_jax.data import folder, photos
 from vdm_jax.evaluation import codecs
-from vdm_jax.runtime import checkpoints
+from vdm_jax.runtime import inference
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -529,7 +529,7 @@ def test_train_and_evaluate_cli_on_photo_patches(photos_dir, tmp_path):
   grid = np.asarray(PIL.Image.open(workdir / "samples_00000003.png"))
   assert grid.ndim == 3 and grid.shape[-1] == 3  # an RGB grid
   assert np.abs(np.diff(grid.astype(int), axis=-1)).max() > 0  # whose channels differ
-  vdm, _, _, _ = checkpoints.load_ema_params(config, str(workdir))
+  vdm, _, _, _ = inference.load_ema_params(config, str(workdir))
   assert vdm.vocab_size == 256 and vdm.data_shape == (32, 32, 3)
 
   out = tmp_path / "eval.json"

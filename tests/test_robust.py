@@ -22,7 +22,7 @@ from jax.experimental import checkify
 from vdm_jax import config as config_lib
 from vdm_jax import elbo, evaluation, training
 from vdm_jax.evaluation import bpd, report
-from vdm_jax.runtime import checkpoints, workdir
+from vdm_jax.runtime import checkpoints, inference, workdir
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -160,8 +160,8 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(data_dir, tmp
   sums[ema_key] = "00000000" + sums[ema_key][8:]
   sums_path.write_text(json.dumps(sums))
   with pytest.raises(checkpoints.CheckpointError, match=r"step 6 .* damaged.*--step=3"):
-    checkpoints.load_ema_params(tiny_config(data_dir), str(run))
-  _, _, params, step = checkpoints.load_ema_params(tiny_config(data_dir), str(run), step=3)
+    inference.load_ema_params(tiny_config(data_dir), str(run))
+  _, _, params, step = inference.load_ema_params(tiny_config(data_dir), str(run), step=3)
   assert step == 3 and jax.tree.leaves(params)
 
 
@@ -429,14 +429,22 @@ def test_stale_lock_is_taken_over(data_dir, tmp_path):
 
 
 def test_failed_async_save_is_reported_clearly(tmp_path):
+  from vdm_jax.training.saver import Saver
+
   class Manager:
     directory = str(tmp_path / "checkpoints")
 
-    def check_for_errors(self):
+    def wait_until_finished(self):
       raise OSError(28, "No space left on device")
 
+    def reload(self):
+      pass
+
+    def all_steps(self):
+      return [20, 25]
+
   with pytest.raises(training.CheckpointSaveError, match="step 25 .* No space left on device"):
-    training.loop._check_saves(Manager(), 25)
+    Saver(Manager(), last_saved=25).wait()
 
 
 def test_checked_mode_of_the_pure_terms():

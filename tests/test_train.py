@@ -139,14 +139,14 @@ import sys, json, numpy as np, jax
 sys.path.insert(0, {tests!r})
 from helpers import tiny_config
 from vdm_jax import data, models, training
-from vdm_jax.runtime import checkpoints
+from vdm_jax.runtime import checkpoints, inference
 from vdm_jax.runtime import mesh as mesh_lib
 emas, sharded = {{}}, {{}}
 for kind in ("replicated", "fsdp"):
   c = tiny_config({data_dir!r}, num_steps=3, ckpt_every=3)
   c.train.sharding, c.train.fsdp_min_size = kind, 1024  # the 3x3 convs have 2,304 weights
   training.train_and_evaluate(c, {workdir!r} + kind)
-  _, mesh, ema, _ = checkpoints.load_ema_params(c, {workdir!r} + kind)
+  _, mesh, ema, _ = inference.load_ema_params(c, {workdir!r} + kind)
   emas[kind] = [np.asarray(x) for x in jax.tree.leaves(ema)]
   vdm = models.make_model(c, data.static_info(c.data))
   shapes = jax.eval_shape(lambda k: training.create_train_state(

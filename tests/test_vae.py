@@ -20,7 +20,7 @@ from helpers import tiny_config
 from vdm_jax import elbo, gaussian, training, vae_elbo
 from vdm_jax.config import sibling_config
 from vdm_jax.evaluation import ode
-from vdm_jax.runtime import checkpoints
+from vdm_jax.runtime import inference
 
 REPO = __import__("pathlib").Path(__file__).parents[1]
 
@@ -153,7 +153,7 @@ def test_vae_trains_evaluates_and_samples_with_the_common_commands(tmp_path):
   assert result["eval"]["bpd"] < math.log2(17)  # better than uniform after 30 steps
   assert (workdir / "samples_00000030.png").exists()
 
-  vae, mesh, params, step = checkpoints.load_ema_params(config, str(workdir))
+  vae, mesh, params, step = inference.load_ema_params(config, str(workdir))
   samples = vae.sample(params, jax.random.key(0), 5)
   assert samples.shape == (5, 8, 8, 1) and samples.dtype == jnp.int32
   assert 0 <= int(samples.min()) and int(samples.max()) < 17

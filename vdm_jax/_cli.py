@@ -532,24 +532,18 @@ def user_errors_exit(errors=None):
   128 + its signal number (the shell's code for "ended by this signal") after its one-line
   message; a KeyboardInterrupt (without `run`'s handlers) exits 130 with one line.
 
-  User errors are those whose messages say what to do: ValueError (bad values, refused
-  configs), FileNotFoundError and NotADirectoryError (missing files and folders),
-  PermissionError, `CheckpointError`, a missing optional extra, and those of `errors` (a
-  function returning (user errors, interrupted errors), called only if something is
-  raised). Anything else is a bug and keeps its traceback.
+  User errors are those whose messages say what to do: the one list `_errors.USER_ERRORS`
+  (ValueError for bad values and refused configs, FileNotFoundError and NotADirectoryError,
+  PermissionError, a missing optional extra, and every `_errors.UserError`: a locked work
+  directory, a damaged checkpoint, a failed save, a diverged run), absl's UsageError, and
+  those of `errors` (a function returning (more user errors, interrupted errors), called
+  only if something is raised). Anything else is a bug and keeps its traceback.
   """
   from absl import app
 
-  from vdm_jax import _deps
+  from vdm_jax._errors import USER_ERRORS
 
-  known = (
-    ValueError,
-    FileNotFoundError,
-    NotADirectoryError,
-    PermissionError,
-    _deps.MissingExtraError,
-    app.UsageError,
-  )
+  known = (*USER_ERRORS, app.UsageError)
   try:
     yield
   except _signals.Stopped as e:  # a signal honoured at a safe point (its message is one line)
@@ -567,12 +561,7 @@ def user_errors_exit(errors=None):
     if isinstance(e, interrupted):
       print(e, file=sys.stderr)
       sys.exit(128 + e.signum)
-    known += tuple(extra)
-    # CheckpointError's module (orbax) is imported only by the tools that read checkpoints:
-    # if it is not loaded, nothing raised one, and a failed flag check stays fast.
-    checkpoints = sys.modules.get("vdm_jax.runtime.checkpoints")
-    user = known + ((checkpoints.CheckpointError,) if checkpoints else ())
-    if not isinstance(e, user):
+    if not isinstance(e, known + tuple(extra)):
       if several:
         traceback.print_exc()
         distributed.exit_now(1)

@@ -351,11 +351,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   `check_training_batch`.
   """
   # Local: config files import this module, and need neither tfds nor Flax to load.
-  from vdm_jax import data, models, predictions
+  from vdm_jax import data, models, predictions, streams
 
   if isinstance(config.seed, bool) or not isinstance(config.seed, int):
     raise ValueError(f"config.seed must be an int in [0, 2**32), got {config.seed!r}.")
-  if not 0 <= config.seed < 2**32 - 2:  # evaluation uses seed + 1 and seed + 2
+  if not 0 <= config.seed < 2**32 - streams.MAX_OFFSET:  # the evaluation streams add offsets
     raise ValueError(f"config.seed must be in [0, 2**32 - 2), got {config.seed}.")
   plugin_modules(config)
   dataset = data.lookup(config.data)  # a registered dataset, or one imported into data_dir

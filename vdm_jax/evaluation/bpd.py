@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import data, elbo, times
+from vdm_jax import data, elbo, streams, times
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import signals as _signals
 
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 
-EVAL_SEED_OFFSET = 1
+EVAL_SEED_OFFSET = streams.EVALUATION
 """An evaluation's default seed is `config.seed + EVAL_SEED_OFFSET` (`evaluation_seed`)."""
 
 

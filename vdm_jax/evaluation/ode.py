@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import _checks, _deps, data, elbo, schedules
+from vdm_jax import _checks, _deps, data, elbo, schedules, streams
 from vdm_jax.evaluation import bpd
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import signals as _signals
@@ -183,7 +183,7 @@ def evaluate_ode(
     batch_size or config.eval.batch_size,
     jax.device_count(),
   )
-  key = jax.random.key(config.seed + 2) if key is None else key
+  key = jax.random.key(streams.ode_seed(config.seed)) if key is None else key
   data_sharding = mesh_lib.batch_sharding(mesh)
 
   def per_example(p, k, index):

@@ -22,7 +22,7 @@ import sys
 
 from vdm_jax import config as config_lib
 from vdm_jax import data
-from vdm_jax.runtime import checkpoints, distributed, storage
+from vdm_jax.runtime import distributed, inference, storage
 from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = ["INFERENCE_SAFE", "Run", "check_against_record", "load_run"]
@@ -170,5 +170,5 @@ def load_run(workdir, *, step: int | None = None, config=None, prepare_data: boo
   config_lib.validate(config)
   if prepare_data:
     distributed.prepare_data(config.data)
-  model, mesh, params, step = checkpoints.load_ema_params(config, workdir, step=step)
+  model, mesh, params, step = inference.load_ema_params(config, workdir, step=step)
   return Run(model, params, config, int(step), mesh, workdir, changes)

@@ -2,7 +2,8 @@
 and sampling share below them.
 
 * `mesh`: the device mesh, shardings, host <-> device batches.
-* `checkpoints`: saving and verifying the train state; `load_ema_params` for inference.
+* `checkpoints`: saving and verifying the train state, restoring the EMA params alone.
+* `inference`: `load_ema_params`, a trained model with its EMA params, for inference.
 * `workdir`: the run lock (flock locally, a lease object on gs://), the config record.
 * `storage`: the path layer of work directories: local paths or gs:// (atomic writes).
 * `distributed`: `jax.distributed` start-up from launch flags.

@@ -4,13 +4,15 @@ A checkpoint is one orbax step directory `<workdir>/checkpoints/<step>/` holding
 state's array fields (`saved_fields`), with a CRC32 of every array recorded beside it in
 `<workdir>/checksums/<step>.json` when it was saved, and verified when it is read.
 
-Inference (evaluation, sampling, diagnostics) calls `load_ema_params`: it restores only the
-`ema_params` subtree, without building an optimizer or reading the Adam moments and the
-raw params (a partial restore: about a quarter of the state's bytes).
+Inference restores only the `ema_params` subtree (`restore_ema_params`), without building
+an optimizer or reading the Adam moments and the raw params (a partial restore: about a
+quarter of the state's bytes). This module keeps to storage: building the model whose
+params these are is `vdm_jax.runtime.inference.load_ema_params`'s job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -23,8 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from vdm_jax import config as config_lib
-from vdm_jax import data, models
+from vdm_jax._errors import UserError
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import storage
 from vdm_jax.runtime import workdir as workdir_lib
@@ -40,15 +41,14 @@ __all__ = [
   "make_checkpoint_manager",
   "non_finite_fields",
   "restore_checkpoint",
+  "restore_ema_params",
   "restore_latest_intact",
   "save_checkpoint",
   "saved_fields",
 ]
 
-STATE_FIELDS = ("step", "params", "opt_state", "ema_params", "time_moments")
 
-
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint step that cannot be restored as saved."""
 
 
@@ -79,11 +79,15 @@ def abstract_tree(shapes, sharding):
 def saved_fields(state) -> dict:
   """The train state's array fields as a dict, leaving out those that are None.
 
-  Checkpoints hold this dict, so a field used only by some configs (`time_moments`, with
-  importance sampling of t) is absent from the others' checkpoints instead of a None that
-  would make older checkpoints unreadable.
+  The array fields are the state's dataclass fields that are pytree nodes (for
+  `training.TrainState`: step, params, opt_state, ema_params, time_moments; not the
+  static `apply_fn` and `tx`), so a field added to the state is saved without a change
+  here. Checkpoints hold this dict, so a field used only by some configs (`time_moments`,
+  with importance sampling of t) is absent from the others' checkpoints instead of a None
+  that would make older checkpoints unreadable.
   """
-  return {n: getattr(state, n) for n in STATE_FIELDS if getattr(state, n, None) is not None}
+  names = [f.name for f in dataclasses.fields(state) if f.metadata.get("pytree_node", True)]
+  return {n: getattr(state, n) for n in names if getattr(state, n) is not None}
 
 
 def _all_finite(fields: dict) -> jax.Array:
@@ -350,24 +354,29 @@ def _open_read_only(ckpt_dir: str) -> ocp.CheckpointManager:
     absl_logger.removeFilter(_not_read_only_notice)
 
 
-def load_ema_params(config, workdir: str, *, step: int | None = None):
-  """Restores a checkpoint's EMA params alone, replicated over the current devices.
+def restore_ema_params(workdir: str, target, *, step: int | None = None):
+  """Restores a checkpoint's EMA params alone into `target` (abstract arrays carrying the
+  shardings wanted, e.g. `abstract_tree(jax.eval_shape(model.init, key), replicated)`).
 
-  Only the `ema_params` subtree is read (no optimizer is built and the Adam moments and raw
-  params stay on disk). Works whatever device count trained it: the restore target carries
-  this process's mesh. The arrays are verified against the checksums recorded at save time.
+  Only the `ema_params` subtree is read (the Adam moments and raw params stay on disk),
+  through a read-only manager, verified against the checksums recorded at save time.
+
+  Args:
+    workdir: the run's work directory (local or gs://).
+    target: the abstract EMA params.
+    step: the checkpoint step; None: the latest.
 
   Returns:
-    (model, mesh, ema_params, step).
+    (ema_params, step).
+
+  Raises:
+    FileNotFoundError: no checkpoint; ValueError: no checkpoint `step`; CheckpointError:
+      the step cannot be read or verified (naming an older step to choose).
   """
-  config_lib.validate(config)
   workdir = storage.resolve(workdir)
   ckpt_dir = storage.join(workdir, "checkpoints")
   if not storage.isdir(ckpt_dir):
     raise FileNotFoundError(f"No checkpoints in {workdir!r} (expected {ckpt_dir!r}).")
-  mesh = mesh_lib.make_mesh()
-  model = models.make_model(config, data.static_info(config.data))
-  shapes = jax.eval_shape(model.init, jax.random.key(0))
   with _open_read_only(ckpt_dir) as manager:
     steps = manager.all_steps()
     if not steps:
@@ -377,11 +386,28 @@ def load_ema_params(config, workdir: str, *, step: int | None = None):
       raise ValueError(
         f"No checkpoint for step {step} in {ckpt_dir!r}; available: {sorted(steps)}."
       )
-    target = {"ema_params": abstract_tree(shapes, mesh_lib.replicated(mesh))}
     try:
-      params = _restore_fields(manager, step, target)["ema_params"]
+      params = _restore_fields(manager, step, {"ema_params": target})["ema_params"]
     except CheckpointError as e:
       older = sorted(s for s in steps if s < step)
       hint = f" Choose an older one with --step={older[-1]}." if older else ""
       raise CheckpointError(f"{e}{hint}") from e
-  return model, mesh, params, step
+  return params, step
+
+
+def load_ema_params(config, workdir: str, *, step: int | None = None):
+  """Deprecated alias of `vdm_jax.runtime.inference.load_ema_params` (it builds the model
+  and the mesh, which this storage module no longer does); warns, then calls it."""
+  import importlib
+  import warnings
+
+  # By name, not an import statement: inference imports this module, and the alias (which
+  # goes when it is removed) is the only way back up.
+  inference = importlib.import_module("vdm_jax.runtime.inference")
+  warnings.warn(
+    "vdm_jax.runtime.checkpoints.load_ema_params moved to "
+    "vdm_jax.runtime.inference.load_ema_params; the old name will be removed.",
+    DeprecationWarning,
+    stacklevel=2,
+  )
+  return inference.load_ema_params(config, workdir, step=step)

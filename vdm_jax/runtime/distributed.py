@@ -253,51 +253,12 @@ def _disagreement(mine: dict, theirs: dict) -> str | None:
 
 
 def _rendezvous_coordinator(port: int, mine: dict, timeout: float) -> None:
+  """Process 0's side: every process's hello gathered and checked against its own, then
+  one answer (None, or the error every process raises) sent to each."""
   n = mine["--num_processes"]
-  deadline = time.monotonic() + timeout
-  try:
-    listener = socket.create_server(
-      ("", port), family=socket.AF_INET6, dualstack_ipv6=True, reuse_port=False
-    )
-  except (OSError, ValueError):
-    try:
-      listener = socket.create_server(("", port))
-    except OSError as e:
-      raise ValueError(
-        f"process 0 cannot listen on port {port} of this host ({e}): another program (or "
-        "run) uses it; choose another port in --coordinator_address on every process."
-      ) from None
-  joined, conns, error = {0: mine}, [], None
-  full_at = None
-  with listener:
-    while True:
-      now = time.monotonic()
-      end = deadline if full_at is None else min(deadline, full_at + _LINGER_S)
-      if now >= end:
-        break
-      listener.settimeout(end - now)
-      try:
-        conn, _ = listener.accept()
-      except (TimeoutError, OSError):
-        continue
-      hello = _receive(conn, min(deadline, time.monotonic() + 10))
-      if hello is None:
-        conn.close()
-        continue
-      conns.append(conn)
-      i = hello.get("--process_id")
-      if i in joined:
-        error = (
-          f"two processes have --process_id={i} ({joined[i]['where']} and {hello['where']}): "
-          f"give each of the {n} processes its own --process_id in 0..{n - 1}"
-        )
-        break
-      error = _disagreement(mine, hello)
-      if error:
-        break
-      joined[i] = hello
-      if len(joined) == n and full_at is None:
-        full_at = time.monotonic()
+  conns: list = []
+  with _listen(port) as listener:
+    joined, error = _gather(listener, mine, timeout, conns)
     if error is None and len(joined) < n:
       absent = ", ".join(str(i) for i in range(n) if i not in joined)
       error = (
@@ -307,16 +268,73 @@ def _rendezvous_coordinator(port: int, mine: dict, timeout: float) -> None:
       )
     if error:
       error = f"the processes cannot start together: {error}. Nothing was done."
-    for conn in conns:
-      with conn:
-        try:
-          _send(conn, {"protocol": _PROTOCOL, "error": error})
-          conn.settimeout(5)  # let the peer close first: the port is free again at once
-          conn.recv(1)
-        except OSError:
-          pass
+    _answer(conns, error)
   if error:
     raise ValueError(error)
+
+
+def _listen(port: int) -> socket.socket:
+  """A listening socket on `port` of every interface (IPv6 and IPv4 when possible)."""
+  try:
+    return socket.create_server(
+      ("", port), family=socket.AF_INET6, dualstack_ipv6=True, reuse_port=False
+    )
+  except (OSError, ValueError):
+    try:
+      return socket.create_server(("", port))
+    except OSError as e:
+      raise ValueError(
+        f"process 0 cannot listen on port {port} of this host ({e}): another program (or "
+        "run) uses it; choose another port in --coordinator_address on every process."
+      ) from None
+
+
+def _gather(listener, mine: dict, timeout: float, conns: list) -> tuple[dict, str | None]:
+  """The hellos of the processes that join within `timeout` s (and `_LINGER_S` after the
+  last expected one, to catch a duplicate): ({process id: hello}, the first problem or
+  None). Each accepted connection is appended to `conns`, to be answered."""
+  n = mine["--num_processes"]
+  deadline = time.monotonic() + timeout
+  joined, full_at = {0: mine}, None
+  while True:
+    now = time.monotonic()
+    end = deadline if full_at is None else min(deadline, full_at + _LINGER_S)
+    if now >= end:
+      return joined, None
+    listener.settimeout(end - now)
+    try:
+      conn, _ = listener.accept()
+    except (TimeoutError, OSError):
+      continue
+    hello = _receive(conn, min(deadline, time.monotonic() + 10))
+    if hello is None:
+      conn.close()
+      continue
+    conns.append(conn)
+    i = hello.get("--process_id")
+    if i in joined:
+      return joined, (
+        f"two processes have --process_id={i} ({joined[i]['where']} and {hello['where']}): "
+        f"give each of the {n} processes its own --process_id in 0..{n - 1}"
+      )
+    error = _disagreement(mine, hello)
+    if error:
+      return joined, error
+    joined[i] = hello
+    if len(joined) == n and full_at is None:
+      full_at = time.monotonic()
+
+
+def _answer(conns: list, error: str | None) -> None:
+  """Sends each joined process the outcome, then closes its connection."""
+  for conn in conns:
+    with conn:
+      try:
+        _send(conn, {"protocol": _PROTOCOL, "error": error})
+        conn.settimeout(5)  # let the peer close first: the port is free again at once
+        conn.recv(1)
+      except OSError:
+        pass
 
 
 def is_multiprocess() -> bool:

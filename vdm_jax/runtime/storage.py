@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 
 __all__ = [
   "SCHEMES",
@@ -45,6 +46,7 @@ __all__ = [
   "read_bytes",
   "read_text",
   "remove",
+  "remove_tree",
   "resolve",
   "write_atomic",
 ]
@@ -158,6 +160,15 @@ def remove(path, *, missing_ok: bool = False) -> None:
   except FileNotFoundError:
     if not missing_ok:
       raise
+
+
+def remove_tree(path) -> None:
+  """Deletes the folder `path` and everything in it (on GCS: every object under it); a
+  missing one is not an error."""
+  if is_remote(path):
+    _epath(path).rmtree(missing_ok=True)
+  else:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def read_bytes(path) -> bytes:

@@ -215,70 +215,110 @@ def supervise(*, label: str, grace: float, advice, command: list[str] | None = N
 
 
 def _watch(child, report_r: int, wake_r: int, *, label, grace, advice) -> int:
-  relay = _Relay()
-  err = child.stderr.fileno()
-  os.set_blocking(err, False)
-  to_forward: list[tuple[int, float]] = []  # (signal, when) received here, not yet matched
-  direct = {s: 0 for s in _STOP_SIGNALS}  # received by the child itself, not forwarded
-  first_stop: tuple[int, float] | None = None
-  err_open, ended = True, None
+  """Relays the child's stderr, forwards stop signals to it, and returns this process's
+  exit status once it has ended (or was killed `grace` s after the first stop signal)."""
+  watch = _Watch(child, report_r, wake_r, label=label, grace=grace, advice=advice)
   while True:
+    ready = watch.wait()
     now = time.monotonic()
-    waits = [when for _, when in to_forward]
-    if first_stop is not None:
-      waits.append(first_stop[1] + grace)
+    watch.read(ready, now)
+    watch.forward_due(now)
+    status = watch.kill_if_past_grace(now)
+    if status is None:
+      status = watch.status_if_ended(now)
+    if status is not None:
+      return status
+
+
+class _Watch:
+  """What `_watch` keeps between two waits: the signals received here and not yet matched
+  by the child's reports, the first stop signal, the child's stderr."""
+
+  def __init__(self, child, report_r: int, wake_r: int, *, label, grace, advice):
+    self.child, self.report_r, self.wake_r = child, report_r, wake_r
+    self.label, self.grace, self.advice = label, grace, advice
+    self.relay = _Relay()
+    self.err = child.stderr.fileno()
+    os.set_blocking(self.err, False)
+    self.to_forward: list[tuple[int, float]] = []  # (signal, when) received here, unmatched
+    self.direct = {s: 0 for s in _STOP_SIGNALS}  # received by the child itself, not forwarded
+    self.first_stop: tuple[int, float] | None = None
+    self.err_open, self.ended = True, None
+
+  def wait(self) -> list[int]:
+    """The descriptors ready within 0.5 s, or by the next forwarding or grace deadline."""
+    now = time.monotonic()
+    waits = [when for _, when in self.to_forward]
+    if self.first_stop is not None:
+      waits.append(self.first_stop[1] + self.grace)
     timeout = max(0.0, min([now + 0.5, *waits]) - now)
-    readers = [report_r, wake_r] + ([err] if err_open else [])
+    readers = [self.report_r, self.wake_r] + ([self.err] if self.err_open else [])
     try:
-      ready, _, _ = select.select(readers, [], [], timeout)
+      return select.select(readers, [], [], timeout)[0]
     except InterruptedError:
-      ready = []
-    now = time.monotonic()
-    if wake_r in ready:
-      for s in _read_bytes(wake_r):
+      return []
+
+  def read(self, ready: list[int], now: float) -> None:
+    """Signals received here (to forward), the child's reports of its own, its stderr."""
+    if self.wake_r in ready:
+      for s in _read_bytes(self.wake_r):
         if s in _STOP_SIGNALS:
-          to_forward.append((s, now + FORWARD_DELAY_S))
-          first_stop = first_stop or (s, now)
-    if report_r in ready:
-      for s in _read_bytes(report_r):
+          self.to_forward.append((s, now + FORWARD_DELAY_S))
+          self.first_stop = self.first_stop or (s, now)
+    if self.report_r in ready:
+      for s in _read_bytes(self.report_r):
         if s in _STOP_SIGNALS:
-          direct[s] += 1
-          first_stop = first_stop or (s, now)
-    if err_open and err in ready:
-      data = _read_all(err)
+          self.direct[s] += 1
+          self.first_stop = self.first_stop or (s, now)
+    if self.err_open and self.err in ready:
+      data = _read_all(self.err)
       if data is None:
-        err_open = False
-        relay.close()
+        self.err_open = False
+        self.relay.close()
       else:
-        relay.feed(data)
-    for item in [i for i in to_forward if i[1] <= now]:
-      to_forward.remove(item)
+        self.relay.feed(data)
+
+  def forward_due(self, now: float) -> None:
+    """Forwards each signal whose delay has passed, unless the child received it itself."""
+    for item in [i for i in self.to_forward if i[1] <= now]:
+      self.to_forward.remove(item)
       s = item[0]
-      if direct[s] > 0:  # the child received this one itself (sent to the process group)
-        direct[s] -= 1
-      elif child.poll() is None:
-        child.send_signal(s)
+      if self.direct[s] > 0:  # the child received this one itself (sent to the process group)
+        self.direct[s] -= 1
+      elif self.child.poll() is None:
+        self.child.send_signal(s)
         # Its report byte is not counted as a direct one: it comes from the forwarding.
-        direct[s] -= 1
-    if first_stop is not None and child.poll() is None and now >= first_stop[1] + grace:
-      s = first_stop[0]
-      child.kill()
-      child.wait()
-      _drain(err, relay)
-      _line(
-        f"{label}error: still running {grace:g} s after {signal.Signals(s).name}: blocked "
-        "waiting for another process (stopped, killed or stuck), so nothing could be saved "
-        f"(--distributed_timeout sets this wait). {advice()}"
-      )
-      return 128 + s
-    if child.poll() is not None:
-      # Its stderr ends with it (or, held open by a process it started, soon after).
-      ended = ended or now
-      if not err_open or now > ended + _EOF_WAIT_S:
-        if err_open:
-          _drain(err, relay)
-        relay.close()
-        return _status(child.returncode, relay, label=label, advice=advice)
+        self.direct[s] -= 1
+
+  def kill_if_past_grace(self, now: float) -> int | None:
+    """Kills a child still running `grace` s after the first stop signal: its status."""
+    if self.first_stop is None or self.child.poll() is not None:
+      return None
+    if now < self.first_stop[1] + self.grace:
+      return None
+    s = self.first_stop[0]
+    self.child.kill()
+    self.child.wait()
+    _drain(self.err, self.relay)
+    _line(
+      f"{self.label}error: still running {self.grace:g} s after {signal.Signals(s).name}: "
+      "blocked waiting for another process (stopped, killed or stuck), so nothing could be "
+      f"saved (--distributed_timeout sets this wait). {self.advice()}"
+    )
+    return 128 + s
+
+  def status_if_ended(self, now: float) -> int | None:
+    """This process's status once the child has ended and its stderr is read to the end."""
+    if self.child.poll() is None:
+      return None
+    # Its stderr ends with it (or, held open by a process it started, soon after).
+    self.ended = self.ended or now
+    if self.err_open and now <= self.ended + _EOF_WAIT_S:
+      return None
+    if self.err_open:
+      _drain(self.err, self.relay)
+    self.relay.close()
+    return _status(self.child.returncode, self.relay, label=self.label, advice=self.advice)
 
 
 def _read_bytes(fd: int) -> bytes:

@@ -38,6 +38,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from vdm_jax._errors import UserError
 from vdm_jax.runtime import storage
 
 __all__ = [
@@ -98,7 +99,7 @@ RESUME_SAFE = frozenset(
 checkpoints mean."""
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(UserError, RuntimeError):
   """Another process holds the work directory's lock (its message names the holder)."""
 
 

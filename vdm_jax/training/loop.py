@@ -7,6 +7,7 @@ sample grids, stops cleanly on SIGTERM/SIGINT, and ends with the final evaluatio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,14 +18,15 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from vdm_jax import config as config_lib
-from vdm_jax import data, models
+from vdm_jax import data, models, streams
+from vdm_jax._errors import USER_ERRORS, UserError
 from vdm_jax.evaluation import bpd, sampling
 from vdm_jax.runtime import checkpoints, distributed, storage
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import signals as _signals
 from vdm_jax.runtime import workdir as workdir_lib
-from vdm_jax.runtime.checkpoints import CheckpointError
 from vdm_jax.training.metrics import MetricWriter, progress_bar, say
+from vdm_jax.training.saver import CheckpointSaveError, Saver
 from vdm_jax.training.state import create_train_state, make_optimizer
 from vdm_jax.training.step import jit_train_step
 
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
   """Training met a non-finite loss or gradient norm; nothing after it was saved."""
 
 
@@ -54,10 +56,11 @@ _ADVICE = (
 )
 
 
-def _latest_checkpoint(manager, last_saved: int | None, step: int, made_it: bool) -> str:
-  """Where a run that stopped at `step` stands: the latest checkpoint, which every save and
-  restore has checked to be finite, and what a rerun does with it. `made_it`: that
-  checkpoint's parameters themselves gave what went wrong at `step`."""
+def _latest_checkpoint(saver, step: int, made_it: bool) -> str:
+  """Where a run that stopped at `step` stands: the latest checkpoint (`saver.last_saved`),
+  which every save and restore has checked to be finite, and what a rerun does with it.
+  `made_it`: that checkpoint's parameters themselves gave what went wrong at `step`."""
+  manager, last_saved = saver.manager, saver.last_saved
   directory = os.fspath(manager.directory)
   if last_saved is None:
     return f"no checkpoint had been saved yet ({directory}), so a rerun starts from step 0"
@@ -83,10 +86,6 @@ def _way_back(manager, bad: int) -> str:
       "or start again in a new --workdir"
     )
   return "no earlier checkpoint is kept, so start again in a new --workdir"
-
-
-class CheckpointSaveError(RuntimeError):
-  """An asynchronous checkpoint save failed (disk full, permissions, ...)."""
 
 
 class TrainingInterrupted(_signals.Stopped):
@@ -202,7 +201,7 @@ def write_samples(model, params, config, mesh, workdir: str, step: int, writer=N
   grid `samples_<step>.png`; returns its path (None for non-image data or no samples)."""
   if config.train.num_samples <= 0 or len(model.data_shape) != 3:
     return None
-  key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
+  key = streams.sample_grid_key(config.seed)
   options = {"num_steps": config.train.sample_steps} if model.diffusion_time else {}
   samples = sampling.draw_samples(model, params, key, config.train.num_samples, mesh, **options)
   path = storage.join(workdir, f"samples_{step:08d}.png")
@@ -230,228 +229,280 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_lib.validate(config)
   config_lib.check_training_batch(config)
   with _StopSignals() as stop:
-    return _lock_and_train(config, workdir, stop)
+    return _train(config, workdir, stop)
 
 
-def _lock_and_train(config, workdir: str, stop: _StopSignals) -> dict:
+def _train(config, workdir: str, stop: _StopSignals) -> dict:
+  """The run from top to bottom; every resource is released by the ExitStack, innermost
+  first (a lost peer ends the process before the saver would wait for it)."""
+  info = _check_inputs(config, stop)  # nothing is written before this returns
+  workdir = check_workdir(workdir)
+  with contextlib.ExitStack() as stack:
+    lock = stack.enter_context(_run_lock(workdir))
+    model, mesh = models.make_model(config, info), mesh_lib.make_mesh()
+    manager = checkpoints.make_checkpoint_manager(workdir, max_to_keep=config.train.max_to_keep)
+    saver = stack.enter_context(Saver(manager, lock=lock))
+    stack.enter_context(_exit_if_lost_peer())
+    state, sharding, saver.last_saved = _init_or_restore(config, workdir, model, mesh, manager)
+    run = _Run(config, workdir, model, mesh, stop, saver, state)
+    stop.check(
+      f"before training started (at step {run.step}); nothing lost. Run the same command "
+      "again to " + ("resume" if run.restored_step is not None else "start")
+    )
+    batches = _batches(config, mesh, run.step)
+    if jax.process_index() == 0:
+      workdir_lib.record_config(config, workdir, run.step)
+    _say_sizes(info, state)
+    run.writer = stack.enter_context(contextlib.closing(MetricWriter(workdir, run.step)))
+    run.progress = stack.enter_context(
+      contextlib.closing(progress_bar(config.train.num_steps, run.step))
+    )
+    run.profiler = _Profiler(config, workdir)
+    stack.callback(run.profiler.stop)
+    run.step_fn = jit_train_step(model, config, mesh, sharding)
+    run.redo_cut_off_evaluation()
+    with _signals.notice("finishing the current step, saving a checkpoint, then exiting"):
+      while run.step < config.train.num_steps:
+        run.train_step(next(batches))
+        run.after_step()
+    run.wait_for_last_save()
+    return run.final_evaluation()
+
+
+def _check_inputs(config, stop: _StopSignals):
+  """What is checked before anything is written: the processes (started if not yet), the
+  batch sizes over the devices, and the data (offline datasets are prepared in data_dir);
+  returns the dataset's `DatasetInfo`."""
   distributed.initialize(None, None, None, auto=config.distributed)  # if not yet
   _signals.reassert()  # jax.distributed's preemption notifier takes SIGTERM over
   mesh_lib.check_batch_size(config.train.batch_size, micro_batches=config.train.grad_accum_steps)
   mesh_lib.check_batch_size(config.eval.batch_size, "config.eval.batch_size")
   stop.check("before training started; nothing was written")
-  workdir = check_workdir(workdir)
-  lock, error = None, ""
-  if jax.process_index() == 0:
-    try:
-      lock = workdir_lib.lock(workdir).__enter__()
-    except workdir_lib.WorkdirLockedError as e:
-      error = str(e)
-  if jax.process_count() > 1:
-    locked = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
-    error = error or ("work directory locked (see process 0)" if int(locked) else "")
-  if error:
-    raise workdir_lib.WorkdirLockedError(error)
-  try:
-    return _train(config, workdir, stop, lock)
-  finally:
-    if lock is not None:
-      lock.__exit__(None, None, None)
-
-
-def _train(config, workdir: str, stop: _StopSignals, lock=None) -> dict:
   distributed.prepare_data(config.data)
   info = data.dataset_info(config.data)
-  mesh = mesh_lib.make_mesh()
-  vdm = models.make_model(config, info)
+  stop.check("before training started; nothing was written")
+  return info
 
-  # State: shapes first, then allocate directly with their shardings.
-  key = jax.random.key(config.seed)
-  init_key, step_key = jax.random.split(key)
-  replicated = mesh_lib.replicated(mesh)
+
+@contextlib.contextmanager
+def _run_lock(workdir: str):
+  """The work directory's run lock, held by process 0 (None on the others) for the block;
+  every process raises `WorkdirLockedError` if another run holds it."""
+  with contextlib.ExitStack() as stack:
+    lock, error = None, ""
+    if jax.process_index() == 0:
+      try:
+        lock = stack.enter_context(workdir_lib.lock(workdir))
+      except workdir_lib.WorkdirLockedError as e:
+        error = str(e)
+    if jax.process_count() > 1:
+      locked = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
+      error = error or ("work directory locked (see process 0)" if int(locked) else "")
+    if error:
+      raise workdir_lib.WorkdirLockedError(error)
+    yield lock
+
+
+@contextlib.contextmanager
+def _exit_if_lost_peer():
+  """Several processes: an error that means another one stopped ends this one at once; the
+  cleanup would wait for it (an asynchronous save's commit waits for every process)."""
+  try:
+    yield
+  except Exception as e:
+    distributed.exit_if_lost_peer(e)
+    raise
+
+
+def _init_or_restore(config, workdir: str, model, mesh, manager):
+  """The train state: the newest intact checkpoint, restored into the state's shardings,
+  or a new one (shapes first, then allocated with their shardings).
+
+  Returns:
+    (state, its shardings, the restored step or None).
+  """
+  init_key, _ = streams.train_keys(config.seed)
   tx = make_optimizer(config)
-  shapes = jax.eval_shape(lambda k: create_train_state(vdm, k, tx, config), init_key)
-  state_sharding = mesh_lib.state_shardings(
+  shapes = jax.eval_shape(lambda k: create_train_state(model, k, tx, config), init_key)
+  sharding = mesh_lib.state_shardings(
     shapes, mesh, config.train.sharding, min_size=config.train.fsdp_min_size
   )
-  manager = checkpoints.make_checkpoint_manager(workdir, max_to_keep=config.train.max_to_keep)
-  try:
-    changes = workdir_lib.check_resume_config(config, workdir, manager.latest_step())
-    target = checkpoints.abstract_tree(shapes, state_sharding)
-    state, restored_step = checkpoints.restore_latest_intact(manager, target)
-  except Exception:
-    manager.close()
-    raise
-  if state is not None:
-    bad = checkpoints.non_finite_fields(checkpoints.saved_fields(state))
-    if bad:
-      message = (
-        f"Checkpoint step {restored_step} in {workdir}/checkpoints holds non-finite values "
-        f"(in {', '.join(bad)}; saved by a vdm_jax that did not check its saves): no "
-        f"training can continue from it. To go on, {_way_back(manager, restored_step)}. " + _ADVICE
-      )
-      manager.close()
-      raise NonFiniteStateError(message)
-    say(f"Resumed from {workdir}/checkpoints at step {restored_step}.")
-    for field, (old, new) in changes.items():
-      say(f"  config.{field}: {old!r} -> {new!r}")
-  else:
-    state = jax.jit(lambda k: create_train_state(vdm, k, tx, config), out_shardings=state_sharding)(
-      init_key
+  changes = workdir_lib.check_resume_config(config, workdir, manager.latest_step())
+  target = checkpoints.abstract_tree(shapes, sharding)
+  state, restored = checkpoints.restore_latest_intact(manager, target)
+  if state is None:
+    create = jax.jit(lambda k: create_train_state(model, k, tx, config), out_shardings=sharding)
+    return create(init_key), sharding, None
+  bad = checkpoints.non_finite_fields(checkpoints.saved_fields(state))
+  if bad:
+    raise NonFiniteStateError(
+      f"Checkpoint step {restored} in {workdir}/checkpoints holds non-finite values "
+      f"(in {', '.join(bad)}; saved by a vdm_jax that did not check its saves): no "
+      f"training can continue from it. To go on, {_way_back(manager, restored)}. " + _ADVICE
     )
-  step = int(state.step)
-  try:
-    stop.check(
-      f"before training started (at step {step}); nothing lost. Run the same command again "
-      "to " + ("resume" if restored_step is not None else "start")
-    )
-  except _signals.Stopped:
-    manager.close()
-    raise
+  say(f"Resumed from {workdir}/checkpoints at step {restored}.")
+  for field, (old, new) in changes.items():
+    say(f"  config.{field}: {old!r} -> {new!r}")
+  return state, sharding, restored
+
+
+def _batches(config, mesh, step: int):
+  """The training batches from `step` on, on the mesh. Batch `step + i` is the i-th
+  yielded: prefetching reads ahead, never skips or reorders."""
   train_iter = data.make_train_iterator(
     config.data, global_batch_size=config.train.batch_size, seed=config.seed, start_step=step
   )
-  # Batch `step + i` is the i-th yielded: prefetching reads ahead, never skips or reorders.
-  batches = mesh_lib.prefetch_to_mesh(train_iter, mesh, size=config.train.prefetch)
-  if jax.process_index() == 0:
-    workdir_lib.record_config(config, workdir, step)
+  return mesh_lib.prefetch_to_mesh(train_iter, mesh, size=config.train.prefetch)
+
+
+def _say_sizes(info, state) -> None:
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   say(
     f"{info.name}: {info.shape} x V={info.vocab_size}; model {num_params:,} params; "
     f"{jax.device_count()} device(s) on {jax.process_count()} process(es)."
   )
 
-  step_fn = jit_train_step(vdm, config, mesh, state_sharding)
-  writer = MetricWriter(workdir, step)
-  total = config.train.num_steps
-  pending, window_start, t0 = [], step, time.perf_counter()
-  last_train, last_saved = {}, restored_step
-  progress = progress_bar(total, step)
-  profiler = _Profiler(config, workdir)
 
-  def save_finite(step, state):
+class _Run:
+  """What the loop's steps share: the state, the metric window, the saver and the writer.
+
+  `_train` sets `writer`, `progress`, `profiler` and `step_fn` once they exist.
+  """
+
+  def __init__(self, config, workdir: str, model, mesh, stop: _StopSignals, saver, state):
+    self.config, self.workdir, self.model, self.mesh = config, workdir, model, mesh
+    self.stop, self.saver, self.state = stop, saver, state
+    self.restored_step = saver.last_saved
+    self.step = int(state.step)
+    self.step_key = streams.train_keys(config.seed)[1]
+    self.writer = self.progress = self.profiler = self.step_fn = None
+    self.last_train: dict = {}
+    self._restart_window()
+
+  def _restart_window(self) -> None:
+    """A new window of train metrics, timed from now (evaluation time is not training)."""
+    self.pending, self.window_start, self.t0 = [], self.step, time.perf_counter()
+
+  def train_step(self, batch) -> None:
+    self.profiler.before(self.step + 1)
+    self.state, metrics = self.step_fn(self.state, batch, self.step_key)
+    self.step += 1
+    self.profiler.after(self.step, self.state)
+    self.pending.append(metrics)
+    self.progress.update(1)
+    self.saver.check()  # a background save that failed stops the run here
+
+  def after_step(self) -> None:
+    """What follows a step: metrics, a save, a stop on request, an evaluation. Metrics are
+    fetched (and checked) before anything is saved, so no checkpoint ever holds parameters
+    from after a non-finite loss or gradient."""
+    train, step = self.config.train, self.step
+    signum = self.stop.requested()
+    saving = step % train.ckpt_every == 0 or step == train.num_steps or signum is not None
+    evaluating = step % train.eval_every == 0 and step < train.num_steps and signum is None
+    if step % train.log_every == 0 or saving or evaluating:
+      self._log_window()
+    if saving:
+      self.save()
+    if signum is not None:
+      self.saver.wait()
+      raise TrainingInterrupted(signum, step, self.workdir)
+    if evaluating:
+      self.evaluate_periodically()
+
+  def _log_window(self) -> None:
+    fetched = jax.device_get(self.pending)
+    _check_metrics(fetched, self.window_start, self.step, self.saver)
+    elapsed = time.perf_counter() - self.t0
+    self.last_train = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    self.last_train["steps_per_sec"] = len(fetched) / elapsed
+    self.writer.scalars(self.step, self.last_train, "train")
+    self._restart_window()
+
+  def save(self) -> None:
     """Saves checkpoint `step`, which must be finite: an update can overflow while the loss
     and the gradient norm of its step are finite (one reduction: 2.2 ms on digits, 2 CPUs)."""
-    nonlocal last_saved
-    bad = checkpoints.non_finite_fields(checkpoints.saved_fields(state))
+    bad = checkpoints.non_finite_fields(checkpoints.saved_fields(self.state))
     if bad:
-      where = _latest_checkpoint(manager, last_saved, step, made_it=False)
+      where = _latest_checkpoint(self.saver, self.step, made_it=False)
       raise NonFiniteStateError(
-        f"Training diverged at step {step}: its loss and gradient norm were finite, "
+        f"Training diverged at step {self.step}: its loss and gradient norm were finite, "
         f"but the state after it holds non-finite values (in {', '.join(bad)}): an "
-        f"update overflowed. Nothing was saved for step {step}; {where}. {_ADVICE}"
+        f"update overflowed. Nothing was saved for step {self.step}; {where}. {_ADVICE}"
       )
-    if lock is not None:
-      lock.check()  # a gs:// lease lost to another run: write nothing more
-    try:
-      checkpoints.save_checkpoint(manager, step, state)
-    except OSError as e:  # the synchronous part: the checksums, orbax's folders
-      raise _save_failed(manager, step, e) from e
-    last_saved = step
+    self.saver.save(self.step, self.state)
 
-  def evaluate_periodically(step, state):
-    """The evaluation and sample grid of `step`, recorded as pending until both are done;
-    a signal during it saves checkpoint `step` and stops (the next launch redoes it)."""
-    _write_pending_eval(workdir, step)
-    notice = f"stopping the evaluation of step {step}, saving checkpoint {step}, then exiting"
+  def redo_cut_off_evaluation(self) -> None:
+    """A periodic evaluation that a signal cut off is done first (a later step's, or one
+    the final evaluation replaces, is forgotten)."""
+    pending, total = _pending_eval(self.workdir), self.config.train.num_steps
+    if pending is not None and pending != self.step or self.step >= total:
+      _clear_pending_eval(self.workdir)
+    if pending == self.step and self.restored_step is not None and self.step < total:
+      say(f"Evaluating step {self.step}, whose evaluation was cut off, before training on.")
+      self.evaluate_periodically()
+
+  def evaluate_periodically(self) -> None:
+    """The evaluation and sample grid of the step, recorded as pending until both are done
+    (the next launch redoes it if a signal cuts it off)."""
+    _write_pending_eval(self.workdir, self.step)
+    self.evaluate(final=False)
+    _clear_pending_eval(self.workdir)
+    self._restart_window()
+
+  def evaluate(self, *, final: bool) -> dict:
+    """The evaluation of the EMA params and the sample grid at this step, checked finite
+    and logged. A signal during it raises `TrainingInterrupted` ("final": the next launch
+    does it; periodic: checkpoint `step` is saved first, and the next launch redoes it)."""
+    step = self.step
+    notice = (
+      "stopping the final evaluation, which the next launch performs, then exiting"
+      if final
+      else f"stopping the evaluation of step {step}, saving checkpoint {step}, then exiting"
+    )
     try:
       with _signals.notice(notice):
-        ema = jax.device_put(state.ema_params, replicated)  # gathered if fsdp
-        result = bpd.public(bpd.evaluate(vdm, ema, config, mesh, split=config.eval.split))
-      _check_evaluation(result, ema, step, manager, last_saved, final=False)
-      write_samples(vdm, ema, config, mesh, workdir, step, writer)
-      writer.scalars(step, bpd.scalar_summary(result), "eval")
+        ema = jax.device_put(self.state.ema_params, mesh_lib.replicated(self.mesh))
+        result = bpd.public(
+          bpd.evaluate(self.model, ema, self.config, self.mesh, split=self.config.eval.split)
+        )
+        _check_evaluation(result, ema, step, self.saver, final=final)
+        write_samples(self.model, ema, self.config, self.mesh, self.workdir, step, self.writer)
     except _signals.Stopped as e:
-      if last_saved != step:
-        save_finite(step, state)
-      manager.wait_until_finished()
-      _check_saves(manager, last_saved)
-      raise TrainingInterrupted(e.signum, step, workdir, "eval") from None
-    _clear_pending_eval(workdir)
+      if not final:
+        if self.saver.last_saved != step:
+          self.save()
+        self.saver.wait()
+      raise TrainingInterrupted(
+        e.signum, step, self.workdir, "final" if final else "eval"
+      ) from None
+    self.writer.scalars(step, bpd.scalar_summary(result), "eval")
+    return result
 
-  try:
-    pending_eval = _pending_eval(workdir)
-    if pending_eval is not None and pending_eval != step or step >= total:
-      _clear_pending_eval(workdir)  # replayed (a later step), or done by the final evaluation
-    if pending_eval == step and restored_step is not None and step < total:
-      say(f"Evaluating step {step}, whose evaluation was cut off, before training on.")
-      evaluate_periodically(step, state)
-      t0 = time.perf_counter()
-    with _signals.notice("finishing the current step, saving a checkpoint, then exiting"):
-      while step < total:
-        profiler.before(step + 1)
-        state, metrics = step_fn(state, next(batches), step_key)
-        step += 1
-        profiler.after(step, state)
-        pending.append(metrics)
-        progress.update(1)
-        _check_saves(manager, last_saved)
-
-        signum = stop.requested()
-        saving = step % config.train.ckpt_every == 0 or step == total or signum is not None
-        evaluating = step % config.train.eval_every == 0 and step < total and signum is None
-        # Metrics are fetched (and checked) before anything is saved, so no checkpoint
-        # ever holds parameters from after a non-finite loss or gradient.
-        if step % config.train.log_every == 0 or saving or evaluating:
-          fetched = jax.device_get(pending)
-          _check_metrics(fetched, window_start, step, manager, last_saved)
-          elapsed = time.perf_counter() - t0
-          last_train = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-          last_train["steps_per_sec"] = len(fetched) / elapsed
-          writer.scalars(step, last_train, "train")
-          pending, window_start, t0 = [], step, time.perf_counter()
-
-        if saving:
-          save_finite(step, state)
-
-        if signum is not None:
-          manager.wait_until_finished()
-          _check_saves(manager, last_saved)
-          raise TrainingInterrupted(signum, step, workdir)
-
-        if evaluating:
-          evaluate_periodically(step, state)
-          t0 = time.perf_counter()  # evaluation time is not training time
-    progress.close()
-    # After the last step a signal waits for the final save, then skips the evaluation.
+  def wait_for_last_save(self) -> None:
+    """After the last step a signal waits for the final save, then skips the evaluation."""
+    self.progress.close()
     with _signals.notice(
       "waiting for the final checkpoint to be written, then exiting; the final evaluation "
       "will run on the next launch"
     ):
-      manager.wait_until_finished()
-    _check_saves(manager, last_saved)
+      self.saver.wait()
 
-    # The final evaluation: done once per finished run (a rerun does it if it was cut off).
+  def final_evaluation(self) -> dict:
+    """The final evaluation, done once per finished run (a rerun does it if it was cut
+    off); the train section is written first, so it survives whatever cuts it off."""
+    step, workdir = self.step, self.workdir
     previous = _read_final_metrics(workdir)
     if previous and previous.get("step") == step and previous.get("eval") is not None:
       say(f"Training finished at step {step}; final evaluation already in final_metrics.json.")
       return previous
-    if not last_train and previous and previous.get("step") == step:
-      last_train = previous.get("train") or {}
-    # The train section first: it survives whatever cuts the evaluation off.
-    _write_final_metrics(workdir, step, last_train, None)
-    signum = stop.requested()
+    if not self.last_train and previous and previous.get("step") == step:
+      self.last_train = previous.get("train") or {}
+    _write_final_metrics(workdir, step, self.last_train, None)
+    signum = self.stop.requested()
     if signum is not None:
       raise TrainingInterrupted(signum, step, workdir, "final")
-    try:
-      ema = jax.device_put(state.ema_params, replicated)
-      last_eval = bpd.public(bpd.evaluate(vdm, ema, config, mesh, split=config.eval.split))
-    except _signals.Stopped as e:  # between two evaluation batches (one process)
-      raise TrainingInterrupted(e.signum, step, workdir, "final") from None
-    _check_evaluation(last_eval, ema, step, manager, last_saved, final=True)
-    write_samples(vdm, ema, config, mesh, workdir, step, writer)
-    writer.scalars(step, bpd.scalar_summary(last_eval), "eval")
-  except Exception as e:
-    # Several processes: another one stopped. End now; the cleanup below would wait for it
-    # (an asynchronous save's commit waits for every process).
-    distributed.exit_if_lost_peer(e)
-    raise
-  finally:
-    profiler.stop()
-    progress.close()
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
-  return _write_final_metrics(workdir, step, last_train, last_eval)
+    return _write_final_metrics(workdir, step, self.last_train, self.evaluate(final=True))
 
 
 def _write_final_metrics(workdir: str, step: int, train: dict, evaluation: dict | None) -> dict:
@@ -492,17 +543,6 @@ def _write_pending_eval(workdir: str, step: int) -> None:
 def _clear_pending_eval(workdir: str) -> None:
   if jax.process_index() == 0:
     storage.remove(storage.join(workdir, _PENDING_EVAL), missing_ok=True)
-
-
-USER_ERRORS = (
-  ValueError,
-  FileNotFoundError,
-  workdir_lib.WorkdirLockedError,
-  CheckpointError,
-  CheckpointSaveError,
-  NonFiniteLossError,
-)
-"""Errors whose message says what is wrong and what to do (the CLI prints them alone)."""
 
 
 class _Profiler:
@@ -551,7 +591,7 @@ class _Profiler:
         self._local = None
 
 
-def _check_metrics(fetched: list, window_start: int, step: int, manager, last_saved) -> None:
+def _check_metrics(fetched: list, window_start: int, step: int, saver) -> None:
   """Raises `NonFiniteLossError` at the first of steps window_start + 1..step whose loss or
   gradient norm is NaN or infinite."""
   for i, m in enumerate(fetched):
@@ -561,20 +601,22 @@ def _check_metrics(fetched: list, window_start: int, step: int, manager, last_sa
     bad = window_start + i + 1
     what = "Loss" if name == "loss_bpd" else "Gradient norm"
     # The loss of step `bad` is computed from the parameters after step bad - 1.
-    where = _latest_checkpoint(manager, last_saved, bad, made_it=last_saved == bad - 1)
+    where = _latest_checkpoint(saver, bad, made_it=saver.last_saved == bad - 1)
     raise NonFiniteLossError(
       f"{what} became {m[name]} at step {bad} (first non-finite step in "
       f"{window_start + 1}..{step}); nothing after step {bad - 1} was saved: {where}. {_ADVICE}"
     )
 
 
-def _check_evaluation(result, ema, step: int, manager, last_saved, *, final: bool) -> None:
+def _check_evaluation(result, ema, step: int, saver, *, final: bool) -> None:
   """Raises `bpd.NonFiniteEvaluationError` if the evaluation at `step` is not finite."""
   kind = "The final evaluation" if final else "The evaluation"
-  if last_saved == step:
-    where = f"Checkpoint step {step} holds these parameters; to go on, {_way_back(manager, step)}"
+  if saver.last_saved == step:
+    where = (
+      f"Checkpoint step {step} holds these parameters; to go on, {_way_back(saver.manager, step)}"
+    )
   else:
-    where = _latest_checkpoint(manager, last_saved, step, made_it=False)
+    where = _latest_checkpoint(saver, step, made_it=False)
     where = where[0].upper() + where[1:]
   written = (
     "The run's final_metrics.json holds the train section only (eval null)"
@@ -586,36 +628,4 @@ def _check_evaluation(result, ema, step: int, manager, last_saved, *, final: boo
     ema,
     f"{kind} at step {step} ({result['split']} split)",
     f"{written}. {where}. {_ADVICE}",
-  )
-
-
-def _check_saves(manager, step: int | None) -> None:
-  """Raises `CheckpointSaveError` if an asynchronous save has failed."""
-  try:
-    manager.check_for_errors()
-  except Exception as e:
-    raise _save_failed(manager, step, e) from e
-
-
-def _save_failed(manager, step: int | None, error: BaseException) -> CheckpointSaveError:
-  """The one-paragraph error of a failed save of `step`, naming the checkpoint a rerun
-  resumes from (the newest one before it)."""
-  try:
-    manager.wait_until_finished()  # the save before it may still be being written
-  except Exception:  # it failed too: the listing below leaves it out
-    pass
-  try:
-    manager.reload()
-    older = [s for s in manager.all_steps() if step is None or s < step]
-  except Exception:  # the listing fails too (the storage is gone): say nothing of it
-    older = []
-  where = (
-    f"the latest saved checkpoint is step {max(older)}, and a rerun resumes from it"
-    if older
-    else "no earlier checkpoint is saved, so a rerun starts from step 0"
-  )
-  return CheckpointSaveError(
-    f"Saving checkpoint step {step} to {os.fspath(manager.directory)} failed: "
-    f"{type(error).__name__}: {checkpoints.first_line(error)}. Training stopped; {where}. "
-    "Check free disk space and permissions."
   )

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vdm_jax import elbo, times
+from vdm_jax import elbo, streams, times
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.training.state import TrainState, learning_rate_schedule
 
@@ -42,7 +42,7 @@ def train_step(state: TrainState, batch: dict, key, *, vdm, config):
   t = t_weight = None
   if state.time_moments is not None:  # importance sampling of t (config.loss.time_sampling)
     t, t_weight = times.importance_sample_times(
-      jax.random.fold_in(step_key, 1),
+      jax.random.fold_in(step_key, streams.STEP_TIMES),
       batch["image"].shape[0],
       times.importance_bin_probs(state.time_moments),
       num_steps=vdm.num_steps,
@@ -114,7 +114,7 @@ def merge_micro_batches(x):
 
 def micro_batch_key(step_key, i):
   """Key of micro-batch i of a step with gradient accumulation (time, noise and dropout)."""
-  return jax.random.fold_in(jax.random.fold_in(step_key, 2), i)
+  return jax.random.fold_in(jax.random.fold_in(step_key, streams.STEP_MICRO_BATCHES), i)
 
 
 def _accumulated_gradient(vdm, params, batch, step_key, k: int, t, t_weight):
