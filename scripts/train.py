@@ -11,6 +11,12 @@ found before or during training (bad config, workdir in use, damaged checkpoints
 save, a non-finite loss) exits with status 1 and a one-paragraph message.
 """
 
+if __name__ == "__main__":  # `python scripts/train.py`: Ctrl-C is recorded from here on,
+  # not only once absl and JAX are imported (vdm-train installs them in vdm_jax._entry)
+  from vdm_jax.runtime import signals
+
+  signals.install()
+
 from absl import flags
 
 from vdm_jax import _cli
