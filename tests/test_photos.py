@@ -382,6 +382,7 @@ def test_import_into_an_unwritable_data_dir(image_folder, tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "images"]
 
 
+@pytest.mark.slow  # the importer as a subprocess
 def test_import_cli(image_folder, tmp_path):
   images, _ = image_folder
   command = [

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 _PROGRAM = textwrap.dedent(
   """
   import numpy as np
@@ -34,6 +36,7 @@ _PROGRAM = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # starts grain worker processes
 def test_worker_processes_outside_an_absl_app_leave_user_flags_unparsed(tmp_path):
   """grain's worker processes read a grain flag; outside an absl app (flags never parsed)
   the pipeline makes only that flag readable, not every flag of the program."""

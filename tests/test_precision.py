@@ -71,7 +71,11 @@ def _rel_norm(a, b):
 # Measured per-example differences of the totals: 1e-3 for the U-Net on 8x8x3, V = 256 (a
 # broken cast, the Fourier features of a bfloat16 z, is off by up to 6e-2), 6e-3 for the
 # MLP on 2-D points, whose two dimensions average nothing out.
-@pytest.mark.parametrize(("info", "rtol"), [(IMAGES, 5e-3), (POINTS, 2e-2)], ids=["unet", "mlp"])
+@pytest.mark.parametrize(
+  ("info", "rtol"),
+  [pytest.param(IMAGES, 5e-3, marks=pytest.mark.slow), (POINTS, 2e-2)],
+  ids=["unet", "mlp"],
+)
 def test_bfloat16_elbo_close_to_float32_and_float32_everywhere_outside(info, rtol):
   f32, bf16 = _vdm(info), _vdm(info, dtype="bfloat16")
   init = bf16.init(jax.random.key(0))
@@ -134,6 +138,7 @@ def _assert_same_run(got, want):
   )
 
 
+@pytest.mark.slow  # compiles the U-Net three ways
 def test_scanned_and_rematerialised_layers_equal_unrolled_for_the_same_weights():
   # With attention everywhere (the scanned body holds both blocks); nn.remat wraps the same
   # block function scanned or not, so one remat layout is tested.
