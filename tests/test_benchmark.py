@@ -22,6 +22,15 @@ def test_benchmark_runs_end_to_end_on_a_small_model(tmp_path):
   assert "train_step_tflop" not in r  # counted for the U-Net only
 
 
+@pytest.mark.slow  # compiles the adaptive model's U-Net step twice
+def test_benchmark_runs_the_adaptive_model(tmp_path):
+  # Its denoiser takes a per-dimension gamma map and the latent c: the bare step gives both.
+  c = tiny_config(tmp_path)
+  c.model.kind, c.train.batch_size = "adaptive", 8
+  r = benchmark.benchmark(c, num_steps=1, warmup=0)
+  assert r["train_step_s"] > 0 and r["bare_train_step_s"] > 0 and r["eval_step_s"] > 0
+
+
 def test_unet_step_flops_memory_and_layer_loop_compile(tmp_path):
   c = tiny_config(tmp_path)
   c.train.batch_size = 8

@@ -152,11 +152,15 @@ def benchmark(config, num_steps: int, warmup: int) -> dict:
   z = jnp.asarray(rng.normal(size=(batch_size, *info.shape)), jnp.float32)
   eps = jnp.asarray(rng.normal(size=z.shape), jnp.float32)
   gamma = jnp.asarray(rng.uniform(-13.3, 5.0, size=(batch_size,)), jnp.float32)
+  extra = {}
+  if getattr(vdm, "auxiliary_latent", False):  # the adaptive model: a gamma map and a latent c
+    gamma = jnp.broadcast_to(gamma.reshape((-1,) + (1,) * len(info.shape)), z.shape)
+    extra["latent"] = jnp.asarray(rng.normal(size=(batch_size, vdm.latent_dim)), jnp.float32)
 
   @jax.jit
   def bare_step(p, opt_state, dropout_key):
     def loss(p):
-      out = net.apply({"params": p}, z, gamma, train=True, rngs={"dropout": dropout_key})
+      out = net.apply({"params": p}, z, gamma, train=True, rngs={"dropout": dropout_key}, **extra)
       return jnp.mean(jnp.square(out - eps))
 
     value, grads = jax.value_and_grad(loss)(p)
