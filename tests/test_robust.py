@@ -56,7 +56,7 @@ except training.TrainingInterrupted as e:
 """
 
 
-@pytest.mark.slow  # trains and resumes runs in subprocesses: a minute or more under load
+@pytest.mark.slow  # trains and resumes runs: a minute or more under load
 def test_sigterm_saves_and_the_rerun_is_bit_identical(data_dir, tmp_path):
   num_steps = 150
   run = tmp_path / "run"
@@ -139,7 +139,7 @@ def _flip_bytes(step_dir: pathlib.Path) -> pathlib.Path:
   return target
 
 
-@pytest.mark.slow  # trains and resumes runs in subprocesses: a minute or more under load
+@pytest.mark.slow  # trains and resumes runs: a minute or more under load
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(data_dir, tmp_path, capsys):
   straight, run = tmp_path / "straight", tmp_path / "run"
   training.train_and_evaluate(tiny_config(data_dir), str(straight))
@@ -167,7 +167,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(data_dir, tmp
   assert step == 3 and jax.tree.leaves(params)
 
 
-@pytest.mark.slow  # trains and resumes runs in subprocesses: a minute or more under load
+@pytest.mark.slow  # trains and resumes runs: a minute or more under load
 def test_resume_with_a_different_meaning_is_refused(data_dir, tmp_path):
   run = tmp_path / "run"
   training.train_and_evaluate(tiny_config(data_dir), str(run))
@@ -376,7 +376,7 @@ def test_an_overflowing_update_saves_nothing_and_stops(data_dir, tmp_path):
   assert not (run / "checkpoints" / "2").exists() and not (run / "final_metrics.json").exists()
 
 
-@pytest.mark.slow  # trains and resumes runs in subprocesses: a minute or more under load
+@pytest.mark.slow  # trains and resumes runs: a minute or more under load
 def test_diverged_parameters_are_not_evaluated_as_valid_and_the_resume_tells_the_truth(
   data_dir, tmp_path
 ):
