@@ -470,8 +470,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   points within +-88.72 (exp(gamma) finite in float32). The rules of one model or
   denoiser (which options it uses, which data shapes it takes) are that registry entry's
   own check (`models.check_config`, on the dataset's `data.static_info`), run once the
-fields it reads are known to be valid choices and numbers.
-  Training also applies `check_training_batch`.
+  fields it reads are known to be valid choices and numbers. Training also applies `check_training_batch`.
   """
   # Local: config files import this module, and need neither tfds nor Flax to load.
   from vdm_jax import data, models
