@@ -194,6 +194,11 @@ class UNet(nn.Module):
     block = lambda name: res_cls(self.n_embd, self.norm_groups, self.dropout, dt, name=name)
     attn = lambda name: attn_cls(self.norm_groups, dtype=dt, name=name)
 
+    def middle(h):  # ResNet, attention, ResNet: the same in both layouts
+      h = block("mid0")(h, cond, train)
+      h = attn("mid_attn")(h)
+      return block("mid1")(h, cond, train)
+
     if self.scan_layers:
       layer_cls = nn.remat(_Layer, prevent_cse=False) if self.remat else _Layer
       loop = lambda n, name: nn.scan(
@@ -208,9 +213,7 @@ class UNet(nn.Module):
       h_in = h
       h, downs = loop(self.n_layer, "down")(h, None, cond)  # downs: [n_layer, B, H, W, C]
       skips = jnp.concatenate([h_in[None], downs], axis=0)[::-1]  # consumed last first
-      h = block("mid0")(h, cond, train)
-      h = attn("mid_attn")(h)
-      h = block("mid1")(h, cond, train)
+      h = middle(h)
       h, _ = loop(self.n_layer + 1, "up")(h, skips, cond)
     else:
       skips = [h]
@@ -219,11 +222,7 @@ class UNet(nn.Module):
         if self.attention_everywhere:
           h = attn(f"down{i}_attn")(h)
         skips.append(h)
-
-      h = block("mid0")(h, cond, train)
-      h = attn("mid_attn")(h)
-      h = block("mid1")(h, cond, train)
-
+      h = middle(h)
       for i in range(self.n_layer + 1):
         h = block(f"up{i}")(jnp.concatenate([h, skips.pop()], axis=-1), cond, train)
         if self.attention_everywhere:
