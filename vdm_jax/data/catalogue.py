@@ -92,18 +92,22 @@ def _check_public(name: str, data_dir: str) -> None:
     _public_source(name, data_dir, split)
 
 
-register(
-  Dataset(
-    name="digits",
-    splits=tuple(digits.NUM_EXAMPLES),
-    source=digits.data_source,
-    prepare=digits.prepare,
-    shape=digits.SHAPE,
-    vocab_size=digits.VOCAB_SIZE,
-    num_examples=dict(digits.NUM_EXAMPLES),
-    num_classes=digits.NUM_CLASSES,
+def _offline(name: str, module, *, num_classes: int = 0) -> Dataset:
+  """A dataset built offline by a tfds builder of this package (`data.digits`,
+  `data.photos`): each module declares the same constants and functions."""
+  return Dataset(
+    name=name,
+    splits=tuple(module.NUM_EXAMPLES),
+    source=module.data_source,
+    prepare=module.prepare,
+    shape=module.SHAPE,
+    vocab_size=module.VOCAB_SIZE,
+    num_examples=dict(module.NUM_EXAMPLES),
+    num_classes=num_classes,
   )
-)
+
+
+register(_offline("digits", digits, num_classes=digits.NUM_CLASSES))
 register(
   Dataset(
     name="toy2d",
@@ -129,17 +133,7 @@ for _name, _public in _PUBLIC.items():
     )
   )
 del _name, _public
-register(
-  Dataset(
-    name="photos",
-    splits=tuple(photos.NUM_EXAMPLES),
-    source=photos.data_source,
-    prepare=photos.prepare,
-    shape=photos.SHAPE,
-    vocab_size=photos.VOCAB_SIZE,
-    num_examples=dict(photos.NUM_EXAMPLES),
-  )
-)
+register(_offline("photos", photos))
 
 
 def lookup(data_config) -> Dataset:

@@ -122,18 +122,26 @@ def _check_vdm_reference(config, info) -> None:
     )
 
 
+def _unet_fields(config) -> dict:
+  """The attributes the U-Net and google-research/vdm's ScoreUNet share, from the config."""
+  m = config.model
+  return {
+    "n_layer": m.n_layer,
+    "n_embd": m.n_embd,
+    "norm_groups": m.norm_groups,
+    "dropout": m.dropout,
+    "fourier_features": m.fourier_features,
+    "attention_everywhere": m.attention_everywhere,
+    "gamma_min": config.schedule.gamma_min,
+    "gamma_max": config.schedule.gamma_max,
+  }
+
+
 def _unet(config, info) -> UNet:
   _check_unet(config, info)
   m = config.model
   return UNet(
-    n_layer=m.n_layer,
-    n_embd=m.n_embd,
-    norm_groups=m.norm_groups,
-    dropout=m.dropout,
-    fourier_features=m.fourier_features,
-    attention_everywhere=m.attention_everywhere,
-    gamma_min=config.schedule.gamma_min,
-    gamma_max=config.schedule.gamma_max,
+    **_unet_fields(config),
     vocab_size=info.vocab_size,
     dtype=m.dtype,
     scan_layers=m.scan_layers,
@@ -175,17 +183,7 @@ def _num_classes(config, info) -> int:
 
 def _vdm_reference(config, info) -> ReferenceScoreUNet:
   _check_vdm_reference(config, info)
-  m = config.model
-  return ReferenceScoreUNet(
-    n_layer=m.n_layer,
-    n_embd=m.n_embd,
-    norm_groups=m.norm_groups,
-    dropout=m.dropout,
-    fourier_features=m.fourier_features,
-    attention_everywhere=m.attention_everywhere,
-    gamma_min=config.schedule.gamma_min,
-    gamma_max=config.schedule.gamma_max,
-  )
+  return ReferenceScoreUNet(**_unet_fields(config))
 
 
 DENOISERS.register("unet", _unet, check=_check_unet)
