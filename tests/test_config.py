@@ -214,3 +214,20 @@ def test_profile_steps(value, expected):
       config_lib.profile_steps(c)
   else:
     assert config_lib.profile_steps(c) == expected
+
+
+def test_the_documented_denoiser_check_runs_in_validate():
+  import re
+
+  page = (CONFIGS.parent / "docs" / "extending.md").read_text()
+  blocks = [b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "DENOISERS" in b]
+  assert len(blocks) == 2 and "check=check_tiny" in blocks[1]
+  namespace = {}
+  try:
+    for block in blocks:
+      exec(block, namespace)
+    config_lib.validate(_config(model__denoiser="tiny"))  # digits: images
+    with pytest.raises(ValueError, match="config.model.denoiser='tiny' needs images; toy2d"):
+      config_lib.validate(_config(model__denoiser="tiny", data__name="toy2d"))
+  finally:
+    models.DENOISERS.unregister("tiny")
