@@ -32,12 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdm_jax.models.embed import (
-  GammaEmbedding,
-  LabelEmbedding,
-  fourier_exponents,
-  fourier_features,
-)
+from vdm_jax.models.embed import denoiser_inputs
 
 __all__ = [
   "AttentionBlock",
@@ -174,19 +169,8 @@ class UNet(nn.Module):
     dt = jnp.dtype(self.dtype)
     if dt not in (jnp.float32, jnp.bfloat16):
       raise ValueError(f"UNet dtype must be float32 or bfloat16, got {self.dtype!r}.")
-    z = z.astype(jnp.float32)
-    # float32 from here to the casts: the sinusoid of gamma, and Fourier frequencies up to
-    # 2^7 2 pi, whose phases bfloat16 (8 bits of mantissa) would not resolve.
-    cond = GammaEmbedding(self.n_embd, self.gamma_min, self.gamma_max, name="embed")(gamma)
-    if self.num_classes:
-      cond = cond + LabelEmbedding(
-        self.num_classes, cond.shape[-1], self.label_dropout, name="label_embed"
-      )(batch, z.shape[0], train=train)
-    h = (
-      jnp.concatenate([z, fourier_features(z, *fourier_exponents(self.vocab_size))], axis=-1)
-      if self.fourier_features
-      else z
-    )
+    # float32 until the casts (`denoiser_inputs` says why).
+    h, cond = denoiser_inputs(self, z, gamma, width=self.n_embd, batch=batch, train=train)
     h, cond = h.astype(dt), cond.astype(dt)
     h = nn.Conv(self.n_embd, (3, 3), dtype=dt, name="conv_in")(h)
     res_cls = nn.remat(ResnetBlock, static_argnums=(3,)) if self.remat else ResnetBlock
