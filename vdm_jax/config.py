@@ -339,6 +339,126 @@ def check_training_batch(config: ml_collections.ConfigDict) -> None:
     )
 
 
+# The fields every config is checked for, whatever its model: (section.field, ...) by kind.
+# Counts >= 1 (and < 2**31):
+_COUNTS = (
+  "model.n_layer",
+  "model.n_embd",
+  "model.norm_groups",
+  "model.mlp_hidden",
+  "model.mlp_layers",
+  "model.vae_latent_dim",
+  "model.vae_hidden",
+  "model.vae_layers",
+  "model.adaptive_latent_dim",
+  "model.adaptive_hidden",
+  "loss.time_bins",
+  "loss.vae_num_samples",
+  "train.batch_size",
+  "train.num_steps",
+  "train.log_every",
+  "train.eval_every",
+  "train.ckpt_every",
+  "train.max_to_keep",
+  "train.sample_steps",
+  "train.fsdp_min_size",
+  "train.grad_accum_steps",
+  "eval.batch_size",
+)
+# Counts where 0 means none (or, for loss.num_steps, continuous time):
+_COUNTS_OR_ZERO = ("loss.num_steps", "optim.warmup_steps", "train.num_samples", "train.prefetch")
+# Finite numbers > 0, and >= 0 (grad_clip 0 disables clipping; NaN must not):
+_POSITIVE = ("optim.learning_rate", "optim.eps")
+_POSITIVE_OR_ZERO = ("optim.weight_decay", "optim.grad_clip")
+# Rates in [0, 1):
+_UNIT_INTERVAL = (
+  "model.dropout",
+  "model.label_dropout",
+  "loss.time_decay",
+  "optim.b1",
+  "optim.b2",
+  "optim.ema_decay",
+)
+
+
+def _get(config: ml_collections.ConfigDict, path: str):
+  section, name = path.split(".")
+  return config[section][name]
+
+
+def _check_choices(config: ml_collections.ConfigDict) -> None:
+  """Every field that names a choice: of a registry, or of a fixed list."""
+  from vdm_jax import models, predictions
+
+  choices = {
+    "model.kind": models.MODELS,
+    "model.denoiser": models.DENOISERS,
+    "model.prediction": predictions.PARAMETERIZATIONS,
+    "schedule.kind": models.SCHEDULES,
+    "model.dtype": DTYPES,
+    "schedule.objective": ("elbo", "variance"),
+    "loss.time_sampling": ("uniform", "importance"),
+    "train.sharding": ("replicated", "fsdp"),
+  }
+  for path, valid in choices.items():
+    _choice(path, _get(config, path), valid)
+
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
+  """Counts, rates and magnitudes, each finite and within what float32 / int32 hold."""
+  for path in _COUNTS:
+    _positive(path, _get(config, path), integer=True)
+  for path in _COUNTS_OR_ZERO:
+    _positive(path, _get(config, path), allow_zero=True, integer=True)
+  for path in _POSITIVE:
+    _positive(path, _get(config, path))
+  for path in _POSITIVE_OR_ZERO:
+    _positive(path, _get(config, path), allow_zero=True)
+  for path in _UNIT_INTERVAL:
+    _in_unit_interval(path, _get(config, path))
+
+
+def _check_schedule(config: ml_collections.ConfigDict) -> None:
+  """The schedule's end points, and what `schedule.objective="variance"` needs."""
+  s = config.schedule
+  for path in ["schedule.gamma_min", "schedule.gamma_max"]:
+    gamma = _get(config, path)
+    _finite(path, gamma)
+    if abs(gamma) > GAMMA_LIMIT:
+      raise ValueError(
+        f"config.{path}={gamma!r} is outside [-{GAMMA_LIMIT:.2f}, {GAMMA_LIMIT:.2f}], where "
+        "exp(gamma) and exp(-gamma) (the noise-to-signal ratio and its inverse) stay finite "
+        "in float32; the defaults are -13.3 and 5.0."
+      )
+  if not s.gamma_min < s.gamma_max:
+    raise ValueError(
+      f"config.schedule.gamma_min ({s.gamma_min}) must be below "
+      f"config.schedule.gamma_max ({s.gamma_max})."
+    )
+  if s.objective == "variance" and (s.kind != "monotone" or config.loss.num_steps):
+    raise ValueError(
+      "config.schedule.objective='variance' learns the shape of a schedule between its end "
+      "points in continuous time: it needs config.schedule.kind='monotone' (got "
+      f"{s.kind!r}) and config.loss.num_steps=0 (got {config.loss.num_steps})."
+    )
+
+
+def _check_training(config: ml_collections.ConfigDict) -> None:
+  """The fields of `config.train` that are more than a count."""
+  t = config.train
+  if t.batch_size % t.grad_accum_steps:
+    raise ValueError(
+      f"config.train.grad_accum_steps ({t.grad_accum_steps}) must divide "
+      f"config.train.batch_size ({t.batch_size})."
+    )
+  profile_steps(config)
+  if not isinstance(t.allow_config_changes, str):
+    raise ValueError(
+      "config.train.allow_config_changes must be a comma-separated string of field names, "
+      f"got {t.allow_config_changes!r}."
+    )
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad field of `config`.
 
@@ -347,11 +467,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Every numeric field must be finite (NaN or infinity would train nothing, or, for
   `optim.grad_clip`, silently turn clipping off) and representable in float32 (1e39 is
   infinite there, 1e-50 is 0), counts must be integers below 2**31, the schedule's end
-  points within +-88.72 (exp(gamma) finite in float32). Training also applies
-  `check_training_batch`.
+  points within +-88.72 (exp(gamma) finite in float32). The rules of one model or
+  denoiser (which options it uses, which data shapes it takes) are that registry entry's
+  own check (`models.check_config`, on the dataset's `data.static_info`), run once the
+  fields it reads are known to be valid choices and numbers. Training also applies `check_training_batch`.
   """
   # Local: config files import this module, and need neither tfds nor Flax to load.
-  from vdm_jax import data, models, predictions, streams
+  from vdm_jax import data, models, streams
 
   if isinstance(config.seed, bool) or not isinstance(config.seed, int):
     raise ValueError(f"config.seed must be an int in [0, 2**32), got {config.seed!r}.")
@@ -360,124 +482,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   plugin_modules(config)
   dataset = data.lookup(config.data)  # a registered dataset, or one imported into data_dir
   _choice("eval.split", config.eval.split, dataset.splits)
-  _choice("model.kind", config.model.kind, models.MODELS)
-  _choice("model.denoiser", config.model.denoiser, models.DENOISERS)
-  _choice("model.prediction", config.model.prediction, predictions.PARAMETERIZATIONS)
-  _choice("schedule.kind", config.schedule.kind, models.SCHEDULES)
-  _choice("model.dtype", config.model.dtype, DTYPES)
-  for name in ["scan_layers", "remat"]:
-    if config.model[name] and (config.model.kind, config.model.denoiser) != ("vdm", "unet"):
-      raise ValueError(
-        f"config.model.{name}=True applies to the U-Net denoiser only; this config has "
-        f"model.kind={config.model.kind!r}, model.denoiser={config.model.denoiser!r}."
-      )
-  if config.model.dtype != "float32" and config.model.kind != "vdm":
-    raise ValueError(
-      f"config.model.dtype={config.model.dtype!r} applies to the VDM's denoiser; "
-      f"model.kind={config.model.kind!r} computes in float32. Leave model.dtype='float32'."
-    )
-  _choice("schedule.objective", config.schedule.objective, ("elbo", "variance"))
-  _choice("loss.time_sampling", config.loss.time_sampling, ("uniform", "importance"))
-  _choice("train.sharding", config.train.sharding, ("replicated", "fsdp"))
-  _positive("loss.time_bins", config.loss.time_bins, integer=True)
-  _in_unit_interval("loss.time_decay", config.loss.time_decay)
-  _in_unit_interval("model.label_dropout", config.model.label_dropout)
-  if config.model.conditional and config.model.kind != "vdm":
-    raise ValueError(
-      f"config.model.conditional=True applies to model.kind='vdm', got {config.model.kind!r}."
-    )
-  for path in ["schedule.gamma_min", "schedule.gamma_max"]:
-    gamma = config.schedule[path.split(".")[1]]
-    _finite(path, gamma)
-    if abs(gamma) > GAMMA_LIMIT:
-      raise ValueError(
-        f"config.{path}={gamma!r} is outside [-{GAMMA_LIMIT:.2f}, {GAMMA_LIMIT:.2f}], where "
-        "exp(gamma) and exp(-gamma) (the noise-to-signal ratio and its inverse) stay finite "
-        "in float32; the defaults are -13.3 and 5.0."
-      )
-  if not config.schedule.gamma_min < config.schedule.gamma_max:
-    raise ValueError(
-      f"config.schedule.gamma_min ({config.schedule.gamma_min}) must be below "
-      f"config.schedule.gamma_max ({config.schedule.gamma_max})."
-    )
-  for path in [
-    "model.n_layer",
-    "model.n_embd",
-    "model.mlp_hidden",
-    "model.mlp_layers",
-    "model.vae_latent_dim",
-    "model.vae_hidden",
-    "model.vae_layers",
-    "model.adaptive_latent_dim",
-    "model.adaptive_hidden",
-    "loss.vae_num_samples",
-  ]:
-    _positive(path, config[path.split(".")[0]][path.split(".")[1]], integer=True)
-  if config.model.kind == "adaptive" and config.schedule.objective != "elbo":
-    raise ValueError(
-      f"config.schedule.objective={config.schedule.objective!r} shapes a learned scalar "
-      "schedule; model.kind='adaptive' learns its per-dimension schedule on the ELBO. Use "
-      "config.schedule.objective='elbo'."
-    )
-  if config.schedule.objective == "variance" and (
-    config.schedule.kind != "monotone" or config.loss.num_steps
-  ):
-    raise ValueError(
-      "config.schedule.objective='variance' learns the shape of a schedule between its end "
-      "points in continuous time: it needs config.schedule.kind='monotone' (got "
-      f"{config.schedule.kind!r}) and config.loss.num_steps=0 (got {config.loss.num_steps})."
-    )
-  if config.model.kind == "vae" and config.loss.time_sampling != "uniform":
-    raise ValueError("config.loss.time_sampling applies to diffusion models, not model.kind='vae'.")
-  if config.model.kind == "vae" and config.loss.num_steps:
-    raise ValueError(
-      f"config.loss.num_steps={config.loss.num_steps} but config.model.kind='vae' has no "
-      "diffusion steps; leave it at 0."
-    )
-  _positive("model.norm_groups", config.model.norm_groups, integer=True)
-  if config.model.denoiser == "vdm_reference":
-    from vdm_jax.models import vdm_reference
-
-    vdm_reference.check_config(config, dataset.shape)
-  if config.model.denoiser in ("unet", "vdm_reference") and (
-    config.model.n_embd % config.model.norm_groups
-  ):
-    raise ValueError(
-      f"config.model.n_embd ({config.model.n_embd}) must be divisible by "
-      f"config.model.norm_groups ({config.model.norm_groups})."
-    )
-  _in_unit_interval("model.dropout", config.model.dropout)
-  _positive("loss.num_steps", config.loss.num_steps, allow_zero=True, integer=True)
-  _positive("optim.learning_rate", config.optim.learning_rate)
-  _positive("optim.warmup_steps", config.optim.warmup_steps, allow_zero=True, integer=True)
-  _positive("optim.eps", config.optim.eps)
-  _positive("optim.weight_decay", config.optim.weight_decay, allow_zero=True)
-  _positive("optim.grad_clip", config.optim.grad_clip, allow_zero=True)  # NaN: no silent "off"
-  for path in ["optim.b1", "optim.b2", "optim.ema_decay"]:
-    _in_unit_interval(path, config[path.split(".")[0]][path.split(".")[1]])
-  for path in [
-    "batch_size",
-    "num_steps",
-    "log_every",
-    "eval_every",
-    "ckpt_every",
-    "max_to_keep",
-    "sample_steps",
-  ]:
-    _positive(f"train.{path}", config.train[path], integer=True)
-  _positive("train.num_samples", config.train.num_samples, allow_zero=True, integer=True)
-  _positive("train.fsdp_min_size", config.train.fsdp_min_size, integer=True)
-  _positive("train.grad_accum_steps", config.train.grad_accum_steps, integer=True)
-  if config.train.batch_size % config.train.grad_accum_steps:
-    raise ValueError(
-      f"config.train.grad_accum_steps ({config.train.grad_accum_steps}) must divide "
-      f"config.train.batch_size ({config.train.batch_size})."
-    )
-  _positive("train.prefetch", config.train.prefetch, allow_zero=True, integer=True)
-  profile_steps(config)
-  _positive("eval.batch_size", config.eval.batch_size, integer=True)
-  if not isinstance(config.train.allow_config_changes, str):
-    raise ValueError(
-      "config.train.allow_config_changes must be a comma-separated string of field names, "
-      f"got {config.train.allow_config_changes!r}."
-    )
+  _check_choices(config)
+  _check_numbers(config)
+  models.check_config(config, data.static_info(config.data))
+  _check_schedule(config)
+  _check_training(config)

@@ -1,9 +1,10 @@
 """Data (README "Layout": layer 3): tfds builders and readers, the grain input pipeline.
 
 * `vdm_jax.data.pipeline`: `dataset_info`, `prepare`, `make_train_iterator`,
-  `eval_batches` for every dataset in `DATASETS` (re-exported here).
+  `eval_batches`, `first_examples` for every dataset in `DATASETS` (re-exported here).
 * `DATASETS`: the registry, name -> `Dataset`; `register` adds one, `lookup` resolves
   `data.name` (a registered name, or a folder of images imported into `data.data_dir`).
+  `vdm_jax.data.catalogue` registers the built-in datasets and holds `lookup`.
 * `vdm_jax.data.digits`: scikit-learn's 8x8 digits as an offline tfds builder (V = 17).
 * `vdm_jax.data.photos`: 32x32 RGB patches of six photos shipped by scikit-learn and
   scikit-image, as an offline tfds builder (V = 256, CIFAR-shaped).
@@ -24,6 +25,7 @@ from vdm_jax.data.pipeline import (
   DatasetInfo,
   dataset_info,
   eval_batches,
+  first_examples,
   lookup,
   make_train_iterator,
   prepare,
@@ -39,6 +41,7 @@ __all__ = [
   "dataset_info",
   "digits",
   "eval_batches",
+  "first_examples",
   "lookup",
   "make_train_iterator",
   "photos",

@@ -1,5 +1,8 @@
 """The input pipeline: tfds array_record data (or in-memory arrays) -> grain -> batches.
 
+Which datasets exist, and how a `data.name` resolves to one, is `vdm_jax.data.catalogue`
+(its `lookup` and `splits` are re-exported here and from `vdm_jax.data`).
+
 Every dataset is read through a random-access source (`tfds.data_source` /
 `builder.as_data_source` over array_record files, or a NumPy array for toy2d) wrapped in a
 grain `MapDataset`. No path imports TensorFlow: images in array_record are decoded with
@@ -45,16 +48,15 @@ import dataclasses
 import functools
 import math
 import os
-import types
 from collections.abc import Iterator, Mapping
 
 import grain
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import flags
 
-from vdm_jax.data import digits, folder, photos, toy2d
+from vdm_jax._arith import ceil_div
+from vdm_jax.data.catalogue import lookup, splits
 from vdm_jax.data.registry import DATASETS, Dataset, check_split, register
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
   "DatasetInfo",
   "dataset_info",
   "eval_batches",
+  "first_examples",
   "lookup",
   "make_train_iterator",
   "prepare",
@@ -124,73 +127,7 @@ class _SplitSizes(dict):
 
 
 # ---------------------------------------------------------------------------
-# Public image datasets: prepared beforehand with the `tfds build` command line.
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Public:
-  tfds_name: str
-  shape: tuple[int, ...]
-  tfds_splits: dict[str, str]  # our split name -> the tfds split name
-
-
-_PUBLIC = {
-  "cifar10": _Public("cifar10", (32, 32, 3), {"train": "train", "test": "test"}),
-  "mnist": _Public("mnist", (28, 28, 1), {"train": "train", "test": "test"}),
-  # ImageNet 32x32 of van den Oord et al. (2016) has no test split: its held-out split,
-  # tfds "validation", is the one papers (VDM included) report as test. Calling it "test"
-  # here keeps one pair of split names for every dataset.
-  "imagenet32": _Public(
-    "downsampled_imagenet/32x32", (32, 32, 3), {"train": "train", "test": "validation"}
-  ),
-}
-
-
-def _prepare_command(tfds_name: str, data_dir: str) -> str:
-  return (
-    f"pip install -e '.[prepare]'\n  "
-    f"tfds build {tfds_name} --file_format=array_record --data_dir={data_dir}"
-  )
-
-
-def _public_source(name: str, data_dir: str, split: str):
-  tfds_name = _PUBLIC[name].tfds_name
-  tfds_split = _PUBLIC[name].tfds_splits[check_split(name, _PUBLIC[name].tfds_splits, split)]
-  try:
-    # `download=False`: read what is on disk, never fetch. With no `dataset_info.json`
-    # under data_dir, tfds assumes TFRecord and raises NotImplementedError.
-    return tfds.data_source(tfds_name, split=tfds_split, data_dir=data_dir, download=False)
-  except (NotImplementedError, FileNotFoundError, ValueError) as e:
-    raise FileNotFoundError(
-      f"The {name} dataset (tfds {tfds_name!r}) is not prepared as array_record under "
-      f"data_dir {data_dir!r}: {_found(data_dir, tfds_name, e)}. Prepare it once, on a "
-      "machine with network access (building needs TensorFlow to decode the originals), "
-      "or point --config.data.data_dir at a directory where it is prepared:\n  "
-      f"{_prepare_command(tfds_name, data_dir)}"
-    ) from e
-
-
-def _found(data_dir: str, tfds_name: str, error: Exception) -> str:
-  """What is under data_dir instead of the prepared dataset (tfds's own error says only
-  that it cannot read TFRecord files when there is nothing at all)."""
-  dataset_dir = os.path.join(data_dir, *tfds_name.split("/"))
-  if not os.path.isdir(data_dir):
-    return "that directory does not exist"
-  if not os.path.isdir(dataset_dir):
-    return f"there is no {dataset_dir}"
-  files = [f for _, _, names in os.walk(dataset_dir) for f in names]
-  if any(".tfrecord" in f for f in files) and not any(".array_record" in f for f in files):
-    return (
-      f"{dataset_dir} holds TFRecord files (tfds build's default format), which cannot be "
-      "read at random: build it again with --file_format=array_record"
-    )
-  detail = str(error).splitlines()[0] if str(error) else "no detail"
-  return f"{dataset_dir} holds no readable array_record files ({type(error).__name__}: {detail})"
-
-
-# ---------------------------------------------------------------------------
-# Config checks and sources.
+# Config checks and sources (the datasets themselves: `vdm_jax.data.catalogue`).
 # ---------------------------------------------------------------------------
 
 
@@ -219,115 +156,6 @@ def _num_workers(data_config) -> int:
       f"data.num_workers must be an int >= 0 (0 reads in the main process), got {num_workers!r}."
     )
   return num_workers
-
-
-def _check_public(name: str, data_dir: str) -> None:
-  for split in _PUBLIC[name].tfds_splits:
-    _public_source(name, data_dir, split)
-
-
-register(
-  Dataset(
-    "digits",
-    tuple(digits.NUM_EXAMPLES),
-    digits.data_source,
-    digits.prepare,
-    digits.SHAPE,
-    digits.VOCAB_SIZE,
-    dict(digits.NUM_EXAMPLES),
-    num_classes=digits.NUM_CLASSES,
-  )
-)
-register(
-  Dataset(
-    "toy2d",
-    tuple(toy2d.NUM_EXAMPLES),
-    lambda data_dir, split: toy2d.load(split),  # [N, 2] int32; an array is a grain source
-    lambda data_dir: None,  # generated in memory
-    toy2d.SHAPE,
-    toy2d.VOCAB_SIZE,
-    dict(toy2d.NUM_EXAMPLES),
-    uses_data_dir=False,
-  )
-)
-for _public_name in _PUBLIC:
-  register(
-    Dataset(
-      _public_name,
-      tuple(_PUBLIC[_public_name].tfds_splits),
-      functools.partial(_public_source, _public_name),
-      functools.partial(_check_public, _public_name),
-      _PUBLIC[_public_name].shape,
-    )
-  )
-register(
-  Dataset(
-    "photos",
-    tuple(photos.NUM_EXAMPLES),
-    photos.data_source,
-    photos.prepare,
-    photos.SHAPE,
-    photos.VOCAB_SIZE,
-    dict(photos.NUM_EXAMPLES),
-  )
-)
-del _public_name
-
-
-def lookup(data_config) -> Dataset:
-  """The dataset `data_config.name` selects: registered, or imported into `data_dir`.
-
-  Raises:
-    ValueError: naming the unknown name, the registered datasets, the data_dir searched
-      (expanded) and the datasets imported there (by `vdm-import-images`), and how to import
-      one or where `data.data_dir` should point.
-  """
-  name = getattr(data_config, "name", None)
-  if name in DATASETS:
-    return DATASETS[name]
-  data_dir = getattr(data_config, "data_dir", None)
-  data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir))) if data_dir else None
-  if isinstance(name, str) and data_dir:
-    dataset = folder.find(data_dir, name)
-    if dataset is not None:
-      return dataset
-  raise ValueError(_unknown_dataset(name, data_dir))
-
-
-def _unknown_dataset(name, data_dir: str | None) -> str:
-  """The message of `lookup`: what was searched, what is there, and the ways out."""
-  if data_dir is None:
-    searched = "no data_dir is set (data.data_dir), so no imported dataset was searched for"
-  elif not os.path.isdir(data_dir):
-    searched = f"the data_dir {data_dir!r} searched for imported datasets does not exist"
-  else:
-    imported = folder.imported_names(data_dir)
-    searched = f"the data_dir {data_dir!r} holds " + (
-      f"the imported datasets {tuple(imported)}" if imported else "no imported dataset"
-    )
-    if isinstance(name, str) and os.path.exists(os.path.join(data_dir, name)):
-      searched += (
-        f" ({os.path.join(data_dir, name)!r} exists but is no complete dataset written by "
-        "vdm-import-images)"
-      )
-  example = name if isinstance(name, str) and folder.valid_name(name) else "NAME"
-  return (
-    f"Unknown dataset data.name={name!r}: the registered datasets are {tuple(DATASETS)}, "
-    f"and {searched}. If {name!r} was imported into another directory, point "
-    "--config.data.data_dir at that directory; otherwise import a folder of your images "
-    f"with `vdm-import-images --images=DIR --name={example} --data_dir="
-    f"{data_dir or 'DATA_DIR'}` (then --config.data.name={example})."
-  )
-
-
-def splits(name: str, data_dir: str | None = None) -> tuple[str, ...]:
-  """The split names of dataset `name`, known without opening data files.
-
-  Args:
-    name: a key of `DATASETS`, or a dataset imported into `data_dir`.
-    data_dir: where imported datasets are looked up (None: registered datasets only).
-  """
-  return lookup(types.SimpleNamespace(name=name, data_dir=data_dir)).splits
 
 
 def _source(data_config, split: str):
@@ -443,10 +271,6 @@ def _rows_per_process(global_batch_size) -> tuple[int, int, int]:
       f"of processes ({count})."
     )
   return global_batch_size // count, index, count
-
-
-def _ceil_div(a: int, b: int) -> int:
-  return -(-a // b)
 
 
 def _shard_bounds(num_examples: int, index: int, count: int) -> tuple[int, int]:
@@ -568,13 +392,40 @@ def eval_batches(data_config, split: str, *, global_batch_size: int) -> Iterator
   ds, to_record = _records(data_config, split, info)
   num_examples = len(ds)
   start, end = _shard_bounds(num_examples, index, count)
-  num_batches = _ceil_div(_ceil_div(num_examples, count), rows)  # the longest shard's
+  num_batches = ceil_div(ceil_div(num_examples, count), rows)  # the longest shard's
   shard = ds[start:end].map(to_record)
   batches = _to_iter_dataset(shard, rows, drop_remainder=False, num_workers=num_workers)
   empty = {"image": np.zeros((0, *info.shape), np.int32)}
   if info.num_classes:
     empty["label"] = np.zeros((0,), np.int32)
   return _padded(batches, num_batches, rows, empty, start)
+
+
+def first_examples(data_config, split: str, num_examples: int) -> dict[str, np.ndarray]:
+  """The first `num_examples` examples of `split` in its stored order, as one batch.
+
+  The same rows on every process (unlike `eval_batches`, which gives each process its own
+  slice): for diagnostics on a few examples. Reads only those examples, and leaves no
+  reader open.
+
+  Args:
+    data_config: has `name` and `data_dir`.
+    split: a split of the dataset.
+    num_examples: how many (an int >= 1); a shorter split gives all of its examples.
+
+  Returns:
+    {"image": int32 [n, *shape]} (and "label": int32 [n] for a labelled dataset), n =
+    min(num_examples, size of the split).
+  """
+  if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+    raise ValueError(f"num_examples must be an int >= 1, got {num_examples!r}.")
+  lookup(data_config).check_split(split)
+  info = static_info(data_config)
+  ds, to_record = _records(data_config, split, info)
+  if len(ds) == 0:
+    raise ValueError(f"The {info.name} {split} split is empty.")
+  records = [to_record(ds[i]) for i in range(min(num_examples, len(ds)))]
+  return {name: np.stack([r[name] for r in records]) for name in records[0]}
 
 
 def _padded(batches, num_batches: int, rows: int, empty: dict, start: int) -> Iterator[dict]:

@@ -1,7 +1,7 @@
 """The dataset registry: `data.name` -> how to prepare and read the dataset (`Dataset`).
 
-The built-in datasets register themselves in `vdm_jax.data.pipeline`; your own is one
-`register(Dataset(...))` call (docs/extending.md), or no code at all for a
+The built-in datasets register themselves in `vdm_jax.data.catalogue`; your own is one
+`register(Dataset(name=..., ...))` call (docs/extending.md), or no code at all for a
 folder of images (`vdm-import-images`).
 """
 

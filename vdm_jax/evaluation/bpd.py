@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax import data, elbo, streams, times
+from vdm_jax._arith import ceil_div, round_up
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import signals as _signals
 
@@ -167,9 +168,9 @@ def balanced_batch_size(num_examples: int, batch_size: int, num_devices: int) ->
   batches as `batch_size` does: 300 examples at 256 become 2 batches of 152, not 256 + 44
   padded to 256. Padding rows cost a full network call each and are discarded; results
   do not depend on the batch size, so this only saves time."""
-  num_batches = -(-num_examples // batch_size)
-  per_batch = -(-num_examples // num_batches)
-  return -(-per_batch // num_devices) * num_devices
+  num_batches = ceil_div(num_examples, batch_size)
+  per_batch = ceil_div(num_examples, num_batches)
+  return round_up(per_batch, num_devices)
 
 
 def global_batches(config, split: str, batch_size: int, mesh, *, progress: bool, desc: str):
@@ -186,7 +187,7 @@ def global_batches(config, split: str, batch_size: int, mesh, *, progress: bool,
   if progress and jax.process_index() == 0:
     from tqdm import tqdm
 
-    total = -(-data.dataset_info(config.data).num_examples[split] // batch_size)
+    total = ceil_div(data.dataset_info(config.data).num_examples[split], batch_size)
     batches = tqdm(batches, total=total, desc=desc, leave=False)
   for batch in batches:
     if jax.process_count() == 1:  # several: the signal is honoured after the evaluation

@@ -30,6 +30,8 @@ import math
 
 import numpy as np
 
+from vdm_jax._arith import ceil_div
+
 __all__ = [
   "CODECS",
   "categorical_bits_per_dim",
@@ -106,7 +108,7 @@ def mosaic(images, cols: int | None = None) -> np.ndarray:
   images = _check_images(images)
   n, h, w, c = images.shape
   cols = cols or math.ceil(math.sqrt(n))
-  rows = math.ceil(n / cols)
+  rows = ceil_div(n, cols)
   grid = np.zeros((rows * cols, h, w, c), np.uint8)
   grid[:n] = images
   return grid.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)

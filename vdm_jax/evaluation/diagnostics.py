@@ -105,9 +105,7 @@ def time_variance_report(
   first `num_examples` test examples; writes the JSON (default
   `<workdir>/time_variance_T<T>.json`), prints a table and returns the result."""
   vdm, params, step, config, workdir = run.model, run.params, run.step, run.config, run.workdir
-  batches = data.eval_batches(config.data, "test", global_batch_size=num_examples)
-  first = next(iter(batches))
-  k = jax.numpy.asarray(np.asarray(first["image"])[np.asarray(first["mask"]) > 0])
+  k = jax.numpy.asarray(data.first_examples(config.data, "test", num_examples)["image"])
   start = time.perf_counter()
   result = time_sampling_variance(
     vdm,

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax import data, elbo, gaussian, hvae, schedules, testing
+from vdm_jax._arith import ceil_div
 from vdm_jax.evaluation import runs
 from vdm_jax.runtime import workdir as workdir_lib
 
@@ -156,7 +157,7 @@ def estimates(
   """
 
   chunk = max(1, min(chunk, num_samples))
-  num_chunks = -(-num_samples // chunk)
+  num_chunks = ceil_div(num_samples, chunk)
   keys = jax.random.split(key, num_chunks * chunk).reshape(num_chunks, chunk)
   forms = _forms(literal, one_step)
   groups = {name: {name: form} for name, form in forms.items()}
@@ -260,12 +261,7 @@ def checkpoint_target(config, workdir, *, step, split, num_examples):
 
   run = runs.load_run(workdir, step=step, config=config)
   vdm, params, step, config = run.model, run.params, run.step, run.config
-  batches = data.eval_batches(config.data, split, global_batch_size=num_examples)
-  try:
-    batch = next(batches)
-  finally:
-    batches.close()
-  k = np.asarray(batch["image"])[np.asarray(batch["mask"]) > 0]
+  k = data.first_examples(config.data, split, num_examples)["image"]
   vocab = vdm.vocab_size
   x = elbo.encode(jnp.asarray(k), vocab)
 

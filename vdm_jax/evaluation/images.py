@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from vdm_jax._arith import ceil_div
+
 __all__ = ["image_grid", "save_png"]
 
 
@@ -17,7 +19,7 @@ def image_grid(images, vocab_size: int, *, scale: int = 1) -> np.ndarray:
     raise ValueError(f"image_grid expects [N, H, W, C] images, got shape {images.shape}.")
   n, h, w, c = images.shape
   cols = math.ceil(math.sqrt(n))
-  rows = math.ceil(n / cols)
+  rows = ceil_div(n, cols)
   pixels = np.round(images.astype(np.float64) * 255.0 / (vocab_size - 1)).astype(np.uint8)
   grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, np.uint8)
   for idx in range(n):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm_jax._arith import round_up
 from vdm_jax.evaluation import images
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import signals as _signals
@@ -48,7 +49,7 @@ def draw_samples(model, params, key, num_samples: int, mesh, **options) -> np.nd
   if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
     raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
   n_dev = jax.device_count()
-  padded = -(-num_samples // n_dev) * n_dev
+  padded = round_up(num_samples, n_dev)
   # Made by a jitted function with a global output sharding: the same call on every
   # process (several processes cannot device_put host data to devices they do not own).
   keys = jax.jit(

@@ -7,11 +7,12 @@
 * `unet.UNet`, `mlp.MLPDenoiser`: denoisers; `noise`: fixed and learned schedules;
   `embed`: the gamma embedding and Fourier features.
 * `registry`: `SCHEDULES`, `DENOISERS`, `MODELS` (config name -> builder);
-  `factory.make_model(config, info)` builds the configured model.
+  `factory.make_model(config, info)` builds the configured model, and
+  `factory.check_config(config, info)` runs the chosen entries' own config checks.
 """
 
 from vdm_jax.models.adaptive import AdaptiveVDM
-from vdm_jax.models.factory import make_denoiser, make_model, make_schedule
+from vdm_jax.models.factory import check_config, make_denoiser, make_model, make_schedule
 from vdm_jax.models.interface import DiffusionModel, Model
 from vdm_jax.models.mlp import MLPDenoiser
 from vdm_jax.models.noise import FixedSchedule, LearnedLinearSchedule, MonotoneSchedule
@@ -34,6 +35,7 @@ __all__ = [
   "Model",
   "MonotoneSchedule",
   "UNet",
+  "check_config",
   "make_denoiser",
   "make_model",
   "make_schedule",

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 __all__ = [
   "GammaEmbedding",
   "LabelEmbedding",
+  "denoiser_inputs",
   "fourier_exponents",
   "fourier_features",
   "timestep_embedding",
@@ -94,3 +95,35 @@ class LabelEmbedding(nn.Module):
       drop = jax.random.bernoulli(self.make_rng("dropout"), self.dropout, (batch_size,))
       label = jnp.where(drop, self.num_classes, label)
     return nn.Embed(self.num_classes + 1, self.dim, name="embed")(label)
+
+
+def denoiser_inputs(module: nn.Module, z, gamma, *, width: int, batch, train: bool):
+  """The float32 input and conditioning a denoiser starts from; call it inside the
+  denoiser's `nn.compact` `__call__` (its submodules "embed" and "label_embed" are the
+  denoiser's own).
+
+  Args:
+    module: the denoiser, with the attributes `gamma_min`, `gamma_max`, `vocab_size`,
+      `fourier_features`, `num_classes` and `label_dropout` (as `UNet`, `MLPDenoiser`).
+    z: `[B, ...]` the noisy data.
+    gamma: `[B]`.
+    width: the gamma embedding's size (before its MLP widens it 4x).
+    batch: the data batch's dict (its "label" when `num_classes` > 0), or None.
+    train: whether labels are dropped at the rate `label_dropout`.
+
+  Returns:
+    (h, cond): `h` `[B, ..., C']` z with its Fourier features appended on the last axis
+    when `fourier_features` (C' = C (1 + 2 F)), else z; `cond` `[B, 4 width]` the gamma
+    embedding plus the label embedding when `num_classes` > 0. Both float32: the sinusoid
+    of gamma and Fourier frequencies up to 2^7 2 pi, whose phases bfloat16 (8 bits of
+    mantissa) would not resolve; cast them to the compute dtype after.
+  """
+  z = z.astype(jnp.float32)
+  cond = GammaEmbedding(width, module.gamma_min, module.gamma_max, name="embed")(gamma)
+  if module.num_classes:
+    cond = cond + LabelEmbedding(
+      module.num_classes, cond.shape[-1], module.label_dropout, name="label_embed"
+    )(batch, z.shape[0], train=train)
+  if module.fourier_features:
+    z = jnp.concatenate([z, fourier_features(z, *fourier_exponents(module.vocab_size))], axis=-1)
+  return z, cond

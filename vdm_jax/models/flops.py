@@ -62,6 +62,14 @@ def unet_flops_breakdown(
 ) -> dict[str, int]:
   """Forward-pass FLOPs of the U-Net by part; the values sum to `unet_flops`.
 
+  Args:
+    height, width, channels: the image shape H x W x C.
+    n_layer, n_embd, fourier_features, attention_everywhere: as `UNet`'s attributes.
+    vocab_size: V of the data (sets the number of Fourier frequencies).
+    batch: images per forward pass.
+    count_padding: charge each convolution output the full 3x3 window (True), or only the
+      taps inside the image (False, XLA's count).
+
   Returns:
     `{"embed", "conv_in", "down", "mid", "up", "conv_out"}`: the gamma MLP, the input
     convolution, the down blocks (with their attention blocks if `attention_everywhere`),
@@ -112,50 +120,18 @@ def unet_flops_breakdown(
   }
 
 
-def unet_flops(
-  *,
-  height: int,
-  width: int,
-  channels: int,
-  n_layer: int,
-  n_embd: int,
-  fourier_features: bool,
-  vocab_size: int,
-  attention_everywhere: bool,
-  batch: int,
-  count_padding: bool = True,
-) -> int:
-  """FLOPs of one forward pass of the U-Net on a batch (a multiply-add = 2 FLOPs).
+def unet_flops(**kwargs) -> int:
+  """FLOPs of one forward pass of the U-Net on a batch (a multiply-add = 2 FLOPs): the sum
+  of `unet_flops_breakdown(**kwargs)`, whose keyword arguments it takes.
 
   Convolutions, dense layers and attention are counted; elementwise operations and
   normalisations are not (see the module docstring).
-
-  Args:
-    height, width, channels: the image shape H x W x C.
-    n_layer, n_embd, fourier_features, attention_everywhere: as `UNet`'s attributes.
-    vocab_size: V of the data (sets the number of Fourier frequencies).
-    batch: images per forward pass.
-    count_padding: charge each convolution output the full 3x3 window (True), or only the
-      taps inside the image (False, XLA's count).
 
   >>> unet_flops(height=32, width=32, channels=3, n_layer=8, n_embd=128,
   ...   fourier_features=True, vocab_size=256, attention_everywhere=False, batch=1)
   15514206208
   """
-  return sum(
-    unet_flops_breakdown(
-      height=height,
-      width=width,
-      channels=channels,
-      n_layer=n_layer,
-      n_embd=n_embd,
-      fourier_features=fourier_features,
-      vocab_size=vocab_size,
-      attention_everywhere=attention_everywhere,
-      batch=batch,
-      count_padding=count_padding,
-    ).values()
-  )
+  return sum(unet_flops_breakdown(**kwargs).values())
 
 
 def train_step_flops(**kwargs) -> int:
@@ -176,7 +152,7 @@ def unet_flops_from_config(
       (H, W, C), with V = 256 (the number of Fourier frequencies is 2 for any V).
     batch: images per step; None for `config.train.batch_size`.
     train: count a training step (3 forward passes) instead of one forward pass.
-    count_padding: as in `unet_flops`.
+    count_padding: as in `unet_flops_breakdown`.
   """
   if config.model.denoiser != "unet":
     raise ValueError(

@@ -7,12 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vdm_jax.models.embed import (
-  GammaEmbedding,
-  LabelEmbedding,
-  fourier_exponents,
-  fourier_features,
-)
+from vdm_jax.models.embed import denoiser_inputs
 
 __all__ = ["MLPDenoiser"]
 
@@ -41,17 +36,7 @@ class MLPDenoiser(nn.Module):
     if z.ndim != 2:
       raise ValueError(f"MLPDenoiser expects z of shape [B, D], got {z.shape}.")
     dt = jnp.dtype(self.dtype)
-    z = z.astype(jnp.float32)
-    cond = GammaEmbedding(self.hidden // 4, self.gamma_min, self.gamma_max, name="embed")(gamma)
-    if self.num_classes:
-      cond = cond + LabelEmbedding(
-        self.num_classes, cond.shape[-1], self.label_dropout, name="label_embed"
-      )(batch, z.shape[0], train=train)
-    h = (
-      jnp.concatenate([z, fourier_features(z, *fourier_exponents(self.vocab_size))], axis=-1)
-      if self.fourier_features
-      else z
-    )
+    h, cond = denoiser_inputs(self, z, gamma, width=self.hidden // 4, batch=batch, train=train)
     h = nn.Dense(self.hidden, dtype=dt, name="dense_in")(h.astype(dt))
     cond = cond.astype(dt)
     for i in range(self.num_layers):

@@ -1,7 +1,9 @@
 """The registries of model choices: `config.schedule.kind`, `config.model.denoiser` and
 `config.model.kind`, each a name -> builder taking `(config, info)` (`info` a
-`data.DatasetInfo`). The built-in entries are registered in `vdm_jax.models.factory`;
-`config.validate` reads the names from here. docs/extending.md.
+`data.DatasetInfo`), and optionally a config check taking the same arguments
+(`register(name, builder, check=check)`). The built-in entries are registered in
+`vdm_jax.models.factory`; `config.validate` reads the names from here and runs the chosen
+model's check (`models.check_config`), which runs its denoiser's. docs/extending.md.
 """
 
 from __future__ import annotations

@@ -32,12 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdm_jax.models.embed import (
-  GammaEmbedding,
-  LabelEmbedding,
-  fourier_exponents,
-  fourier_features,
-)
+from vdm_jax.models.embed import denoiser_inputs
 
 __all__ = [
   "AttentionBlock",
@@ -174,25 +169,19 @@ class UNet(nn.Module):
     dt = jnp.dtype(self.dtype)
     if dt not in (jnp.float32, jnp.bfloat16):
       raise ValueError(f"UNet dtype must be float32 or bfloat16, got {self.dtype!r}.")
-    z = z.astype(jnp.float32)
-    # float32 from here to the casts: the sinusoid of gamma, and Fourier frequencies up to
-    # 2^7 2 pi, whose phases bfloat16 (8 bits of mantissa) would not resolve.
-    cond = GammaEmbedding(self.n_embd, self.gamma_min, self.gamma_max, name="embed")(gamma)
-    if self.num_classes:
-      cond = cond + LabelEmbedding(
-        self.num_classes, cond.shape[-1], self.label_dropout, name="label_embed"
-      )(batch, z.shape[0], train=train)
-    h = (
-      jnp.concatenate([z, fourier_features(z, *fourier_exponents(self.vocab_size))], axis=-1)
-      if self.fourier_features
-      else z
-    )
+    # float32 until the casts (`denoiser_inputs` says why).
+    h, cond = denoiser_inputs(self, z, gamma, width=self.n_embd, batch=batch, train=train)
     h, cond = h.astype(dt), cond.astype(dt)
     h = nn.Conv(self.n_embd, (3, 3), dtype=dt, name="conv_in")(h)
     res_cls = nn.remat(ResnetBlock, static_argnums=(3,)) if self.remat else ResnetBlock
     attn_cls = nn.remat(AttentionBlock) if self.remat else AttentionBlock
     block = lambda name: res_cls(self.n_embd, self.norm_groups, self.dropout, dt, name=name)
     attn = lambda name: attn_cls(self.norm_groups, dtype=dt, name=name)
+
+    def middle(h):  # ResNet, attention, ResNet: the same in both layouts
+      h = block("mid0")(h, cond, train)
+      h = attn("mid_attn")(h)
+      return block("mid1")(h, cond, train)
 
     if self.scan_layers:
       layer_cls = nn.remat(_Layer, prevent_cse=False) if self.remat else _Layer
@@ -208,9 +197,7 @@ class UNet(nn.Module):
       h_in = h
       h, downs = loop(self.n_layer, "down")(h, None, cond)  # downs: [n_layer, B, H, W, C]
       skips = jnp.concatenate([h_in[None], downs], axis=0)[::-1]  # consumed last first
-      h = block("mid0")(h, cond, train)
-      h = attn("mid_attn")(h)
-      h = block("mid1")(h, cond, train)
+      h = middle(h)
       h, _ = loop(self.n_layer + 1, "up")(h, skips, cond)
     else:
       skips = [h]
@@ -219,11 +206,7 @@ class UNet(nn.Module):
         if self.attention_everywhere:
           h = attn(f"down{i}_attn")(h)
         skips.append(h)
-
-      h = block("mid0")(h, cond, train)
-      h = attn("mid_attn")(h)
-      h = block("mid1")(h, cond, train)
-
+      h = middle(h)
       for i in range(self.n_layer + 1):
         h = block(f"up{i}")(jnp.concatenate([h, skips.pop()], axis=-1), cond, train)
         if self.attention_everywhere:

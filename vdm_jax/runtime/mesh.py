@@ -17,6 +17,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vdm_jax._arith import round_up
+
 __all__ = [
   "batch_sharding",
   "check_batch_size",
@@ -56,12 +58,12 @@ def check_batch_size(
     raise ValueError(
       f"{what} ({batch_size}) / config.train.grad_accum_steps ({micro_batches}) must be "
       f"divisible by the number of devices ({n}); try {what}="
-      f"{-(-batch_size // (micro_batches * n)) * micro_batches * n}."
+      f"{round_up(batch_size, micro_batches * n)}."
     )
   if batch_size % n:
     raise ValueError(
       f"{what} ({batch_size}) must be divisible by the number of devices ({n}); "
-      f"try {-(-batch_size // n) * n}."
+      f"try {round_up(batch_size, n)}."
     )
 
 
