@@ -47,7 +47,7 @@ def test_the_largest_seed_leaves_room_for_every_offset():
   from vdm_jax.evaluation import bpd
 
   c = base_config()
-  c.data.name = "toy2d"
+  c.data.name, c.model.denoiser = "toy2d", "mlp"
   c.seed = 2**32 - 1 - streams.MAX_OFFSET
   config_lib.validate(c)
   assert bpd.evaluation_seed(c) == c.seed + streams.EVALUATION < 2**32
