@@ -152,6 +152,7 @@ def test_variance_objective_gradients_against_plain_autodiff():
     )
 
 
+@pytest.mark.slow  # trains a run, then runs vdm-time-variance on it: a minute under load
 def test_trainer_with_importance_sampling(tmp_path):
   """(The variance objective's training path is `loss_terms` under grad, tested above.)"""
   config = tiny_config(tmp_path / "tfds", num_steps=6, ckpt_every=3, log_every=3)
