@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_config
 from scipy import special
 
-from vdm_jax import models, schedules
-from vdm_jax.evaluation import classify
+from vdm_jax import data, models, schedules
+from vdm_jax.evaluation import bpd, classify
 from vdm_jax.models.embed import LabelEmbedding
+from vdm_jax.runtime import mesh as mesh_lib
 
 NUM_CLASSES = 3
 
@@ -125,3 +127,65 @@ def test_guided_sampling_options():
     vdm.sample(params, key, 8, label=NUM_CLASSES, **opts)
   with pytest.raises(ValueError, match="not class-conditional"):
     _vdm(num_classes=0).sample(params, key, 8, label=0, **opts)
+
+
+@pytest.fixture(scope="module")
+def digits_cond(tmp_path_factory):
+  """A tiny class-conditional digits model with random parameters (labels matter)."""
+  config = tiny_config(tmp_path_factory.mktemp("tfds"))
+  config.model.conditional = True
+  data.prepare(config.data)
+  vdm = models.make_model(config, data.dataset_info(config.data))
+  params = vdm.init(jax.random.key(0))
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(
+    tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+  )
+  return config, vdm, params, mesh_lib.make_mesh()
+
+
+@pytest.mark.slow  # two batch sizes, 12 passes each: ~30 s of CPU
+def test_evaluation_reports_the_marginal_conditional_and_null_bounds(digits_cond):
+  config, vdm, params, mesh = digits_cond
+  run = functools.partial(bpd.evaluate, vdm, params, config, mesh, num_steps=0)
+  result, other = run(batch_size=128), run(batch_size=300)
+  # Batch-invariant, like the unconditional evaluation.
+  for name in ("bpd", "bpd_conditional", "bpd_null"):
+    np.testing.assert_allclose(result[name], other[name], rtol=1e-6)
+  per_label, labels = result["_per_label"], result["_labels"]
+  num_classes, n = vdm.num_classes, labels.size
+  assert per_label.shape == (300, num_classes + 1) and np.bincount(labels).min() > 20
+  # Paired: the conditional column is the conditional run itself (same times and noise),
+  # so the terms of that run sum to it.
+  terms = sum(result[f"{t}_bpd"] for t in result["terms"])
+  np.testing.assert_allclose(result["bpd_conditional"], terms, rtol=1e-6)
+  # Per example: min_c L_c <= marginal <= L_y + log C (uniform prior), in bits/dim.
+  to_bits = 1.0 / (vdm.num_dims * np.log(2.0))
+  marginal = special.logsumexp(-per_label[:, :num_classes], axis=1, b=1.0 / num_classes)
+  marginal = -marginal * to_bits
+  np.testing.assert_allclose(result["bpd"], marginal.mean(), rtol=1e-9)
+  conditional = per_label[np.arange(n), labels] * to_bits
+  assert np.all(marginal <= conditional + np.log(num_classes) * to_bits + 1e-9)
+  assert np.all(marginal >= per_label[:, :num_classes].min(axis=1) * to_bits - 1e-9)
+  # The labels change the bounds here, and the marginal is the better one on average.
+  assert result["bpd"] < result["bpd_conditional"] - 1e-3
+  assert result["bpd_conditional"] != pytest.approx(result["bpd_null"], rel=1e-4)
+  assert bpd.scalar_summary(result)["bpd_null"] == result["bpd_null"]
+
+
+def test_a_model_that_ignores_the_label_has_equal_bounds(digits_cond):
+  config, vdm, params, mesh = digits_cond
+
+  def same_rows(path, leaf):  # every label (and the null label) embedded as the same vector
+    name = jax.tree_util.keystr(path)
+    return jnp.zeros_like(leaf) if "['label_embed']" in name else leaf
+
+  ignoring = jax.tree_util.tree_map_with_path(same_rows, params)
+  assert jax.tree.leaves(ignoring) and not all(
+    np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(ignoring), jax.tree.leaves(params), strict=True)
+  )
+  result = bpd.evaluate(vdm, ignoring, config, mesh, num_steps=0)
+  np.testing.assert_allclose(result["bpd"], result["bpd_conditional"], rtol=1e-6)
+  np.testing.assert_allclose(result["bpd_null"], result["bpd_conditional"], rtol=1e-6)
