@@ -174,6 +174,12 @@ def test_evaluation_reports_the_marginal_conditional_and_null_bounds(digits_cond
   assert result["bpd"] < result["bpd_conditional"] - 1e-3
   assert result["bpd_conditional"] != pytest.approx(result["bpd_null"], rel=1e-4)
   assert bpd.scalar_summary(result)["bpd_null"] == result["bpd_null"]
+  # --classify reports the plain evaluation's bounds, and its argmin classifier.
+  classified = classify.classify(vdm, params, config, mesh, num_steps=0, batch_size=128)
+  for name in ("bpd", "bpd_se", "bpd_conditional", "bpd_null"):
+    assert classified[name] == result[name], name
+  predicted = per_label[:, :num_classes].argmin(axis=1)
+  assert classified["accuracy"] == np.mean(predicted == labels)
 
 
 def test_a_model_that_ignores_the_label_has_equal_bounds(digits_cond):

@@ -2,7 +2,10 @@ r"""A class-conditional VDM's bounds and its ELBO classifier, on a labelled spli
 
 For each example x with label y and each class c in {0..C-1} (and the null label C), the
 ELBO terms are computed with the same key, so the same t, z_0 and noise for every label:
-the comparison between labels is paired, and its noise largely cancels. From the per-label
+the comparison between labels is paired, and its noise largely cancels. `classify` takes
+these totals from `bpd.evaluate` (stratified times, one pass), so its bounds are the plain
+evaluation's; `label_totals` is the same computation for one batch, pure, for use under
+jit (each example's own random t). From the per-label
 totals L_c(x) = -ELBO_c(x) (nats), with the uniform prior p(c) = 1/C:
 
 * conditional bound: -log p(x | y) <= L_y(x);
@@ -14,13 +17,11 @@ totals L_c(x) = -ELBO_c(x) (nats), with the uniform prior p(c) = 1/C:
   bound the prediction is argmin_c L_c(x). Its accuracy is a mean of N independent 0/1
   outcomes, with standard error sqrt(a (1 - a) / N).
 
-Example n draws t and noise from `fold_in(key, index_n)`, so nothing depends on the batch
-it falls in (batch- and device-invariant, like `bpd.evaluate`).
+Nothing depends on the batch an example falls in (batch- and device-invariant).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -30,7 +31,6 @@ import numpy as np
 
 from vdm_jax import data
 from vdm_jax.evaluation import bpd
-from vdm_jax.runtime import mesh as mesh_lib
 
 __all__ = ["classify", "classify_checkpoint", "label_totals", "render", "summarize_labels"]
 
@@ -56,16 +56,6 @@ def label_totals(params, batch: dict, key, *, vdm, num_steps: int) -> jax.Array:
     return jax.vmap(under)(labels)
 
   return jax.vmap(one)(batch["image"], batch["index"])
-
-
-@functools.lru_cache(maxsize=8)
-def _jit_label_totals(vdm, mesh, num_steps: int):
-  data_sharding = mesh_lib.batch_sharding(mesh)
-  return jax.jit(
-    functools.partial(label_totals, vdm=vdm, num_steps=num_steps),
-    in_shardings=(mesh_lib.replicated(mesh), data_sharding, mesh_lib.replicated(mesh)),
-    out_shardings=data_sharding,
-  )
 
 
 def summarize_labels(totals: np.ndarray, labels: np.ndarray, num_dims: int) -> dict:
@@ -132,22 +122,20 @@ def classify(
       f"{info.num_classes or 'no'} labels."
     )
   num_steps = config.loss.num_steps if num_steps is None else num_steps
-  key = bpd.evaluation_key(config) if key is None else key
-  batch_size = bpd.balanced_batch_size(
-    info.num_examples[split], batch_size or config.eval.batch_size, jax.device_count()
+  # The per-label totals of the plain evaluation (same times, noise and bounds): --classify
+  # and vdm-evaluate report the same bits/dim for the same seed.
+  evaluated = bpd.evaluate(
+    vdm,
+    params,
+    config,
+    mesh,
+    split=split,
+    num_steps=num_steps,
+    key=key,
+    batch_size=batch_size,
+    progress=progress,
   )
-  step = _jit_label_totals(vdm, mesh, num_steps)
-  totals, labels, indices = [], [], []
-  for _, glob, mask, index in bpd.global_batches(
-    config, split, batch_size, mesh, progress=progress, desc=f"classify {split}"
-  ):
-    values, label = mesh_lib.gather((step(params, glob, key), glob["label"]))
-    totals.append(np.asarray(values)[mask])
-    labels.append(np.asarray(label)[mask])
-    indices.append(index[mask])
-  order = np.argsort(np.concatenate(indices))
-  totals = np.concatenate(totals).astype(np.float64)[order]
-  labels = np.concatenate(labels)[order]
+  totals, labels = evaluated["_per_label"], evaluated["_labels"]
   result = summarize_labels(totals, labels, vdm.num_dims)
   return result | {"totals": totals, "labels": labels, "split": split, "num_steps": num_steps}
 
