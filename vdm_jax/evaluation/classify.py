@@ -104,9 +104,10 @@ def classify(
   key=None,
   batch_size: int | None = None,
   progress: bool = False,
+  passes: int = 1,
 ) -> dict:
   """`summarize_labels` over a labelled split, plus the per-label totals ("totals" `[N,
-  C + 1]`, nats, in the split's order) and "labels" `[N]`.
+  C + 1]`, nats, in the split's order, the mean over `passes` passes) and "labels" `[N]`.
 
   Raises ValueError for a model that is not class-conditional or an unlabelled dataset.
   """
@@ -134,17 +135,25 @@ def classify(
     key=key,
     batch_size=batch_size,
     progress=progress,
+    passes=passes,
   )
   totals, labels = evaluated["_per_label"], evaluated["_labels"]
   result = summarize_labels(totals, labels, vdm.num_dims)
-  return result | {"totals": totals, "labels": labels, "split": split, "num_steps": num_steps}
+  return result | {
+    "totals": totals,
+    "labels": labels,
+    "split": split,
+    "num_steps": num_steps,
+    "passes": passes,
+  }
 
 
 def render(result: dict) -> str:
   """The bounds, the accuracy and the confusion table as text."""
   se = lambda name: f"{result[name]:.4f} +- {result[name + '_se']:.4f}"
   lines = [
-    f"{result['split']} ({result['num_examples']} examples), T={result['num_steps']}:",
+    f"{result['split']} ({result['num_examples']} examples), T={result['num_steps']}, "
+    f"{result['passes']} pass(es):",
     f"  bpd (marginal bound, -log sum_y p(y) exp ELBO_y): {se('bpd')}",
     f"  conditional bound -log p(x | y):                 {se('bpd_conditional')}",
     f"  null-label bound:                                {se('bpd_null')}",
@@ -165,6 +174,7 @@ def classify_checkpoint(
   batch_size: int | None = None,
   seed: int | None = None,
   output: str | None = None,
+  passes: int = 1,
 ) -> dict:
   """`classify` on a loaded checkpoint (`runs.load_run`): prints `render` and writes the
   JSON (without the per-example arrays) to `output` (default: in the work directory)."""
@@ -183,12 +193,13 @@ def classify_checkpoint(
     key=jax.random.key(seed),
     batch_size=batch_size,
     progress=True,
+    passes=passes,
   )
   public = {k: v for k, v in result.items() if k not in ("totals", "labels")}
   public |= {"checkpoint_step": run.step, "data": config.data.name, "seed": seed}
   public = workdir_lib.to_strict_json(public)
   output = output or os.path.join(
-    run.workdir, f"classify_{split}_step{run.step}_T{result['num_steps']}.json"
+    run.workdir, f"classify_{split}_step{run.step}_T{result['num_steps']}_P{passes}.json"
   )
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
