@@ -16,7 +16,8 @@ and masked), and prints a table; writes JSON (--output), and for the ELBO a CSV 
 of the diffusion term decomposed over t.
 
 --classify (class-conditional models): the ELBO of every example under every label, with
-the same t and noise for all labels; prints the marginal bound (the headline bits/dim), the
+the same t and noise for all labels (--passes: the mean of P draws per label); prints the
+marginal bound (the headline bits/dim), the
 conditional and null-label bounds, the ELBO classifier's accuracy with its standard error
 and the confusion table; JSON keys "bpd", "bpd_conditional", "bpd_null", "accuracy",
 "accuracy_se", "confusion".
@@ -78,6 +79,7 @@ def main(argv):
       batch_size=_BATCH_SIZE.value,
       seed=_SEED.value,
       output=_OUTPUT.value,
+      passes=_PASSES.value,
     )
     return
   report.evaluate_checkpoint(

@@ -7,7 +7,8 @@ Writes the tfds array_record dataset `<data_dir>/<name>/1.0.0/` (same --data_dir
 config's data.data_dir, default ~/tensorflow_datasets). Each image gives its centred
 square resized to --resolution (--mode=crop) or its non-overlapping patches
 (--mode=patches); the split is by file, deterministic (`vdm_jax.data.folder`). Bad files
-are all named in one error, before anything is written.
+are all named in one error, before anything is written. With --labels each file's class
+is its top-level sub-folder: records and training batches carry "label".
 """
 
 import time
@@ -28,6 +29,9 @@ _CHANNELS = flags.DEFINE_enum(
   "channels", "auto", ["auto", "1", "3"], "auto: from the files (grey and colour mixed fail)."
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier import of this name.")
+_LABELS = flags.DEFINE_bool(
+  "labels", False, "Class = top-level sub-folder name; records and batches carry 'label'."
+)
 flags.mark_flags_as_required(["images", "name"])
 
 _cli.check_flag_range("resolution", minimum=1)
@@ -50,17 +54,21 @@ def main(argv):
     test_fraction=_TEST_FRACTION.value,
     channels=0 if _CHANNELS.value == "auto" else int(_CHANNELS.value),
     overwrite=_OVERWRITE.value,
+    labels=_LABELS.value,
   )
   n, f = summary["num_examples"], summary["num_files"]
+  classes = summary["classes"]
   print(
     f"Imported {summary['name']!r} in {time.perf_counter() - start:.1f} s: "
     f"{'x'.join(map(str, summary['shape']))} uint8, V = 256\n"
     f"  train: {n['train']} examples from {f['train']} files\n"
     f"  test:  {n['test']} examples from {f['test']} files\n"
     f"  other files ignored: {summary['ignored_files']}\n"
-    f"  written to {summary['path']}\n"
+    + (f"  {len(classes)} classes (labels 0, 1, ...): {', '.join(classes)}\n" if classes else "")
+    + f"  written to {summary['path']}\n"
     f"Train on it:\n  vdm-train --config=photos --workdir=runs/{summary['name']} "
     f"--config.data.name={summary['name']} --config.data.data_dir={_DATA_DIR.value}"
+    + (" --config.model.conditional=True" if classes else "")
   )
 
 

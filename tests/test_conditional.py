@@ -1,16 +1,20 @@
 """Class-conditional VDMs: label dropout, the paired ELBO classifier, guided sampling."""
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_config
 from scipy import special
 
-from vdm_jax import models, schedules
-from vdm_jax.evaluation import classify
+from vdm_jax import data, models, predictions, schedules, testing
+from vdm_jax.data import toy2d
+from vdm_jax.evaluation import bpd, classify, ode
 from vdm_jax.models.embed import LabelEmbedding
+from vdm_jax.runtime import mesh as mesh_lib
 
 NUM_CLASSES = 3
 
@@ -125,3 +129,143 @@ def test_guided_sampling_options():
     vdm.sample(params, key, 8, label=NUM_CLASSES, **opts)
   with pytest.raises(ValueError, match="not class-conditional"):
     _vdm(num_classes=0).sample(params, key, 8, label=0, **opts)
+
+
+@pytest.fixture(scope="module")
+def digits_cond(tmp_path_factory):
+  """A tiny class-conditional digits model with random parameters (labels matter)."""
+  config = tiny_config(tmp_path_factory.mktemp("tfds"))
+  config.model.conditional = True
+  data.prepare(config.data)
+  vdm = models.make_model(config, data.dataset_info(config.data))
+  params = vdm.init(jax.random.key(0))
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(
+    tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+  )
+  return config, vdm, params, mesh_lib.make_mesh()
+
+
+@pytest.mark.slow  # two batch sizes, 12 passes each: ~30 s of CPU
+def test_evaluation_reports_the_marginal_conditional_and_null_bounds(digits_cond):
+  config, vdm, params, mesh = digits_cond
+  run = functools.partial(bpd.evaluate, vdm, params, config, mesh, num_steps=0)
+  result, other = run(batch_size=128), run(batch_size=300)
+  # Batch-invariant, like the unconditional evaluation.
+  for name in ("bpd", "bpd_conditional", "bpd_null"):
+    np.testing.assert_allclose(result[name], other[name], rtol=1e-6)
+  per_label, labels = result["_per_label"], result["_labels"]
+  num_classes, n = vdm.num_classes, labels.size
+  assert per_label.shape == (300, num_classes + 1) and np.bincount(labels).min() > 20
+  # Paired: the conditional column is the conditional run itself (same times and noise),
+  # so the terms of that run sum to it.
+  terms = sum(result[f"{t}_bpd"] for t in result["terms"])
+  np.testing.assert_allclose(result["bpd_conditional"], terms, rtol=1e-6)
+  # Per example: min_c L_c <= marginal <= L_y + log C (uniform prior), in bits/dim.
+  to_bits = 1.0 / (vdm.num_dims * np.log(2.0))
+  marginal = special.logsumexp(-per_label[:, :num_classes], axis=1, b=1.0 / num_classes)
+  marginal = -marginal * to_bits
+  np.testing.assert_allclose(result["bpd"], marginal.mean(), rtol=1e-9)
+  conditional = per_label[np.arange(n), labels] * to_bits
+  assert np.all(marginal <= conditional + np.log(num_classes) * to_bits + 1e-9)
+  assert np.all(marginal >= per_label[:, :num_classes].min(axis=1) * to_bits - 1e-9)
+  # The labels change the bounds here, and the marginal is the better one on average.
+  assert result["bpd"] < result["bpd_conditional"] - 1e-3
+  assert result["bpd_conditional"] != pytest.approx(result["bpd_null"], rel=1e-4)
+  assert bpd.scalar_summary(result)["bpd_null"] == result["bpd_null"]
+  # --classify reports the plain evaluation's bounds, and its argmin classifier.
+  classified = classify.classify(vdm, params, config, mesh, num_steps=0, batch_size=128)
+  for name in ("bpd", "bpd_se", "bpd_conditional", "bpd_null"):
+    assert classified[name] == result[name], name
+  predicted = per_label[:, :num_classes].argmin(axis=1)
+  assert classified["accuracy"] == np.mean(predicted == labels)
+
+
+def test_a_model_that_ignores_the_label_has_equal_bounds(digits_cond):
+  config, vdm, params, mesh = digits_cond
+
+  def same_rows(path, leaf):  # every label (and the null label) embedded as the same vector
+    name = jax.tree_util.keystr(path)
+    return jnp.zeros_like(leaf) if "['label_embed']" in name else leaf
+
+  ignoring = jax.tree_util.tree_map_with_path(same_rows, params)
+  assert jax.tree.leaves(ignoring) and not all(
+    np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(ignoring), jax.tree.leaves(params), strict=True)
+  )
+  result = bpd.evaluate(vdm, ignoring, config, mesh, num_steps=0)
+  np.testing.assert_allclose(result["bpd"], result["bpd_conditional"], rtol=1e-6)
+  np.testing.assert_allclose(result["bpd_null"], result["bpd_conditional"], rtol=1e-6)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _LabelledOracle(testing.OracleVDM):
+  """Label c: the mixture's component c alone (Bayes-optimal denoiser of N(mu_c, s^2 I));
+  the null label (C, or no batch): the whole mixture."""
+
+  num_classes: int = 0
+
+  def eps_hat(self, params, z_t, gamma_t, *, train=False, dropout_key=None, batch=None):
+    means, std = self.data.means, self.data.std
+    parts = [testing.GaussianMixture(means[c : c + 1], std) for c in range(self.num_classes)]
+    x_hats = jnp.stack([m.x_hat(z_t, gamma_t) for m in (*parts, self.data)])  # [C + 1, B, D]
+    rows = jnp.arange(z_t.shape[0])
+    label = jnp.full_like(rows, self.num_classes) if batch is None else batch["label"]
+    return predictions.eps_from_x(z_t, x_hats[label, rows], gamma_t)
+
+
+def test_ode_per_label_and_marginal_likelihoods_match_the_exact_densities():
+  mixture = testing.GaussianMixture(toy2d.MIXTURE_MEANS, toy2d.MIXTURE_STD)
+  num_classes = len(toy2d.MIXTURE_MEANS)
+  oracle = _LabelledOracle(
+    schedules.LinearSchedule(-13.3, 10.0), mixture, (2,), num_classes=num_classes
+  )
+  x = jnp.asarray(toy2d.sample(16, 7), jnp.float32)
+  labels = jnp.arange(num_classes + 1, dtype=jnp.int32)
+
+  @jax.jit
+  def per_label(x):  # [C + 1, B]: every label, the same probes
+    def one(c):
+      batch = {"label": jnp.full((x.shape[0],), c)}
+      return ode.nll_continuous(
+        oracle, None, x, jax.random.key(0), exact_divergence=True, batch=batch
+      )
+
+    return jax.vmap(one)(labels)
+
+  nll = np.asarray(per_label(x), np.float64).T  # [B, C + 1]
+  exact = -np.asarray(mixture.log_prob(x), np.float64)
+  d2 = ((np.asarray(x)[:, None] - toy2d.MIXTURE_MEANS[None]) ** 2).sum(-1)  # [B, C]
+  var = toy2d.MIXTURE_STD**2
+  exact_per_label = 0.5 * d2 / var + np.log(2 * np.pi * var)  # -log N(x; mu_c, s^2 I), D = 2
+  near = d2 < (4 * toy2d.MIXTURE_STD) ** 2  # far from mu_c the density is ~0 (huge nll)
+  assert near.sum() >= 16
+  np.testing.assert_allclose(nll[:, :num_classes][near], exact_per_label[near], atol=0.01)
+  np.testing.assert_allclose(nll[:, num_classes], exact, atol=0.01)  # the null label
+  # The marginal over labels with the uniform prior is the mixture's density.
+  np.testing.assert_allclose(bpd.marginal_nats(nll[:, :num_classes]), exact, atol=0.01)
+
+
+def test_ode_evaluation_solves_every_label_with_the_same_noise(digits_cond, monkeypatch):
+  """The plumbing of `evaluate_ode` for a conditional model, with a cheap stand-in for the
+  solve (its value: a draw from the example's key plus its label): labels in order, the
+  same key for every label of an example, the same rows whatever the batch size."""
+  config, vdm, params, mesh = digits_cond
+
+  def stand_in(vdm_, params_, k, key, *, batch, **kwargs):
+    del vdm_, params_, kwargs
+    return (
+      jax.random.uniform(key, (1,))
+      + batch["label"].astype(jnp.float32)
+      + k.sum().astype(jnp.float32) / 1e4
+    )
+
+  monkeypatch.setattr(ode, "dequantized_bpd", stand_in)
+  run = functools.partial(ode.evaluate_ode, vdm, params, config, mesh, key=jax.random.key(3))
+  result, other = run(batch_size=128), run(batch_size=300)
+  bits = result["_per_label"] / (vdm.num_dims * np.log(2.0))  # [N, C + 1]
+  offsets = bits - bits[:, :1]
+  np.testing.assert_allclose(offsets, np.tile(np.arange(11.0), (300, 1)), atol=1e-4)
+  np.testing.assert_allclose(other["_per_label"], result["_per_label"], rtol=1e-6)
+  assert result["bpd_null"] > result["bpd_conditional"] > result["bpd"]

@@ -30,6 +30,13 @@ is registered in code, so the dataset is usable from any process.
   [resolution, resolution, C], "file": path relative to the folder, "position": int32
   (row, column) of the example's top-left pixel in the (EXIF-rotated) file}. The
   dataset's `metadata.json` records the options and every file's split and SHA-256.
+* Labels (optional, `labels=True`): the class of a file is its top-level sub-folder
+  (`cats/a.png` and `cats/old/b.png` are both "cats"); the C class names, sorted, give the
+  labels 0..C-1, stored as "label" in every record and listed as "classes" in
+  `metadata.json`; the dataset then has `num_classes` = C and its batches carry "label"
+  (for a class-conditional model, `config.model.conditional=True`). Files directly in
+  the folder, or fewer than two classes, are errors. Without labels the sub-folders only
+  hold files.
 
 Bad input fails before anything is written, with one error that lists every problem at
 once: bad options, a name that vdm_jax or the tensorflow-datasets catalog already uses (the
@@ -65,6 +72,7 @@ __all__ = [
   "MODES",
   "SPLITS",
   "VERSION",
+  "class_names",
   "find",
   "import_images",
   "imported_names",
@@ -374,49 +382,14 @@ def find(data_dir: str, name: str):
     tuple(metadata["shape"]),
     256,
     dict(metadata["num_examples"]),
+    num_classes=len(metadata.get("classes", [])),  # imports before labels have none
   )
 
 
-def import_images(
-  images_dir: str,
-  *,
-  name: str,
-  data_dir: str,
-  resolution: int = 32,
-  mode: str = "crop",
-  test_fraction: float = 0.1,
-  channels: int = 0,
-  overwrite: bool = False,
-) -> dict:
-  """Turns a folder of PNG/JPEG images into the tfds dataset `data_dir/<name>/1.0.0/`.
-
-  Args:
-    images_dir: the folder (searched recursively).
-    name: the dataset's name, [a-z][a-z0-9_]*, neither a registered dataset's nor one of
-      the tensorflow-datasets catalog (`tfds_catalog_names`); train
-      with `data.name=<name>` and the same `data.data_dir`.
-    data_dir: tfds data directory to write into.
-    resolution: side of the square examples, in pixels.
-    mode: "crop" (centre square resized, one example per file) or "patches" (every
-      non-overlapping resolution x resolution patch).
-    test_fraction: share of the files in the test split, in (0, 1).
-    channels: 0 = from the files (an error if grey and colour are mixed), 1 or 3 to convert.
-    overwrite: replace a dataset of the same name that this function wrote before.
-
-  Returns:
-    a summary: name, path, shape, num_examples and num_files per split, ignored files.
-
-  Raises:
-    ImageFolderError (a ValueError) listing every problem at once (options, name, data_dir,
-    folder, each bad file); nothing is written.
-  """
-  problems, file_problems = [], []  # every problem, listed in one error
-  name_problem = _name_problem(name)
-  if name_problem is not None:
-    problems.append(name_problem)
-  good_resolution = not isinstance(resolution, bool) and isinstance(resolution, int)
-  good_resolution = good_resolution and resolution >= 1
-  if not good_resolution:
+def _option_problems(name, resolution, mode, test_fraction, channels) -> list[str]:
+  """Problems of the options (the name among them), in the order the error lists them."""
+  problems = [p for p in [_name_problem(name)] if p is not None]
+  if not _good_resolution(resolution):
     problems.append(f"resolution must be a positive int, got {resolution!r}.")
   if mode not in MODES:
     problems.append(f"mode={mode!r} is not one of {MODES}.")
@@ -424,9 +397,16 @@ def import_images(
     problems.append(f"channels must be 0 (from the files), 1 or 3, got {channels!r}.")
   if not (isinstance(test_fraction, numbers.Real) and 0.0 < test_fraction < 1.0):
     problems.append(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
-  images_dir = os.path.abspath(os.path.expanduser(os.fspath(images_dir)))
-  data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-  target = os.path.join(data_dir, name) if name_problem is None else None
+  return problems
+
+
+def _good_resolution(resolution) -> bool:
+  return not isinstance(resolution, bool) and isinstance(resolution, int) and resolution >= 1
+
+
+def _target_problems(data_dir: str, name: str, target: str | None, overwrite: bool) -> list[str]:
+  """Problems of where the dataset would go: an existing dataset, an unwritable data_dir."""
+  problems = []
   if target is not None and os.path.exists(target):
     if _metadata(_version_dir(data_dir, name)) is None:
       problems.append(
@@ -444,53 +424,104 @@ def import_images(
       f"The data_dir {data_dir!r} cannot take the dataset: {unwritable}; pass "
       "--data_dir=<writable dir> (and train with the same --config.data.data_dir)."
     )
+  return problems
 
-  # 1. Read every file once, collecting every problem before writing anything.
-  paths, others, hidden = [], collections.Counter(), 0
+
+@dataclasses.dataclass
+class _Folder:
+  """What one read of the folder found: every file's examples and digest, and its problems."""
+
+  paths: list[str] = dataclasses.field(default_factory=list)
+  ignored: int = 0
+  images: dict = dataclasses.field(default_factory=dict)  # path -> _Image
+  digests: dict = dataclasses.field(default_factory=dict)  # path -> SHA-256
+  grey: list[str] = dataclasses.field(default_factory=list)
+  colour: list[str] = dataclasses.field(default_factory=list)
+  problems: list[str] = dataclasses.field(default_factory=list)
+
+
+def _read_folder(images_dir: str, resolution, mode: str) -> _Folder:
+  """Reads every image file once (examples only when the options are good)."""
+  found = _Folder()
   if not os.path.isdir(images_dir):
-    problems.append(f"The image folder {images_dir!r} does not exist or is not a folder.")
-  else:
-    paths, others, hidden = _scan(images_dir)
-    if not paths:
-      problems.append(_folder_problem(images_dir, others, hidden))
-  images, digests, grey, colour = {}, {}, [], []
-  for rel in paths:
+    found.problems.append(f"The image folder {images_dir!r} does not exist or is not a folder.")
+    return found
+  found.paths, others, hidden = _scan(images_dir)
+  found.ignored = sum(others.values())
+  if not found.paths:
+    found.problems.append(_folder_problem(images_dir, others, hidden))
+  file_problems = []
+  for rel in found.paths:
     full = os.path.join(images_dir, *rel.split("/"))
     with open(full, "rb") as f:
-      digests[rel] = hashlib.sha256(f.read()).hexdigest()
+      found.digests[rel] = hashlib.sha256(f.read()).hexdigest()
     image, problem = _decode(full, rel)
     if problem is None:
-      (grey if image.mode == "L" else colour).append(rel)
-      if good_resolution and mode in MODES:
-        images[rel], problem = _examples(image, rel, resolution, mode)
+      (found.grey if image.mode == "L" else found.colour).append(rel)
+      if _good_resolution(resolution) and mode in MODES:
+        found.images[rel], problem = _examples(image, rel, resolution, mode)
     if problem is not None:
       file_problems.append(problem)
   if file_problems:
-    problems.append(
-      f"{len(file_problems)} of the {len(paths)} images cannot be used:"
+    found.problems.append(
+      f"{len(file_problems)} of the {len(found.paths)} images cannot be used:"
       + _listed(file_problems, "      ")
     )
-  if grey and colour and channels == 0:
+  return found
+
+
+def _content_problems(found: _Folder, channels: int) -> list[str]:
+  """Grey and colour mixed without `channels`; fewer than two distinct images."""
+  problems = []
+  if found.grey and found.colour and channels == 0:
     problems.append(
-      f"The folder mixes {len(grey)} greyscale and {len(colour)} colour images (e.g. "
-      f"grey {grey[:3]}, colour {colour[:3]}); pass channels=3 (--channels=3) to replicate "
-      "grey into RGB or channels=1 (--channels=1) to convert colour to grey."
+      f"The folder mixes {len(found.grey)} greyscale and {len(found.colour)} colour images "
+      f"(e.g. grey {found.grey[:3]}, colour {found.colour[:3]}); pass channels=3 "
+      "(--channels=3) to replicate grey into RGB or channels=1 (--channels=1) to convert "
+      "colour to grey."
     )
-  if paths and len(set(digests.values())) < 2:
+  distinct = len(set(found.digests.values()))
+  if found.paths and distinct < 2:
     problems.append(
       f"A train and a test split need at least 2 different images; the folder has "
-      f"{len(paths)} image file(s) with {len(set(digests.values()))} distinct content(s)."
+      f"{len(found.paths)} image file(s) with {distinct} distinct content(s)."
     )
-  if problems:
-    raise ImageFolderError(
-      f"Cannot import {images_dir!r} as dataset {name!r}; nothing was written. "
-      f"{len(problems)} problem{'s' if len(problems) > 1 else ''} to fix:"
-      + "".join(f"\n  - {problem}" for problem in problems)
-    )
-  num_channels = channels or (1 if grey else 3)
-  split = split_files(digests, test_fraction)
+  return problems
 
-  # 2. Examples per split, in the stored order.
+
+def class_names(paths: list[str]) -> tuple[list[str], list[str]]:
+  """The classes of labelled files: each file's top-level sub-folder names its class.
+
+  Args:
+    paths: '/'-separated paths relative to the image folder (`list_images`).
+
+  Returns:
+    (sorted class names, label 0..C-1 being their position; problems: files directly in
+    the folder, which have no class, and fewer than two classes).
+
+  Example:
+    >>> class_names(["cat/a.png", "dog/b.png", "cat/x/c.png"])
+    (['cat', 'dog'], [])
+  """
+  top = [p for p in paths if "/" not in p]
+  names = sorted({p.split("/", 1)[0] for p in paths if "/" in p})
+  problems = []
+  if top:
+    problems.append(
+      f"With labels, every image must be in a sub-folder named after its class; "
+      f"{len(top)} file(s) lie directly in the folder:" + _listed(top, "      ")
+    )
+  if paths and len(names) < 2:
+    problems.append(
+      f"Labels need at least 2 classes (sub-folders with images); found {len(names)}"
+      f"{': ' + names[0] if names else ''}. Import without labels (--nolabels) instead."
+    )
+  return names, problems
+
+
+def _records(split, found: _Folder, num_channels: int, classes: list[str] | None) -> dict:
+  """The examples of each split in the stored order, converted to `num_channels`."""
+
   def converted(pixels: np.ndarray) -> np.ndarray:
     import PIL.Image
 
@@ -500,14 +531,81 @@ def import_images(
       return np.asarray(PIL.Image.fromarray(pixels).convert("L"), np.uint8)[..., None]
     return pixels
 
-  records = {
+  label_of = {name: i for i, name in enumerate(classes or [])}
+
+  def record(path, pixels, position):
+    out = {"image": converted(pixels), "file": path, "position": np.asarray(position, np.int32)}
+    if classes:
+      out["label"] = np.int32(label_of[path.split("/", 1)[0]])
+    return out
+
+  return {
     s: [
-      {"image": converted(pixels), "file": p, "position": np.asarray(pos, np.int32)}
+      record(p, pixels, pos)
       for p in files
-      for pixels, pos in zip(images[p].pixels, images[p].positions, strict=True)
+      for pixels, pos in zip(found.images[p].pixels, found.images[p].positions, strict=True)
     ]
     for s, files in split.items()
   }
+
+
+def import_images(
+  images_dir: str,
+  *,
+  name: str,
+  data_dir: str,
+  resolution: int = 32,
+  mode: str = "crop",
+  test_fraction: float = 0.1,
+  channels: int = 0,
+  overwrite: bool = False,
+  labels: bool = False,
+) -> dict:
+  """Turns a folder of PNG/JPEG images into the tfds dataset `data_dir/<name>/1.0.0/`.
+
+  Args:
+    images_dir: the folder (searched recursively).
+    name: the dataset's name, [a-z][a-z0-9_]*, neither a registered dataset's nor one of
+      the tensorflow-datasets catalog (`tfds_catalog_names`); train
+      with `data.name=<name>` and the same `data.data_dir`.
+    data_dir: tfds data directory to write into.
+    resolution: side of the square examples, in pixels.
+    mode: "crop" (centre square resized, one example per file) or "patches" (every
+      non-overlapping resolution x resolution patch).
+    test_fraction: share of the files in the test split, in (0, 1).
+    channels: 0 = from the files (an error if grey and colour are mixed), 1 or 3 to convert.
+    overwrite: replace a dataset of the same name that this function wrote before.
+    labels: each file's class is its top-level sub-folder (`class_names`: sorted names,
+      label = position); every record gets "label", and the pipeline's batches carry it.
+      False: no labels, sub-folders only hold files.
+
+  Returns:
+    a summary: name, path, shape, num_examples and num_files per split, ignored files, and
+    "classes" (the class names, [] without labels).
+
+  Raises:
+    ImageFolderError (a ValueError) listing every problem at once (options, name, data_dir,
+    folder, each bad file, files outside a class folder); nothing is written.
+  """
+  problems = _option_problems(name, resolution, mode, test_fraction, channels)
+  images_dir = os.path.abspath(os.path.expanduser(os.fspath(images_dir)))
+  data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+  target = os.path.join(data_dir, name) if _name_problem(name) is None else None
+  problems += _target_problems(data_dir, name, target, overwrite)
+  # Read every file once, collecting every problem before writing anything.
+  found = _read_folder(images_dir, resolution, mode)
+  problems += found.problems + _content_problems(found, channels)
+  classes, class_problems = class_names(found.paths) if labels else ([], [])
+  problems += class_problems
+  if problems:
+    raise ImageFolderError(
+      f"Cannot import {images_dir!r} as dataset {name!r}; nothing was written. "
+      f"{len(problems)} problem{'s' if len(problems) > 1 else ''} to fix:"
+      + "".join(f"\n  - {problem}" for problem in problems)
+    )
+  num_channels = channels or (1 if found.grey else 3)
+  split = split_files(found.digests, test_fraction)
+  records = _records(split, found, num_channels, classes)
   shape = (resolution, resolution, num_channels)
   metadata = {
     _MARKER: 1,
@@ -518,10 +616,10 @@ def import_images(
     "test_fraction": test_fraction,
     "shape": list(shape),
     "num_examples": {s: len(r) for s, r in records.items()},
-    "files": {s: {p: digests[p] for p in files} for s, files in split.items()},
+    "files": {s: {p: found.digests[p] for p in files} for s, files in split.items()},
+    "classes": classes,
   }
-
-  # 3. Write (replacing a previous import of the same name only now that all is well).
+  # Write (replacing a previous import of the same name only now that all is well).
   if os.path.exists(target):
     shutil.rmtree(target)
   _write(data_dir, name, shape, records, metadata)
@@ -531,7 +629,8 @@ def import_images(
     "shape": shape,
     "num_examples": metadata["num_examples"],
     "num_files": {s: len(files) for s, files in split.items()},
-    "ignored_files": sum(others.values()),
+    "ignored_files": found.ignored,
+    "classes": classes,
   }
 
 
@@ -543,6 +642,8 @@ def _write(data_dir: str, name: str, shape, records, metadata) -> None:
   )
 
   dataset_name = name
+  classes = metadata["classes"]
+  label_feature = {"label": tfds.features.ClassLabel(names=classes)} if classes else {}
   with tfds.core.registered.skip_registration():
 
     class ImageFolder(tfds.core.GeneratorBasedBuilder):
@@ -558,6 +659,7 @@ def _write(data_dir: str, name: str, shape, records, metadata) -> None:
               "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
               "file": tfds.features.Text(),
               "position": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+              **label_feature,
             }
           ),
           disable_shuffling=True,

@@ -15,6 +15,13 @@ divided by sqrt(N). It is the uncertainty of the split's bits/dim as an estimate
 population's; the spread between passes over the same examples contains only the Monte
 Carlo part and is smaller (tests check that it never exceeds `bpd_se` beyond what a
 chi-square test allows).
+
+A class-conditional model (`vdm.num_classes` = C > 0) is evaluated under every label with
+the same times and noise (C + 2 passes of the network per pass over the split): its
+headline "bpd" is the marginal bound -log sum_y p(y) exp(ELBO_y(x)) with the uniform label
+prior, comparable with an unconditional model's bits/dim; "bpd_conditional" (-log p(x | y),
+the example's own label) and "bpd_null" (the null-label sub-model) come beside it
+(`label_bounds`).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ __all__ = [
   "global_batches",
   "jit_eval_step",
   "jit_exact_time_sum",
+  "label_bounds",
+  "marginal_nats",
   "outputs",
   "per_example_terms",
   "public",
@@ -209,8 +218,13 @@ def per_example_terms(
   batch_size: int | None = None,
   exact_time_sum: bool = False,
   progress: bool = False,
+  label: int | None = None,
 ) -> dict:
   """One pass over `split`: per-example terms in nats, numpy `[N]` each, in split order.
+
+  `label` (class-conditional models): every example is evaluated under this label (C for
+  the null label) instead of its own; the times and noise do not change with it. When the
+  split has labels, "label" `[N]` holds each example's own.
 
   `key` is the pass's key: example n's time is `split_times(k_t, N)[n]` and its noise is
   drawn from `fold_in(k_noise, n)`, (k_t, k_noise) = split(key); nothing depends on
@@ -241,11 +255,19 @@ def per_example_terms(
   else:
     step = jit_eval_step(vdm, mesh, num_steps, explicit_t=vdm.diffusion_time)
   out = {name: [] for name in (*outputs(vdm), "index")}
+  labels = []
   per_step = np.zeros(max(num_steps, 1))
-  desc = f"{split} ({vdm.num_dims} dims)"
+  desc = f"{split} ({vdm.num_dims} dims)" + ("" if label is None else f", label {label}")
   for batch, glob, mask, index in global_batches(
     config, split, batch_size, mesh, progress=progress, desc=desc
   ):
+    if "label" in glob:
+      labels.append(np.asarray(mesh_lib.gather(glob["label"]))[mask])
+      if label is not None:
+        same = {"label": np.full_like(batch["label"], label)}
+        glob["label"] = mesh_lib.to_global(same, mesh)["label"]
+    elif label is not None:
+      raise ValueError(f"Split {split!r} has no labels to replace by label {label}.")
     if exact_time_sum:
       terms, by_step = mesh_lib.gather(step(params, glob, key_noise))
       per_step += np.asarray(by_step, np.float64)[:, mask].sum(axis=1)
@@ -259,6 +281,8 @@ def per_example_terms(
       out[name].append(np.asarray(terms[name])[mask])
   order = np.argsort(np.concatenate(out.pop("index")))
   result = {name: np.concatenate(v).astype(np.float64)[order] for name, v in out.items()}
+  if labels:
+    result["label"] = np.concatenate(labels)[order]
   if exact_time_sum:
     result["per_step"] = per_step / result["total"].size
   return result
@@ -332,6 +356,72 @@ def summarize(terms: dict, num_dims: int) -> dict:
   return result
 
 
+def marginal_nats(per_class, log_prior=None) -> np.ndarray:
+  """-log sum_c p(c) exp(-L_c) per example (nats, float64 `[N]`) from per-class totals.
+
+  Each L_c(x) bounds -log p(x | c), so the result bounds -log p(x) = -log sum_c p(c)
+  p(x | c). Computed as a log-sum-exp shifted by its largest term (no overflow or
+  underflow however large L is). With m = min_c (L_c - log p(c)) it lies in [m - log C, m];
+  for the uniform prior: min_c L_c <= result <= min_c L_c + log C.
+
+  Args:
+    per_class: nats `[N, C]`.
+    log_prior: log p(c) `[C]`; None: the uniform prior, log p(c) = -log C.
+
+  Example:
+    >>> marginal_nats(np.array([[1000.0, 1000.0]])).round(6).tolist()   # equal: no gain
+    [1000.0]
+  """
+  per_class = np.asarray(per_class, np.float64)
+  num_classes = per_class.shape[-1]
+  if log_prior is None:
+    log_prior = np.full(num_classes, -math.log(num_classes))
+  a = np.asarray(log_prior, np.float64) - per_class
+  top = a.max(axis=-1, keepdims=True)
+  return -(top[..., 0] + np.log(np.exp(a - top).sum(axis=-1)))
+
+
+def label_bounds(per_label, labels, num_dims: int) -> dict:
+  """A class-conditional model's three bounds, in bits/dim with standard errors over examples.
+
+  Args:
+    per_label: nats `[N, C + 1]`, example n's total under label c, column C the null
+      label's; all labels of an example evaluated with the same times and noise.
+    labels: each example's own label `[N]`.
+    num_dims: D, for bits/dim.
+
+  Returns:
+    "bpd" (the marginal bound, `marginal_nats` of columns 0..C-1 with the uniform prior),
+    "bpd_conditional" (column labels[n]: -log p(x | y)), "bpd_null" (column C), each with
+    "<name>_se", "label_prior" ("uniform") and "num_classes".
+
+  The uniform prior needs no pass over the training labels; for a training split with
+  label frequencies f(c) the marginal under f differs from it by at most
+  log(C max_c f(c)) nats per example (each term of the sum changes by at most that factor).
+  With one Monte Carlo draw of each L_c the estimate is biased low by Jensen's inequality
+  (the log-sum-exp is convex): the draws' differences between labels, which the shared
+  noise keeps small, are what it sees; averaging passes first reduces it.
+  """
+  per_label = np.asarray(per_label, np.float64)
+  labels = np.asarray(labels)
+  n, num_classes = per_label.shape[0], per_label.shape[1] - 1
+  if labels.shape != (n,) or n == 0 or labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(
+      f"labels must be {n} integers in [0, {num_classes}) for per_label of shape "
+      f"{per_label.shape}; got shape {labels.shape}."
+    )
+  out = {}
+  for name, nats in [
+    ("bpd", marginal_nats(per_label[:, :num_classes])),
+    ("bpd_conditional", per_label[np.arange(n), labels]),
+    ("bpd_null", per_label[:, num_classes]),
+  ]:
+    bits = np.asarray(elbo.bits_per_dim(nats, num_dims), np.float64)
+    out[name] = float(bits.mean())
+    out[name + "_se"] = float(bits.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+  return out | {"label_prior": "uniform", "num_classes": int(num_classes)}
+
+
 def evaluate(
   vdm,
   params,
@@ -358,31 +448,61 @@ def evaluate(
     "split", and, under
     "_per_example"/"_per_step" (VDM only), the raw arrays (nats) for decompositions
     (keys starting with "_" are not scalars).
+
+    A class-conditional model adds `label_bounds` (its "bpd" and "bpd_se" are the marginal
+    bound's, and so is "pass_bpd"); the "<term>_bpd" and the decomposition over t are
+    those of the conditional bound, whose sum is "bpd_conditional"; "_per_label" (nats
+    `[N, C + 1]`, the mean over passes) and "_labels" `[N]` hold what the bounds are from.
   """
   if passes < 1:
     raise ValueError(f"passes must be >= 1, got {passes}.")
   num_steps = config.loss.num_steps if num_steps is None else num_steps
   key = evaluation_key(config) if key is None else key
-  runs = [
-    per_example_terms(
-      vdm,
-      params,
-      config,
-      mesh,
-      split=split,
-      num_steps=num_steps,
-      key=jax.random.fold_in(key, p),
-      batch_size=batch_size,
-      exact_time_sum=exact_time_sum,
-      progress=progress,
-    )
-    for p in range(passes)
-  ]
+  num_classes = getattr(vdm, "num_classes", 0)
+  one_pass = functools.partial(
+    per_example_terms,
+    vdm,
+    params,
+    config,
+    mesh,
+    split=split,
+    num_steps=num_steps,
+    batch_size=batch_size,
+    exact_time_sum=exact_time_sum,
+    progress=progress,
+  )
+  runs = [one_pass(key=jax.random.fold_in(key, p)) for p in range(passes)]
   mean_terms = {name: np.mean([r[name] for r in runs], axis=0) for name in (*vdm.terms, "total")}
   result = summarize(mean_terms, vdm.num_dims)
   result["terms"] = list(vdm.terms)
   result["passes"] = passes
   result["pass_bpd"] = [float(elbo.bits_per_dim(r["total"].mean(), vdm.num_dims)) for r in runs]
+  if num_classes:
+    if "label" not in runs[0]:
+      raise ValueError(
+        f"A class-conditional model needs a labelled split; split {split!r} of "
+        f"{config.data.name!r} has no labels."
+      )
+    # [P, N, C + 1]: every label with the pass's times and noise (paired).
+    per_label = np.stack(
+      [
+        np.stack(
+          [
+            one_pass(key=jax.random.fold_in(key, p), label=c)["total"]
+            for c in range(num_classes + 1)
+          ],
+          axis=1,
+        )
+        for p in range(passes)
+      ]
+    )
+    labels = runs[0]["label"]
+    result |= label_bounds(per_label.mean(axis=0), labels, vdm.num_dims)
+    result["_per_label"], result["_labels"] = per_label.mean(axis=0), labels
+    result["pass_bpd"] = [
+      float(elbo.bits_per_dim(marginal_nats(p[:, :num_classes]).mean(), vdm.num_dims))
+      for p in per_label
+    ]
   # The Monte Carlo part alone: how far another P passes over the same examples would move.
   result["pass_se"] = (
     float(np.std(result["pass_bpd"], ddof=1) / math.sqrt(passes)) if passes > 1 else float("nan")
@@ -439,6 +559,8 @@ def public(result: dict) -> dict:
 
 
 def scalar_summary(result: dict) -> dict:
-  """bpd, its standard error and every term's bpd (the "<term>_bpd" keys)."""
+  """bpd, its standard error and every term's bpd (the "<term>_bpd" keys); a class-
+  conditional model's conditional and null-label bounds with theirs."""
   names = ("bpd", "bpd_se", *(f"{t}_bpd" for t in result["terms"]))
-  return {k: result[k] for k in names}
+  bounds = ("bpd_conditional", "bpd_conditional_se", "bpd_null", "bpd_null_se")
+  return {k: result[k] for k in names} | {k: result[k] for k in bounds if k in result}

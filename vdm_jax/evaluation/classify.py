@@ -2,7 +2,10 @@ r"""A class-conditional VDM's bounds and its ELBO classifier, on a labelled spli
 
 For each example x with label y and each class c in {0..C-1} (and the null label C), the
 ELBO terms are computed with the same key, so the same t, z_0 and noise for every label:
-the comparison between labels is paired, and its noise largely cancels. From the per-label
+the comparison between labels is paired, and its noise largely cancels. `classify` takes
+these totals from `bpd.evaluate` (stratified times, one pass), so its bounds are the plain
+evaluation's; `label_totals` is the same computation for one batch, pure, for use under
+jit (each example's own random t). From the per-label
 totals L_c(x) = -ELBO_c(x) (nats), with the uniform prior p(c) = 1/C:
 
 * conditional bound: -log p(x | y) <= L_y(x);
@@ -14,13 +17,11 @@ totals L_c(x) = -ELBO_c(x) (nats), with the uniform prior p(c) = 1/C:
   bound the prediction is argmin_c L_c(x). Its accuracy is a mean of N independent 0/1
   outcomes, with standard error sqrt(a (1 - a) / N).
 
-Example n draws t and noise from `fold_in(key, index_n)`, so nothing depends on the batch
-it falls in (batch- and device-invariant, like `bpd.evaluate`).
+Nothing depends on the batch an example falls in (batch- and device-invariant).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -28,9 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import data, elbo
+from vdm_jax import data
 from vdm_jax.evaluation import bpd
-from vdm_jax.runtime import mesh as mesh_lib
 
 __all__ = ["classify", "classify_checkpoint", "label_totals", "render", "summarize_labels"]
 
@@ -58,16 +58,6 @@ def label_totals(params, batch: dict, key, *, vdm, num_steps: int) -> jax.Array:
   return jax.vmap(one)(batch["image"], batch["index"])
 
 
-@functools.lru_cache(maxsize=8)
-def _jit_label_totals(vdm, mesh, num_steps: int):
-  data_sharding = mesh_lib.batch_sharding(mesh)
-  return jax.jit(
-    functools.partial(label_totals, vdm=vdm, num_steps=num_steps),
-    in_shardings=(mesh_lib.replicated(mesh), data_sharding, mesh_lib.replicated(mesh)),
-    out_shardings=data_sharding,
-  )
-
-
 def summarize_labels(totals: np.ndarray, labels: np.ndarray, num_dims: int) -> dict:
   """The bounds (bits/dim, with standard errors) and the classifier from per-label totals.
 
@@ -79,7 +69,7 @@ def summarize_labels(totals: np.ndarray, labels: np.ndarray, num_dims: int) -> d
   Returns:
     dict: "bpd" (the marginal bound), "bpd_conditional", "bpd_null" (each with "_se"),
     "accuracy", "accuracy_se", "confusion" (`[C, C]` counts, row = true label, column =
-    predicted), "num_examples", "num_classes".
+    predicted), "num_examples", "num_classes", "label_prior" (`bpd.label_bounds`).
 
   Example (two classes; the first example is better explained by class 0):
     >>> t = np.array([[10.0, 12.0, 11.0], [9.0, 8.0, 8.5]])
@@ -89,36 +79,18 @@ def summarize_labels(totals: np.ndarray, labels: np.ndarray, num_dims: int) -> d
   """
   totals = np.asarray(totals, np.float64)
   labels = np.asarray(labels)
-  n, num_classes = totals.shape[0], totals.shape[1] - 1
-  per_class = totals[:, :num_classes]
-  marginal = -(_logsumexp(-per_class) - math.log(num_classes))
-  conditional = per_class[np.arange(n), labels]
-  predicted = np.argmin(per_class, axis=1)
-  correct = (predicted == labels).astype(np.float64)
+  out = bpd.label_bounds(totals, labels, num_dims)
+  n, num_classes = totals.shape[0], out["num_classes"]
+  predicted = np.argmin(totals[:, :num_classes], axis=1)
   confusion = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(confusion, (labels, predicted), 1)
-  out = {}
-  for name, nats in [
-    ("bpd", marginal),
-    ("bpd_conditional", conditional),
-    ("bpd_null", totals[:, -1]),
-  ]:
-    bits = np.asarray(elbo.bits_per_dim(nats, num_dims), np.float64)
-    out[name] = float(bits.mean())
-    out[name + "_se"] = float(bits.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-  accuracy = float(correct.mean())
+  accuracy = float(np.mean(predicted == labels))
   return out | {
     "accuracy": accuracy,
     "accuracy_se": math.sqrt(accuracy * (1.0 - accuracy) / n),
     "confusion": confusion.tolist(),
     "num_examples": int(n),
-    "num_classes": int(num_classes),
   }
-
-
-def _logsumexp(a: np.ndarray) -> np.ndarray:
-  top = a.max(axis=1, keepdims=True)
-  return (top + np.log(np.exp(a - top).sum(axis=1, keepdims=True)))[:, 0]
 
 
 def classify(
@@ -132,9 +104,10 @@ def classify(
   key=None,
   batch_size: int | None = None,
   progress: bool = False,
+  passes: int = 1,
 ) -> dict:
   """`summarize_labels` over a labelled split, plus the per-label totals ("totals" `[N,
-  C + 1]`, nats, in the split's order) and "labels" `[N]`.
+  C + 1]`, nats, in the split's order, the mean over `passes` passes) and "labels" `[N]`.
 
   Raises ValueError for a model that is not class-conditional or an unlabelled dataset.
   """
@@ -150,31 +123,37 @@ def classify(
       f"{info.num_classes or 'no'} labels."
     )
   num_steps = config.loss.num_steps if num_steps is None else num_steps
-  key = bpd.evaluation_key(config) if key is None else key
-  batch_size = bpd.balanced_batch_size(
-    info.num_examples[split], batch_size or config.eval.batch_size, jax.device_count()
+  # The per-label totals of the plain evaluation (same times, noise and bounds): --classify
+  # and vdm-evaluate report the same bits/dim for the same seed.
+  evaluated = bpd.evaluate(
+    vdm,
+    params,
+    config,
+    mesh,
+    split=split,
+    num_steps=num_steps,
+    key=key,
+    batch_size=batch_size,
+    progress=progress,
+    passes=passes,
   )
-  step = _jit_label_totals(vdm, mesh, num_steps)
-  totals, labels, indices = [], [], []
-  for _, glob, mask, index in bpd.global_batches(
-    config, split, batch_size, mesh, progress=progress, desc=f"classify {split}"
-  ):
-    values, label = mesh_lib.gather((step(params, glob, key), glob["label"]))
-    totals.append(np.asarray(values)[mask])
-    labels.append(np.asarray(label)[mask])
-    indices.append(index[mask])
-  order = np.argsort(np.concatenate(indices))
-  totals = np.concatenate(totals).astype(np.float64)[order]
-  labels = np.concatenate(labels)[order]
+  totals, labels = evaluated["_per_label"], evaluated["_labels"]
   result = summarize_labels(totals, labels, vdm.num_dims)
-  return result | {"totals": totals, "labels": labels, "split": split, "num_steps": num_steps}
+  return result | {
+    "totals": totals,
+    "labels": labels,
+    "split": split,
+    "num_steps": num_steps,
+    "passes": passes,
+  }
 
 
 def render(result: dict) -> str:
   """The bounds, the accuracy and the confusion table as text."""
   se = lambda name: f"{result[name]:.4f} +- {result[name + '_se']:.4f}"
   lines = [
-    f"{result['split']} ({result['num_examples']} examples), T={result['num_steps']}:",
+    f"{result['split']} ({result['num_examples']} examples), T={result['num_steps']}, "
+    f"{result['passes']} pass(es):",
     f"  bpd (marginal bound, -log sum_y p(y) exp ELBO_y): {se('bpd')}",
     f"  conditional bound -log p(x | y):                 {se('bpd_conditional')}",
     f"  null-label bound:                                {se('bpd_null')}",
@@ -195,6 +174,7 @@ def classify_checkpoint(
   batch_size: int | None = None,
   seed: int | None = None,
   output: str | None = None,
+  passes: int = 1,
 ) -> dict:
   """`classify` on a loaded checkpoint (`runs.load_run`): prints `render` and writes the
   JSON (without the per-example arrays) to `output` (default: in the work directory)."""
@@ -213,12 +193,13 @@ def classify_checkpoint(
     key=jax.random.key(seed),
     batch_size=batch_size,
     progress=True,
+    passes=passes,
   )
   public = {k: v for k, v in result.items() if k not in ("totals", "labels")}
   public |= {"checkpoint_step": run.step, "data": config.data.name, "seed": seed}
   public = workdir_lib.to_strict_json(public)
   output = output or os.path.join(
-    run.workdir, f"classify_{split}_step{run.step}_T{result['num_steps']}.json"
+    run.workdir, f"classify_{split}_step{run.step}_T{result['num_steps']}_P{passes}.json"
   )
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)

@@ -37,16 +37,18 @@ diffrax = _deps.require(
 __all__ = ["dequantized_bpd", "drift", "evaluate_ode", "log_prob_z0", "nll_continuous"]
 
 
-def drift(vdm, params, t, z):
+def drift(vdm, params, t, z, *, batch=None):
   """dz/dt of the probability-flow ODE at scalar time t for z `[B, ...]`.
+
+  `batch` (e.g. {"label": `[B]`}) is given to the denoiser: a class-conditional model's ODE
+  under those labels; None: its null label.
 
   `vdm.gamma_and_derivative(params, t)` may give one gamma per example (`[B]`) or one per
   example and dimension (`[B, ...]` like z): the drift is elementwise,
   dz_d/dt = 1/2 gamma_d'(t) (sigma_{t,d} eps_hat_d - sigma_{t,d}^2 z_d).
   """
-  batch = z.shape[0]
-  gamma, dgamma = vdm.gamma_and_derivative(params, jnp.full((batch,), t))
-  eps_hat = vdm.eps_hat(params, z, gamma)
+  gamma, dgamma = vdm.gamma_and_derivative(params, jnp.full((z.shape[0],), t))
+  eps_hat = vdm.eps_hat(params, z, gamma, batch=batch)
   _, sigma = schedules.alpha_sigma(_checks.per_example("gamma", gamma, z, batch_name="z"))
   dgamma = _checks.per_example("dgamma_dt", dgamma, z, batch_name="z")
   return 0.5 * dgamma * (sigma * eps_hat - sigma**2 * z)
@@ -77,6 +79,7 @@ def log_prob_z0(
   rtol: float = 1e-5,
   atol: float = 1e-5,
   max_steps: int = 4096,
+  batch=None,
 ):
   """log p_0(z_0) `[B]` of the model's probability-flow ODE, in nats.
 
@@ -89,12 +92,14 @@ def log_prob_z0(
     rtol: relative tolerance of the adaptive Tsit5 solver.
     atol: its absolute tolerance.
     max_steps: solver step limit.
+    batch: given to the denoiser (`drift`), e.g. {"label": int32 `[B]`}.
   """
-  batch = z_0.shape[0]
+  batch_size = z_0.shape[0]
 
   def vector_field(t, state, args):
     z, _ = state
-    out, div = _divergence(lambda u: drift(vdm, params, t, u), z, key, exact_divergence)
+    fn = lambda u: drift(vdm, params, t, u, batch=batch)
+    out, div = _divergence(fn, z, key, exact_divergence)
     return out, div
 
   sol = diffrax.diffeqsolve(
@@ -103,7 +108,7 @@ def log_prob_z0(
     t0=0.0,
     t1=1.0,
     dt0=None,
-    y0=(z_0, jnp.zeros((batch,), z_0.dtype)),
+    y0=(z_0, jnp.zeros((batch_size,), z_0.dtype)),
     stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
     max_steps=max_steps,
   )
@@ -114,6 +119,8 @@ def log_prob_z0(
 
 def nll_continuous(vdm, params, x, key, **kwargs):
   """-log p(x) `[B]` in nats for continuous x `[B, ...]`, through z_0 = alpha_0 x.
+
+  `kwargs` go to `log_prob_z0` (tolerances, `batch`: a conditional model's labels).
 
   With a per-dimension gamma_0 (`[B, ...]` like x) the change of variables has the
   log-determinant sum_d log alpha_{0,d} instead of D log alpha_0.
@@ -170,6 +177,12 @@ def evaluate_ode(
 
   `exact_divergence` defaults to exact traces for data of at most 8 dimensions and
   Hutchinson's estimator above. Returns "bpd", "bpd_se", "num_examples" and the settings.
+
+  A class-conditional model (`vdm.num_classes` = C > 0) is solved under every label 0..C
+  (C: the null label), each example's C + 1 solves with the same dequantisation noise and
+  probes (paired), so C + 1 times the cost; "bpd" is then the marginal bound
+  -log sum_y p(y) P(k | y) with the uniform prior, beside "bpd_conditional" and "bpd_null"
+  (`bpd.label_bounds`), and "_per_label" holds the per-label nats `[N, C + 1]`.
   """
   if not vdm.diffusion_time:
     raise ValueError(
@@ -185,10 +198,16 @@ def evaluate_ode(
   )
   key = jax.random.key(streams.ode_seed(config.seed)) if key is None else key
   data_sharding = mesh_lib.batch_sharding(mesh)
+  num_classes = getattr(vdm, "num_classes", 0)
+  if num_classes and not data.dataset_info(config.data).num_classes:
+    raise ValueError(
+      f"A class-conditional model needs a labelled split; {config.data.name!r} has no labels."
+    )
 
-  def per_example(p, k, index):
+  def under(p, k, index, label):
     # One solve per example (vmapped): the adaptive step sizes, the dequantisation noise
-    # and the probes of example n do not depend on the rest of its batch.
+    # and the probes of example n do not depend on the rest of its batch (or its label).
+    batch = None if label is None else {"label": label[None]}
     return dequantized_bpd(
       vdm,
       p,
@@ -197,14 +216,21 @@ def evaluate_ode(
       exact_divergence=exact_divergence,
       rtol=rtol,
       atol=atol,
+      batch=batch,
     )[0]
+
+  def per_example(p, k, index):
+    if not num_classes:
+      return under(p, k, index, None)
+    labels = jnp.arange(num_classes + 1, dtype=jnp.int32)  # [C + 1], the null label last
+    return jax.vmap(lambda c: under(p, k, index, c))(labels)
 
   fn = jax.jit(
     jax.vmap(per_example, in_axes=(None, 0, 0)),
     in_shardings=(mesh_lib.replicated(mesh), data_sharding, data_sharding),
     out_shardings=data_sharding,
   )
-  values, indices = [], []
+  values, indices, labels = [], [], []
   for _, glob, mask, index in bpd.global_batches(
     config, split, batch_size, mesh, progress=progress, desc=f"ODE {split}"
   ):
@@ -213,13 +239,22 @@ def evaluate_ode(
     with _signals.exit_at_once("during the ODE evaluation of a batch; nothing was written"):
       values.append(mesh_lib.gather(fn(params, glob["image"], glob["index"]))[mask])
     indices.append(index[mask])
-  values = np.concatenate(values).astype(np.float64)[np.argsort(np.concatenate(indices))]
-  return {
-    "bpd": float(values.mean()),
-    "bpd_se": float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan,
-    "num_examples": int(values.size),
+    if num_classes:
+      labels.append(np.asarray(mesh_lib.gather(glob["label"]))[mask])
+  order = np.argsort(np.concatenate(indices))
+  values = np.concatenate(values).astype(np.float64)[order]
+  settings = {
     "split": split,
     "exact_divergence": bool(exact_divergence),
     "rtol": rtol,
     "atol": atol,
   }
+  if num_classes:
+    nats = values * vdm.num_dims * math.log(2.0)  # [N, C + 1]
+    bounds = bpd.label_bounds(nats, np.concatenate(labels)[order], vdm.num_dims)
+    return bounds | {"num_examples": int(nats.shape[0]), "_per_label": nats} | settings
+  return {
+    "bpd": float(values.mean()),
+    "bpd_se": float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan,
+    "num_examples": int(values.size),
+  } | settings

@@ -100,10 +100,9 @@ def evaluate_checkpoint(
       progress=True,
     )
   _check_finite(result, run, split)
-  if method == "elbo":
-    if model.diffusion_time:
-      rows = bpd.diffusion_by_time(result, model, params, num_bins=num_bins)
-    result = bpd.public(result)
+  if method == "elbo" and model.diffusion_time:
+    rows = bpd.diffusion_by_time(result, model, params, num_bins=num_bins)
+  result = bpd.public(result)
   if model.diffusion_time:
     gamma = jax.device_get(model.gamma(params, jnp.array([0.0, 1.0])))
     result |= {"gamma_0": float(gamma[0]), "gamma_1": float(gamma[1])}
@@ -167,6 +166,11 @@ def format_table(result: dict, *, split: str, num_steps: int, exact: bool, files
     ("method", result["method"]),
     ("bits/dim", f"{bpd} +- {se} (standard error over examples)"),
   ]
+  if "bpd_conditional" in result:  # a class-conditional model: "bpd" is the marginal bound
+    table[3] = ("bits/dim (marginal)", f"{bpd} +- {se}: -log sum_y p(y) exp ELBO_y, uniform p(y)")
+    for name, what in [("conditional", "-log p(x | y), own label"), ("null", "null label")]:
+      value = f"{_number(result[f'bpd_{name}'], 4)} +- {_number(result[f'bpd_{name}_se'], 4)}"
+      table.insert(4 if name == "conditional" else 5, (f"bits/dim ({name})", f"{value}: {what}"))
   if diffusion:
     gammas = f"{_number(result['gamma_0'], 3)}, {_number(result['gamma_1'], 3)}"
     table.append(("gamma(0), gamma(1)", gammas))
@@ -181,7 +185,8 @@ def format_table(result: dict, *, split: str, num_steps: int, exact: bool, files
       summed = ", diffusion summed over all steps" if exact else ""
       rows_at_3.insert(0, ("T", f"{num_steps} ({kind}){summed}"))
     table[3:3] = rows_at_3
-    table += [(f"{t} bits/dim", _number(result[f"{t}_bpd"], 4)) for t in result["terms"]]
+    of = " (conditional)" if "bpd_conditional" in result else ""
+    table += [(f"{t} bits/dim{of}", _number(result[f"{t}_bpd"], 4)) for t in result["terms"]]
   table += list(files.items())
   width = max(len(k) for k, _ in table)
   return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in table)
