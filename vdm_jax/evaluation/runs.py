@@ -16,16 +16,19 @@ before any work, naming each field with its recorded and given values.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
+
+import numpy as np
 
 from vdm_jax import config as config_lib
 from vdm_jax import data
 from vdm_jax.runtime import checkpoints, distributed, storage
 from vdm_jax.runtime import workdir as workdir_lib
 
-__all__ = ["INFERENCE_SAFE", "Run", "check_against_record", "load_run"]
+__all__ = ["INFERENCE_SAFE", "Run", "check_against_record", "first_examples", "load_run"]
 
 INFERENCE_SAFE = (
   "train.",
@@ -172,3 +175,14 @@ def load_run(workdir, *, step: int | None = None, config=None, prepare_data: boo
     distributed.prepare_data(config.data)
   model, mesh, params, step = checkpoints.load_ema_params(config, workdir, step=step)
   return Run(model, params, config, int(step), mesh, workdir, changes)
+
+
+def first_examples(data_config, split: str, num_examples: int) -> np.ndarray:
+  """The first `num_examples` examples of `split` (fewer if the split is smaller), in the
+  stored order: integer data `[N, *shape]` (numpy), read as one batch of
+  `data.eval_batches`, whose iterator is closed at once."""
+  with contextlib.closing(
+    data.eval_batches(data_config, split, global_batch_size=num_examples)
+  ) as batches:
+    batch = next(batches)
+  return np.asarray(batch["image"])[np.asarray(batch["mask"]) > 0]
