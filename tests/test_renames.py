@@ -45,3 +45,12 @@ def test_old_sample_checkpoint_prints_and_returns_the_paths(monkeypatch, capsys)
   assert calls == [("run", {"num_samples": 4, "method": "ddim"})]
   assert capsys.readouterr().out == checkpoint_samples.render_samples(result) + "\n"
   assert "4 samples (ddim, T=8, step 3) in 1.2 s" in checkpoint_samples.render_samples(result)
+
+
+def test_models_noise_is_schedule_modules():
+  from vdm_jax.models import schedule_modules
+
+  with pytest.warns(DeprecationWarning, match="models.schedule_modules"):
+    old = _import_fresh("vdm_jax.models.noise")
+  for name in ("FixedSchedule", "LearnedLinearSchedule", "MonotoneSchedule"):
+    assert getattr(old, name) is getattr(schedule_modules, name)

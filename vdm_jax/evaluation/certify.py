@@ -33,9 +33,9 @@ def _terms(key, data, schedule, x, num_samples: int, num_steps: int):
   g0, g1 = schedule(jnp.zeros((n,))), schedule(jnp.ones((n,)))
   key_r, key_d = jax.random.split(key)
 
-  def recon_one(k):
+  def recon_one(key):
     return testing.gaussian_decoder_nll(
-      x, gaussian.q_sample(x, g0, jax.random.normal(k, x.shape)), g0
+      x, gaussian.q_sample(x, g0, jax.random.normal(key, x.shape)), g0
     )
 
   recon = jax.lax.map(recon_one, jax.random.split(key_r, num_samples)).mean(0)
@@ -46,11 +46,11 @@ def _terms(key, data, schedule, x, num_samples: int, num_steps: int):
 
   if num_steps == 0:
 
-    def diff_one(k):
-      k_t, k_e = jax.random.split(k)
-      t = times.sample_times(k_t, n)
+    def diff_one(key):
+      key_t, key_e = jax.random.split(key)
+      t = times.sample_times(key_t, n)
       gamma, dgamma = schedules.gamma_and_derivative(schedule, t)
-      eps = jax.random.normal(k_e, x.shape)
+      eps = jax.random.normal(key_e, x.shape)
       z = gaussian.q_sample(x, gamma, eps)
       return elbo.diffusion_loss_continuous(eps, eps_hat(z, gamma), dgamma)
 
@@ -62,8 +62,8 @@ def _terms(key, data, schedule, x, num_samples: int, num_steps: int):
       t = jnp.full((n,), t)
       g_t, g_s = schedule(t), schedule(t - 1.0 / num_steps)
 
-      def one(k):
-        eps = jax.random.normal(k, x.shape)
+      def one(key):
+        eps = jax.random.normal(key, x.shape)
         z = gaussian.q_sample(x, g_t, eps)
         return (
           elbo.diffusion_loss_discrete(eps, eps_hat(z, g_t), g_s, g_t, num_steps=num_steps)
@@ -110,7 +110,7 @@ def certify(
   rows = []
   for num_steps in (*steps, 0):
     draws = continuous_samples if num_steps == 0 else num_samples
-    fn = jax.jit(lambda k, n=num_steps, m=draws: _terms(k, data, schedule, x, m, n))
+    fn = jax.jit(lambda key, n=num_steps, m=draws: _terms(key, data, schedule, x, m, n))
     recon, prior, diffusion = (
       np.asarray(v, np.float64) for v in fn(jax.random.fold_in(key, num_steps))
     )

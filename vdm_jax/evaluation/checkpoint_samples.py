@@ -61,7 +61,7 @@ def draw_samples(model, params, key, num_samples: int, mesh, **options) -> np.nd
   # Made by a jitted function with a global output sharding: the same call on every
   # process (several processes cannot device_put host data to devices they do not own).
   keys = jax.jit(
-    lambda k: jax.vmap(lambda n: jax.random.fold_in(k, n))(jnp.arange(padded)),
+    lambda key: jax.vmap(lambda n: jax.random.fold_in(key, n))(jnp.arange(padded)),
     out_shardings=mesh_lib.batch_sharding(mesh),
   )(key)
   fn = jit_sampler(model, mesh, tuple(sorted(options.items())))

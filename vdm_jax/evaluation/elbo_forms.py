@@ -183,7 +183,9 @@ def estimates(
       (f,) = members.values()
       one = lambda *a, f=f: jnp.stack([f(*a)])
     fn = jax.jit(
-      jax.vmap(lambda k, xx, one=one: one(k, xx, x_hat_fn, schedule, num_steps, nll_fn), (0, None))
+      jax.vmap(
+        lambda key, x, one=one: one(key, x, x_hat_fn, schedule, num_steps, nll_fn), (0, None)
+      )
     )
     start = time.perf_counter()
     out = np.concatenate([np.asarray(fn(keys[c], x), np.float64) for c in range(num_chunks)])
@@ -233,8 +235,8 @@ def summarize_forms(values: dict, num_dims: int, reference: str = "denoising", z
     }
     row["var_ratio"] = row["avg_var"] / float(ref_var.mean())
     row["agrees"] = bool(name == reference or abs(diff) < z_max * diff_se)
-    for k in ("mean", "se_examples", "se_mc"):
-      row[k + "_bpd"] = row[k] * to_bpd
+    for field in ("mean", "se_examples", "se_mc"):
+      row[field + "_bpd"] = row[field] * to_bpd
     out[name] = row
   return out
 
