@@ -24,6 +24,9 @@ __all__ = [
   "time_variance_report",
 ]
 
+SCHEMES = ("uniform", "antithetic", "importance", "importance_antithetic")
+"""The ways of drawing t that `time_sampling_variance` compares, in its order."""
+
 
 def time_sampling_variance(
   vdm,
@@ -97,10 +100,6 @@ def time_sampling_variance(
     }
   result["proposal"] = [float(p) for p in np.asarray(probs)]
   return result
-
-
-SCHEMES = ("uniform", "antithetic", "importance", "importance_antithetic")
-"""The ways of drawing t that `time_sampling_variance` compares, in its order."""
 
 
 def time_variance_of_run(
