@@ -29,7 +29,7 @@ SCHEMES = ("uniform", "antithetic", "importance", "importance_antithetic")
 
 
 def time_sampling_variance(
-  vdm,
+  model,
   params,
   k,
   key,
@@ -47,7 +47,7 @@ def time_sampling_variance(
   by 1/p(t)). Each scheme draws t and noise `reps` times for the same examples.
 
   Args:
-    vdm: a diffusion model (`models.DiffusionModel`); params: its (EMA) params; k: integer
+    model: a diffusion model (`models.DiffusionModel`); params: its (EMA) params; k: integer
       data `[B, *data_shape]`.
     num_steps: T (0 = continuous); in discrete time there are T bins.
 
@@ -63,7 +63,7 @@ def time_sampling_variance(
 
   @jax.jit
   def run(key, t, weight):
-    return vdm.loss_terms(params, k, key, num_steps=num_steps, t=t, t_weight=weight)
+    return model.loss_terms(params, k, key, num_steps=num_steps, t=t, t_weight=weight)
 
   def draw(key, scheme, probs):
     key_t, key_l = jax.random.split(key)
@@ -90,7 +90,7 @@ def time_sampling_variance(
   result = {"num_examples": batch, "reps": reps, "pilot": pilot, "num_steps": num_steps}
   for scheme in SCHEMES:
     nats = [draw(jax.random.fold_in(key, r), scheme, probs)["total"] for r in range(reps)]
-    totals = elbo.bits_per_dim(np.asarray(nats, np.float64), vdm.num_dims)  # [reps, B]
+    totals = elbo.bits_per_dim(np.asarray(nats, np.float64), model.num_dims)  # [reps, B]
     means = totals.mean(axis=1)
     result[scheme] = {
       "bpd": float(means.mean()),

@@ -271,16 +271,16 @@ def checkpoint_target(config, workdir, *, step, split, num_examples):
   """
 
   run = runs.load_run(workdir, step=step, config=config)
-  vdm, params, step, config = run.model, run.params, run.step, run.config
+  model, params, step, config = run.model, run.params, run.step, run.config
   k = runs.first_examples(config.data, split, num_examples)
-  vocab = vdm.vocab_size
+  vocab = model.vocab_size
   x = elbo.encode(jnp.asarray(k), vocab)
 
   def nll_fn(x, z_0, gamma_0):
     k = jnp.round(0.5 * vocab * (x + 1.0) - 0.5).astype(jnp.int32)  # inverse of encode
     return elbo.reconstruction_loss(k, z_0, gamma_0, vocab_size=vocab)
 
-  gamma = np.asarray(vdm.gamma(params, jnp.array([0.0, 1.0])))
+  gamma = np.asarray(model.gamma(params, jnp.array([0.0, 1.0])))
   info = {
     "checkpoint_step": int(step),
     "gamma_0": float(gamma[0]),
@@ -291,8 +291,8 @@ def checkpoint_target(config, workdir, *, step, split, num_examples):
   }
   return (
     x,
-    lambda z, g: vdm.x_hat(params, z, g),
-    lambda t: vdm.gamma(params, t),
+    lambda z, g: model.x_hat(params, z, g),
+    lambda t: model.gamma(params, t),
     nll_fn,
     info,
   )
