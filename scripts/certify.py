@@ -34,56 +34,27 @@ _cli.check_output_flag("output_dir", directory=True)
 
 def main(argv):
   _cli.start(argv)
-  import jax
-
   from vdm_jax import _deps
 
-  matplotlib = _deps.require("matplotlib", extra="plots", feature="scripts/certify.py")
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  from vdm_jax import schedules, testing
-  from vdm_jax.data import toy2d
+  _deps.require("matplotlib", extra="plots", feature="scripts/certify.py")  # before the work
   from vdm_jax.evaluation import certify
   from vdm_jax.runtime import workdir
 
-  cls = {"linear": schedules.LinearSchedule, "cosine": schedules.CosineSchedule}[_SCHEDULE.value]
-  schedule = cls(_GAMMA_MIN.value, _GAMMA_MAX.value)
-  data = testing.GaussianMixture(toy2d.MIXTURE_MEANS, toy2d.MIXTURE_STD)
-  x = toy2d.sample(_NUM_EXAMPLES.value, _SEED.value)
-  steps = tuple(2**k for k in range(_MAX_LOG2_STEPS.value + 1))
-  rows = certify.certify(
-    jax.random.key(_SEED.value), data, x, schedule, steps=steps, num_samples=_NUM_SAMPLES.value
+  result = certify.certify_toy2d(
+    schedule=_SCHEDULE.value,
+    gamma_min=_GAMMA_MIN.value,
+    gamma_max=_GAMMA_MAX.value,
+    num_examples=_NUM_EXAMPLES.value,
+    num_samples=_NUM_SAMPLES.value,
+    max_log2_steps=_MAX_LOG2_STEPS.value,
+    seed=_SEED.value,
   )
-  print(f"{schedule}; {len(x)} points of the toy2d mixture; exact -log p(x) = {rows[0]['nll']:.4f}")
-  print(f"{'T':>6} {'ELBO':>12} {'gap':>12} {'+-':>8}  (nats per example)")
-  for r in rows:
-    name = "cont." if r["T"] == 0 else str(r["T"])
-    print(f"{name:>6} {r['elbo']:12.4f} {r['gap']:12.4f} {r['gap_se']:8.4f}")
+  print(certify.render(result))
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-  with open(os.path.join(_OUTPUT_DIR.value, "certify.json"), "w") as f:
-    f.write(workdir.dumps_strict({"schedule": repr(schedule), "rows": rows}, indent=2))
-  discrete = [r for r in rows if r["T"] > 0]
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  ax.errorbar(
-    [r["T"] for r in discrete],
-    [r["gap"] for r in discrete],
-    yerr=[r["gap_se"] for r in discrete],
-    marker="o",
-  )
-  cont = rows[-1]
-  # A log axis cannot show a gap that is zero within its error: show its 2-SE upper bound.
-  bound = abs(cont["gap"]) + 2 * cont["gap_se"]
-  label = f"continuous time: gap {cont['gap']:.3f} +- {cont['gap_se']:.3f}, |gap| below this line"
-  ax.axhline(bound, color="k", linestyle="--", label=label)
-  ax.set_xscale("log", base=2)
-  ax.set_yscale("log")
-  ax.set_xlabel("T")
-  ax.set_ylabel("ELBO - exact NLL (nats)")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(_OUTPUT_DIR.value, "certify.png"), dpi=120)
-  print(f"wrote {_OUTPUT_DIR.value}/certify.json and certify.png")
+  path = os.path.join(_OUTPUT_DIR.value, "certify")
+  workdir.write_json_atomic(path + ".json", workdir.dumps_strict(result, indent=2))
+  certify.save_plot(result, path + ".png")
+  print(f"wrote {path}.json and {path}.png")
 
 
 def run():

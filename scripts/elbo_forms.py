@@ -31,7 +31,9 @@ _MODELS = flags.DEFINE_list(
   "gaussian_models", ["optimal", "half", "zero"], "Denoisers (gaussian): optimal, half, zero."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
-_OUTPUT = flags.DEFINE_string("output", None, "JSON (default runs/elbo_forms_<target>.json).")
+_OUTPUT = flags.DEFINE_string(
+  "output", None, "JSON written (default: runs/elbo_forms_<target>.json under the current folder)."
+)
 
 for _name in ["num_steps", "num_samples", "num_examples", "chunk", "dims"]:
   _cli.check_flag_range(_name, minimum=1)
@@ -44,7 +46,7 @@ def main(argv):
   _cli.start(argv, config=_CONFIG.value)
   from vdm_jax.evaluation import elbo_forms
 
-  elbo_forms.report(
+  result = elbo_forms.compare_forms(
     _TARGET.value,
     config=_CONFIG.value,
     workdir=_WORKDIR.value,
@@ -62,9 +64,11 @@ def main(argv):
     dims=_DIMS.value,
     gaussian_models=_MODELS.value,
     seed=_SEED.value,
-    output=_OUTPUT.value,
     command=_cli.reproduce_command(),
   )
+  print(elbo_forms.render(result))
+  output = _OUTPUT.value or f"runs/elbo_forms_{_TARGET.value}.json"
+  print(f"wrote {elbo_forms.write_result(result, output)}")
 
 
 def run():

@@ -51,17 +51,12 @@ def main(argv):
     floor_pairs=_FLOOR_PAIRS.value,
     seed=_SEED.value,
   )
-  print(sampler_error.render(result))
   if _DIGITS_TIMING.value:
     import importlib
 
     digits = importlib.import_module(_cli.CONFIGS_PACKAGE + ".digits").get_config()
     result["digits_timing"] = sampler_error.time_digits_sampling(digits)
-    for row in result["digits_timing"]:
-      print(
-        f"digits, 64 samples, {row['method']} T={row['num_steps']}: {row['seconds']:.2f} s "
-        f"(first call, compile included: {row['first_call_seconds']:.2f} s)"
-      )
+  print(sampler_error.render(result))
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     with open(_OUTPUT.value + ".json", "w") as f:

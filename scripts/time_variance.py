@@ -36,17 +36,22 @@ _cli.check_output_flag("output")
 def main(argv):
   _cli.start(argv, config=_CONFIG.value)
   from vdm_jax.evaluation import diagnostics, runs
+  from vdm_jax.runtime import workdir
 
-  diagnostics.time_variance_report(
-    runs.load_run(_WORKDIR.value, step=_STEP.value, config=_CONFIG.value),
+  run_ = runs.load_run(_WORKDIR.value, step=_STEP.value, config=_CONFIG.value)
+  result = diagnostics.time_variance_of_run(
+    run_,
     num_examples=_NUM_EXAMPLES.value,
     num_steps=_NUM_STEPS.value,
     num_bins=_NUM_BINS.value,
     reps=_REPS.value,
     pilot=_PILOT.value,
     seed=_SEED.value,
-    output=_OUTPUT.value,
   )
+  output = _OUTPUT.value or diagnostics.time_variance_path(run_.workdir, _NUM_STEPS.value)
+  workdir.write_json_atomic(output, workdir.dumps_strict(result, indent=2))
+  print(diagnostics.render_time_variance(result))
+  print(f"JSON: {output}")
 
 
 def run():

@@ -423,7 +423,7 @@ def test_exact_time_sum_on_the_device_equals_the_loop_over_steps(trained, monkey
   assert np.all(np.isnan(result["t"]))
 
   # Sampling: one trace for any number of calls (the jitted sampler is built once).
-  evaluation.sampling.jit_sampler.cache_clear()
+  evaluation.checkpoint_samples.jit_sampler.cache_clear()
   sample_counted = chex.assert_max_traces(vdm.sample.__func__, n=1)
   monkeypatch.setattr(type(vdm), "sample", sample_counted)
   a = evaluation.draw_samples(vdm, params, jax.random.key(0), 4, mesh, num_steps=3)

@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import restore_state, run_script, tiny_config
+from helpers import restore_state, tiny_config
 from scipy import stats
 
 from vdm_jax import models, times, training
 from vdm_jax.config import base_config
+from vdm_jax.evaluation import diagnostics, runs
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -153,7 +154,7 @@ def test_variance_objective_gradients_against_plain_autodiff():
 
 
 @pytest.mark.slow  # trains a run, then runs vdm-time-variance on it: a minute under load
-def test_trainer_with_importance_sampling(tmp_path):
+def test_trainer_with_importance_sampling(tmp_path, capsys):
   """(The variance objective's training path is `loss_terms` under grad, tested above.)"""
   config = tiny_config(tmp_path / "tfds", num_steps=6, ckpt_every=3, log_every=3)
   config.loss.time_sampling, config.loss.time_bins = "importance", 8
@@ -166,28 +167,23 @@ def test_trainer_with_importance_sampling(tmp_path):
   config.train.num_steps = 9  # resumes with the moments restored
   assert training.train_and_evaluate(config, str(tmp_path / "run"))["step"] == 9
 
-  # The variance-measuring script on this checkpoint.
-  out = tmp_path / "var.json"
-  proc = run_script(
-    "time_variance.py",
-    f"--workdir={tmp_path / 'run'}",
-    f"--output={out}",
-    "--num_examples=32",
-    "--reps=4",
-    "--pilot=2",
-    "--num_bins=8",
-    f"--config.data.data_dir={config.data.data_dir}",
-    "--config.loss.time_sampling=importance",
-    "--config.loss.time_bins=8",
-    tiny=True,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  got = json.loads(out.read_text())
-  schemes = ("uniform", "antithetic", "importance", "importance_antithetic")
+  # The variance measurement of this checkpoint (what `vdm-time-variance` prints and writes),
+  # through the deprecated one-call wrapper, which also checks the compute/render split.
+  run = runs.load_run(str(tmp_path / "run"), config=config)
+  with pytest.warns(DeprecationWarning, match="time_variance_of_run"):
+    got = diagnostics.time_variance_report(run, num_examples=32, reps=4, pilot=2, num_bins=8)
+  schemes = diagnostics.SCHEMES
   means = [got[s]["bpd"] for s in schemes]
   spread = 4 * max(got[s]["bpd_se_of_mean"] for s in schemes)
   assert max(means) - min(means) < 2 * spread, got  # the same ELBO, whatever the scheme
-  assert "importance_antithetic" in proc.stdout
+  written = diagnostics.time_variance_path(run.workdir, 0)
+  assert written.endswith("time_variance_T0.json")
+  assert json.loads(pathlib.Path(written).read_text())["uniform"] == got["uniform"]
+  text = diagnostics.render_time_variance(got)
+  assert text in capsys.readouterr().out
+  for scheme in schemes:  # one row per scheme: its bits/dim and the variance ratio
+    ratio = got["antithetic"]["var_batch_mean"] / got[scheme]["var_batch_mean"]
+    assert f"{got[scheme]['bpd']:.4f}" in text and f"{ratio:.2f}x" in text
   from vdm_jax import config as config_lib
 
   config.schedule.objective = "variance"  # needs the monotone schedule

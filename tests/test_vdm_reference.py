@@ -22,7 +22,7 @@ import pytest
 
 from vdm_jax import config as config_lib
 from vdm_jax import elbo, gaussian
-from vdm_jax.evaluation import report, runs, sampling
+from vdm_jax.evaluation import checkpoint_samples, report, runs
 from vdm_jax.training import reference_checkpoint
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -157,8 +157,12 @@ def test_imported_run_evaluates_and_samples(tmp_path, rgb_data):
   )
   assert result["checkpoint_step"] == 2 and result["num_examples"] == 1
   assert 0.0 < result["bpd"] < 16.0
-  written = sampling.sample_checkpoint(run, num_samples=2, num_steps=4, output=str(tmp_path / "s"))
-  samples = np.load(written[0])["samples"]
+  drawn = checkpoint_samples.sample_checkpoint(
+    run, num_samples=2, num_steps=4, output=str(tmp_path / "s")
+  )
+  assert drawn["paths"] == [str(tmp_path / "s.npz"), str(tmp_path / "s.png")]
+  assert "2 samples (ancestral, T=4, step 2)" in checkpoint_samples.render_samples(drawn)
+  samples = np.load(drawn["paths"][0])["samples"]
   assert samples.shape == (2, 8, 8, 3) and samples.min() >= 0 and samples.max() <= 255
 
 

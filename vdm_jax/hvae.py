@@ -76,9 +76,9 @@ def sample_trajectory(
   z_0 = gaussian.q_sample(x, gammas[0], jax.random.normal(keys[0], x.shape))
 
   def step(z_s, inputs):
-    g_s, g_t, k = inputs
+    g_s, g_t, key = inputs
     mean, var = _forward_transition(z_s, g_s, g_t)
-    z_t = mean + jnp.sqrt(var) * jax.random.normal(k, z_s.shape)
+    z_t = mean + jnp.sqrt(var) * jax.random.normal(key, z_s.shape)
     return z_t, z_t
 
   _, rest = jax.lax.scan(step, z_0, (gammas[:-1], gammas[1:], keys[1:]))

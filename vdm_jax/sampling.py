@@ -8,7 +8,7 @@ r"""Samplers of the reverse process (pure functions of a model and its params).
   the probability-flow ODE in the log-SNR variable, for few steps (tens, not a thousand).
 
 Classifier-free guidance is the pure `guided_eps`. The samplers are pure functions of
-(vdm, params, key), for any object with `gamma`, `eps_hat`,
+(model, params, key), for any object with `gamma`, `eps_hat`,
 `data_shape` and `vocab_size` (a `models.VDM`, or `testing.OracleVDM`); the T-step loop is
 a `lax.fori_loop`. `gamma(params, t)` may return one gamma per example (`[B]` for t `[B]`)
 or one per example and dimension (`[B, *data_shape]`, a multivariate schedule): every step
@@ -49,7 +49,7 @@ class ReverseModel(Protocol):
 
 
 def sample(
-  vdm: ReverseModel,
+  model: ReverseModel,
   params: Any,
   key: jax.Array,
   num_samples: int,
@@ -60,7 +60,7 @@ def sample(
   label: int | None = None,
   guidance: float = 0.0,
 ) -> jax.Array:
-  """Draws integer samples `[num_samples, *vdm.data_shape]` from the model.
+  """Draws integer samples `[num_samples, *model.data_shape]` from the model.
 
   Example (the Bayes-optimal denoiser of x ~ N(0.3, 0.1^2) per dimension: the samples
   land on the bins around 0.3):
@@ -77,7 +77,7 @@ def sample(
     (True, True)
 
   Args:
-    vdm: a `vdm_jax.models.VDM`.
+    model: a `vdm_jax.models.VDM`.
     params: its params (use the EMA params).
     key: `jax.random` key.
     num_samples: how many.
@@ -85,7 +85,7 @@ def sample(
     method: "ancestral", "ddim" or "dpm_solver" (T steps of `dpm_solver_2m`; T + 1
       network calls are T here too: one per step).
     decode: "sample" draws k ~ p(k | z_0); "mode" takes its argmax.
-    label: for a class-conditional model (`vdm.num_classes` C > 0), the class y in
+    label: for a class-conditional model (`model.num_classes` C > 0), the class y in
       {0..C-1} of every sample; None samples the unconditional (null-label) model.
     guidance: classifier-free guidance weight w >= 0 (`guided_eps`); needs `label`.
 
@@ -99,22 +99,22 @@ def sample(
   num_steps = _checks.check_num_steps(num_steps, allow_zero=False)
   if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
     raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
-  eps_fn = _conditional_eps(vdm, params, num_samples, label, guidance)
+  eps_fn = _conditional_eps(model, params, num_samples, label, guidance)
   key_init, key_loop, key_dec = jax.random.split(key, 3)
-  shape = (num_samples, *vdm.data_shape)
+  shape = (num_samples, *model.data_shape)
   z = jax.random.normal(key_init, shape)
 
   if method == "dpm_solver":
-    gammas = vdm.gamma(params, 1.0 - jnp.arange(num_steps + 1) / num_steps)
+    gammas = model.gamma(params, 1.0 - jnp.arange(num_steps + 1) / num_steps)
     x_hat_fn = lambda z_t, g: predictions.x_from_eps(z_t, eps_fn(z_t, g), g)
-    return _decode(vdm, params, dpm_solver_2m(x_hat_fn, z, gammas), key_dec, decode)
+    return _decode(model, params, dpm_solver_2m(x_hat_fn, z, gammas), key_dec, decode)
 
   def body(i, z):
     # i = 0..T-1 walks t = 1, 1 - 1/T, ..., 1/T.
     t = 1.0 - i / num_steps
     s = t - 1.0 / num_steps
-    gamma_t = vdm.gamma(params, jnp.full((num_samples,), t))
-    gamma_s = vdm.gamma(params, jnp.full((num_samples,), s))
+    gamma_t = model.gamma(params, jnp.full((num_samples,), t))
+    gamma_s = model.gamma(params, jnp.full((num_samples,), s))
     eps_hat = eps_fn(z, gamma_t)
     x_hat = predictions.x_from_eps(z, eps_hat, gamma_t)
     if method == "ddim":
@@ -125,18 +125,18 @@ def sample(
     return mean + jnp.sqrt(var) * noise
 
   z_0 = jax.lax.fori_loop(0, num_steps, body, z)
-  return _decode(vdm, params, z_0, key_dec, decode)
+  return _decode(model, params, z_0, key_dec, decode)
 
 
-def _conditional_eps(vdm, params, num_samples, label, guidance):
+def _conditional_eps(model, params, num_samples, label, guidance):
   """(z_t, gamma_t) -> eps_hat: unconditional, conditional on `label`, or guided."""
-  num_classes = getattr(vdm, "num_classes", 0)
+  num_classes = getattr(model, "num_classes", 0)
   if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0:
     raise ValueError(f"guidance must be a number >= 0 (0 = unguided), got {guidance!r}.")
   if label is None:
     if guidance:
       raise ValueError(f"guidance={guidance} needs a label to guide towards; pass label=K.")
-    return lambda z, g: vdm.eps_hat(params, z, g)
+    return lambda z, g: model.eps_hat(params, z, g)
   if not num_classes:
     raise ValueError(
       f"label={label!r} given, but this model is not class-conditional (train one with "
@@ -147,16 +147,16 @@ def _conditional_eps(vdm, params, num_samples, label, guidance):
   cond = {"label": jnp.full((num_samples,), label, jnp.int32)}
   null = {"label": jnp.full((num_samples,), num_classes, jnp.int32)}
   if not guidance:
-    return lambda z, g: vdm.eps_hat(params, z, g, batch=cond)
+    return lambda z, g: model.eps_hat(params, z, g, batch=cond)
   return lambda z, g: guided_eps(
-    vdm.eps_hat(params, z, g, batch=cond), vdm.eps_hat(params, z, g, batch=null), guidance
+    model.eps_hat(params, z, g, batch=cond), model.eps_hat(params, z, g, batch=null), guidance
   )
 
 
-def _decode(vdm, params, z_0, key, decode):
+def _decode(model, params, z_0, key, decode):
   """Integer data from z_0 through the exact discrete decoder p(k | z_0)."""
-  gamma_0 = vdm.gamma(params, jnp.zeros((z_0.shape[0],)))  # [N], or [N, ...] per dimension
-  logits = elbo.decoder_logits(z_0, gamma_0, vocab_size=vdm.vocab_size)
+  gamma_0 = model.gamma(params, jnp.zeros((z_0.shape[0],)))  # [N], or [N, ...] per dimension
+  logits = elbo.decoder_logits(z_0, gamma_0, vocab_size=model.vocab_size)
   if decode == "mode":
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return jax.random.categorical(key, logits).astype(jnp.int32)

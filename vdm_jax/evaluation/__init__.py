@@ -3,7 +3,9 @@
 * `bpd`: the ELBO in bits/dim of a split, batch- and device-invariant (`evaluate`), the
   exact sum over T steps on the device, the decomposition over t.
 * `ode`: bits/dim under the probability-flow ODE (needs the `ode` extra: diffrax).
-* `sampling`: samples split over the devices, PNG grids (`images`).
+* `checkpoint_samples`: samples of a checkpoint split over the devices, PNG grids
+  (`images`); called `sampling` before (that name imports with a warning: the samplers'
+  mathematics is `vdm_jax.sampling`).
 * `diagnostics`: the variance of the ELBO estimate under four time samplers.
 * `runs`: `load_run(workdir)`, a trained run (model, EMA params, config, step) from its
   work directory alone, the config checked against the run's record.
@@ -29,9 +31,9 @@ from vdm_jax.evaluation.bpd import (
   split_times,
   summarize,
 )
+from vdm_jax.evaluation.checkpoint_samples import draw_samples, write_sample_grid
 from vdm_jax.evaluation.diagnostics import time_sampling_variance
 from vdm_jax.evaluation.runs import Run, check_against_record, load_run
-from vdm_jax.evaluation.sampling import draw_samples, write_sample_grid
 
 __all__ = [
   "Run",

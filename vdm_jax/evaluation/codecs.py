@@ -26,7 +26,9 @@ by the H * W * 1 grey dimensions).
 from __future__ import annotations
 
 import io
+import json
 import math
+import time
 
 import numpy as np
 
@@ -34,6 +36,9 @@ from vdm_jax._arith import ceil_div
 
 __all__ = [
   "CODECS",
+  "dataset_table",
+  "model_row",
+  "render_table",
   "categorical_bits_per_dim",
   "codec_bits_per_dim",
   "encode",
@@ -200,3 +205,86 @@ def table(train, test, vocab_size: int, *, alpha: float = 1.0) -> list[dict]:
       )
     )
   return rows
+
+
+def _fmt(value) -> str:
+  """Three decimals; "n/a" for None (null in the JSON: a number that is not defined)."""
+  return "n/a" if value is None else f"{value:.3f}"
+
+
+def model_row(path: str, name: str, num_examples: int) -> dict:
+  """The row of a model's evaluation JSON (written by `vdm-evaluate`) for `table`'s list.
+
+  Raises:
+    ValueError: the JSON evaluates another dataset, or another number of examples.
+  """
+  from vdm_jax.runtime import storage, workdir
+
+  # One written before strict JSON may hold NaN: None, as now.
+  result = workdir.to_strict_json(json.loads(storage.read_text(path)))
+  if result.get("data") != name or result.get("num_examples") != num_examples:
+    raise ValueError(
+      f"{path} evaluates {result.get('data')!r} with {result.get('num_examples')} examples, "
+      f"not {name!r} with {num_examples}."
+    )
+  passes = ", ".join(_fmt(b) for b in result.get("pass_bpd", []))
+  return {
+    "method": f"VDM ({result.get('model', 'vdm')}, step {result['checkpoint_step']})",
+    "bpd": result["bpd"],
+    "se": result["bpd_se"],
+    "note": f"{result.get('passes', 1)} pass(es): {passes}" if passes else result["method"],
+  }
+
+
+def _all_examples(data_config, split: str) -> np.ndarray:
+  from vdm_jax import data
+
+  batches = data.eval_batches(data_config, split, global_batch_size=256)
+  return np.concatenate([b["image"][b["mask"] > 0] for b in batches])
+
+
+def dataset_table(data_config, *, split: str = "test", eval_json=(), alpha: float = 1.0) -> dict:
+  """A dataset's `table` (categoricals fitted on its train split, codecs on `split`), after
+  the rows of the model evaluations `eval_json` (paths, `model_row`); builds an offline
+  dataset first if needed (`data.prepare`).
+
+  Returns:
+    {"rows", "name", "split", "shape", "vocab_size", "num_train", "num_test", "seconds"
+    (the baselines' and codecs' time)}; `render_table` prints it.
+  """
+  from vdm_jax import data
+
+  data.prepare(data_config)
+  info = data.dataset_info(data_config)
+  train, test = _all_examples(data_config, "train"), _all_examples(data_config, split)
+  rows = [model_row(p, info.name, len(test)) for p in eval_json]
+  start = time.perf_counter()
+  rows += table(train, test, info.vocab_size, alpha=alpha)
+  return {
+    "rows": rows,
+    "name": info.name,
+    "split": split,
+    "shape": list(info.shape),
+    "vocab_size": info.vocab_size,
+    "num_train": len(train),
+    "num_test": len(test),
+    "seconds": time.perf_counter() - start,
+  }
+
+
+def render_table(result: dict) -> str:
+  """`dataset_table`'s result as a heading and a Markdown table (bits/dim, standard error
+  where there is one, note)."""
+  shape = "x".join(map(str, result["shape"]))
+  lines = [
+    f"{result['name']} / {result['split']}: {result['num_test']} images of {shape}, "
+    f"V = {result['vocab_size']} (categoricals fitted on {result['num_train']} train images; "
+    f"baselines and codecs in {result['seconds']:.0f} s)",
+    "",
+    "| method | bits/dim | standard error | note |",
+    "|---|---|---|---|",
+  ]
+  for r in result["rows"]:
+    se = "" if r["se"] is None else f"{r['se']:.3f}"
+    lines.append(f"| {r['method']} | {_fmt(r['bpd'])} | {se} | {r['note']} |")
+  return "\n".join(lines)

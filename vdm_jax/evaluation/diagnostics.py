@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -13,11 +14,21 @@ from vdm_jax import data, elbo, times
 from vdm_jax.runtime import storage
 from vdm_jax.runtime import workdir as workdir_lib
 
-__all__ = ["time_sampling_variance", "time_variance_report"]
+__all__ = [
+  "SCHEMES",
+  "render_time_variance",
+  "time_sampling_variance",
+  "time_variance_of_run",
+  "time_variance_path",
+  "time_variance_report",
+]
+
+SCHEMES = ("uniform", "antithetic", "importance", "importance_antithetic")
+"""The ways of drawing t that `time_sampling_variance` compares, in its order."""
 
 
 def time_sampling_variance(
-  vdm,
+  model,
   params,
   k,
   key,
@@ -35,7 +46,7 @@ def time_sampling_variance(
   by 1/p(t)). Each scheme draws t and noise `reps` times for the same examples.
 
   Args:
-    vdm: a diffusion model (`models.DiffusionModel`); params: its (EMA) params; k: integer
+    model: a diffusion model (`models.DiffusionModel`); params: its (EMA) params; k: integer
       data `[B, *data_shape]`.
     num_steps: T (0 = continuous); in discrete time there are T bins.
 
@@ -51,7 +62,7 @@ def time_sampling_variance(
 
   @jax.jit
   def run(key, t, weight):
-    return vdm.loss_terms(params, k, key, num_steps=num_steps, t=t, t_weight=weight)
+    return model.loss_terms(params, k, key, num_steps=num_steps, t=t, t_weight=weight)
 
   def draw(key, scheme, probs):
     key_t, key_l = jax.random.split(key)
@@ -76,9 +87,9 @@ def time_sampling_variance(
   probs = times.importance_bin_probs(moments)
 
   result = {"num_examples": batch, "reps": reps, "pilot": pilot, "num_steps": num_steps}
-  for scheme in ("uniform", "antithetic", "importance", "importance_antithetic"):
+  for scheme in SCHEMES:
     nats = [draw(jax.random.fold_in(key, r), scheme, probs)["total"] for r in range(reps)]
-    totals = elbo.bits_per_dim(np.asarray(nats, np.float64), vdm.num_dims)  # [reps, B]
+    totals = elbo.bits_per_dim(np.asarray(nats, np.float64), model.num_dims)  # [reps, B]
     means = totals.mean(axis=1)
     result[scheme] = {
       "bpd": float(means.mean()),
@@ -90,7 +101,7 @@ def time_sampling_variance(
   return result
 
 
-def time_variance_report(
+def time_variance_of_run(
   run,
   *,
   num_examples: int = 256,
@@ -99,17 +110,20 @@ def time_variance_report(
   reps: int = 32,
   pilot: int = 16,
   seed: int = 0,
-  output: str | None = None,
 ) -> dict:
   """`time_sampling_variance` of a loaded checkpoint's EMA params (`runs.load_run`) on the
-  first `num_examples` test examples; writes the JSON (default
-  `<workdir>/time_variance_T<T>.json`), prints a table and returns the result."""
-  vdm, params, step, config, workdir = run.model, run.params, run.step, run.config, run.workdir
-  k = jax.numpy.asarray(data.first_examples(config.data, "test", num_examples)["image"])
+  first `num_examples` test examples; prints and writes nothing.
+
+  Returns:
+    `time_sampling_variance`'s dict with "checkpoint_step", "seconds", "data", "workdir",
+    "schedule" and "schedule_objective" added (`render_time_variance` prints it).
+  """
+  config = run.config
+  k = jnp.asarray(data.first_examples(config.data, "test", num_examples)["image"])
   start = time.perf_counter()
   result = time_sampling_variance(
-    vdm,
-    params,
+    run.model,
+    run.params,
     k,
     jax.random.key(seed),
     num_steps=num_steps,
@@ -117,24 +131,54 @@ def time_variance_report(
     reps=reps,
     pilot=pilot,
   )
-  result |= {"checkpoint_step": step, "seconds": time.perf_counter() - start}
-  result |= {"schedule": config.schedule.kind, "schedule_objective": config.schedule.objective}
-  output = output or storage.join(workdir, f"time_variance_T{num_steps}.json")
-  storage.write_atomic(output, workdir_lib.dumps_strict(result, indent=2))
+  return result | {
+    "checkpoint_step": run.step,
+    "seconds": time.perf_counter() - start,
+    "data": config.data.name,
+    "workdir": run.workdir,
+    "schedule": config.schedule.kind,
+    "schedule_objective": config.schedule.objective,
+  }
+
+
+def time_variance_path(workdir: str, num_steps: int) -> str:
+  """Where the time-variance JSON of a run goes by default: `<workdir>/time_variance_T<T>.json`."""
+  return storage.join(workdir, f"time_variance_T{num_steps}.json")
+
+
+def render_time_variance(result: dict) -> str:
+  """`time_variance_of_run`'s result as text: a heading and one row per scheme: bits/dim,
+  the two variances, and "vs antithetic", antithetic's variance of the batch mean over the
+  scheme's (above 1 where the scheme has the lower variance)."""
   base = result["antithetic"]["var_batch_mean"]
-  print(
-    f"{config.data.name}, step {step}, schedule {config.schedule.kind} "
-    f"({config.schedule.objective}), T={num_steps}, {result['num_examples']} examples, "
-    f"{reps} draws per scheme"
-  )
-  print(
-    f"{'scheme':<24}{'bits/dim':>10}{'var(batch mean)':>18}{'var(example)':>15}{'vs antithetic':>15}"
-  )
-  for scheme in ("uniform", "antithetic", "importance", "importance_antithetic"):
+  lines = [
+    f"{result['data']}, step {result['checkpoint_step']}, schedule {result['schedule']} "
+    f"({result['schedule_objective']}), T={result['num_steps']}, {result['num_examples']} "
+    f"examples, {result['reps']} draws per scheme ({result['seconds']:.1f} s)",
+    f"{'scheme':<24}{'bits/dim':>10}{'var(batch mean)':>18}{'var(example)':>15}"
+    f"{'vs antithetic':>15}",
+  ]
+  for scheme in SCHEMES:
     r = result[scheme]
-    print(
+    lines.append(
       f"{scheme:<24}{r['bpd']:>10.4f}{r['var_batch_mean']:>18.3e}{r['var_per_example']:>15.3e}"
       f"{base / r['var_batch_mean']:>14.2f}x"
     )
-  print(f"({result['seconds']:.1f} s) JSON: {output}")
+  return "\n".join(lines)
+
+
+def time_variance_report(run, *, output: str | None = None, **kwargs) -> dict:
+  """Deprecated: `time_variance_of_run(run, **kwargs)`, written as JSON at `output` (default
+  `time_variance_path`) and printed with `render_time_variance`; returns the result."""
+  warnings.warn(
+    "diagnostics.time_variance_report is deprecated: use time_variance_of_run, "
+    "render_time_variance and workdir.write_json_atomic.",
+    DeprecationWarning,
+    stacklevel=2,
+  )
+  result = time_variance_of_run(run, **kwargs)
+  output = output or time_variance_path(run.workdir, result["num_steps"])
+  workdir_lib.write_json_atomic(output, workdir_lib.dumps_strict(result, indent=2))
+  print(render_time_variance(result))
+  print(f"JSON: {output}")
   return result

@@ -1,7 +1,10 @@
 r"""The seed's ELBO forms side by side: same -ELBO, different Monte Carlo variance.
 
-  python scripts/elbo_forms.py --target=gaussian
+  vdm-elbo-forms --target=gaussian --output=runs/elbo_forms_gaussian.json
   vdm-elbo-forms --target=checkpoint --workdir=runs/digits
+
+In Python: `print(render(compare_forms("gaussian", num_samples=16)))`; `write_result(result,
+path)` writes the JSON (nothing here prints or writes unless asked).
 
 For the N-step Markovian hierarchical VAE of `vdm_jax.hvae` (latents on t_j = j/N) the
 negative ELBO has several unbiased estimators, all computed here from the SAME forward
@@ -33,8 +36,8 @@ the first `--num_examples` examples of a split, with the framework's discrete de
 from __future__ import annotations
 
 import math
-import os
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -43,20 +46,27 @@ import numpy as np
 from vdm_jax import data, elbo, gaussian, hvae, schedules, testing
 from vdm_jax._arith import ceil_div
 from vdm_jax.evaluation import runs
+from vdm_jax.runtime import storage
 from vdm_jax.runtime import workdir as workdir_lib
 
 __all__ = [
+  "COLUMNS",
   "GAUSSIAN_MODELS",
   "UNBIASED",
   "agreement_line",
   "checkpoint_target",
+  "compare_forms",
   "estimates",
   "format_table",
+  "forms_table",
   "gaussian_target",
   "measure",
   "negative_elbo_one_step",
+  "render",
   "report",
   "summarize",
+  "summarize_forms",
+  "write_result",
 ]
 
 UNBIASED = ("consistency", "denoising", "sampled", "one-step")
@@ -174,7 +184,9 @@ def estimates(
       (f,) = members.values()
       one = lambda *a, f=f: jnp.stack([f(*a)])
     fn = jax.jit(
-      jax.vmap(lambda k, xx, one=one: one(k, xx, x_hat_fn, schedule, num_steps, nll_fn), (0, None))
+      jax.vmap(
+        lambda key, x, one=one: one(key, x, x_hat_fn, schedule, num_steps, nll_fn), (0, None)
+      )
     )
     start = time.perf_counter()
     out = np.concatenate([np.asarray(fn(keys[c], x), np.float64) for c in range(num_chunks)])
@@ -188,7 +200,7 @@ def estimates(
   return {name: values[name] for name in forms}, seconds
 
 
-def summarize(values: dict, num_dims: int, reference: str = "denoising", z_max: float = 3.0):
+def summarize_forms(values: dict, num_dims: int, reference: str = "denoising", z_max: float = 3.0):
   """Per-form mean, standard errors, per-example variance and agreement with `reference`.
 
   Args:
@@ -224,19 +236,19 @@ def summarize(values: dict, num_dims: int, reference: str = "denoising", z_max: 
     }
     row["var_ratio"] = row["avg_var"] / float(ref_var.mean())
     row["agrees"] = bool(name == reference or abs(diff) < z_max * diff_se)
-    for k in ("mean", "se_examples", "se_mc"):
-      row[k + "_bpd"] = row[k] * to_bpd
+    for field in ("mean", "se_examples", "se_mc"):
+      row[field + "_bpd"] = row[field] * to_bpd
     out[name] = row
   return out
 
 
 def measure(key, x, x_hat_fn, schedule, num_steps, nll_fn, *, num_samples, **kwargs):
-  """`estimates` then `summarize`: returns (summary, seconds per form)."""
+  """`estimates` then `summarize_forms`: returns (summary, seconds per form)."""
   values, seconds = estimates(
     key, x, x_hat_fn, schedule, num_steps, nll_fn, num_samples=num_samples, **kwargs
   )
   num_dims = math.prod(x.shape[1:])
-  return summarize(values, num_dims), seconds
+  return summarize_forms(values, num_dims), seconds
 
 
 def gaussian_target(key, *, num_examples, dims, scale, gamma_min, gamma_max):
@@ -260,16 +272,16 @@ def checkpoint_target(config, workdir, *, step, split, num_examples):
   """
 
   run = runs.load_run(workdir, step=step, config=config)
-  vdm, params, step, config = run.model, run.params, run.step, run.config
+  model, params, step, config = run.model, run.params, run.step, run.config
   k = data.first_examples(config.data, split, num_examples)["image"]
-  vocab = vdm.vocab_size
+  vocab = model.vocab_size
   x = elbo.encode(jnp.asarray(k), vocab)
 
   def nll_fn(x, z_0, gamma_0):
     k = jnp.round(0.5 * vocab * (x + 1.0) - 0.5).astype(jnp.int32)  # inverse of encode
     return elbo.reconstruction_loss(k, z_0, gamma_0, vocab_size=vocab)
 
-  gamma = np.asarray(vdm.gamma(params, jnp.array([0.0, 1.0])))
+  gamma = np.asarray(model.gamma(params, jnp.array([0.0, 1.0])))
   info = {
     "checkpoint_step": int(step),
     "gamma_0": float(gamma[0]),
@@ -280,15 +292,15 @@ def checkpoint_target(config, workdir, *, step, split, num_examples):
   }
   return (
     x,
-    lambda z, g: vdm.x_hat(params, z, g),
-    lambda t: vdm.gamma(params, t),
+    lambda z, g: model.x_hat(params, z, g),
+    lambda t: model.gamma(params, t),
     nll_fn,
     info,
   )
 
 
-def format_table(summary: dict, seconds: dict | None = None) -> str:
-  """The summary as aligned text, one row per form (and the wall time of each group)."""
+def forms_table(summary: dict, seconds: dict | None = None) -> str:
+  """`summarize_forms`'s summary as aligned text, one row per form (and the wall time of each group)."""
   head = (
     f"{'form':<12} {'-ELBO nats':>11} {'+-SE(ex)':>9} {'+-SE(MC)':>9} {'bits/dim':>9}"
     f" {'avg var':>10} {'var/den':>9} {'med ratio':>9} {'diff vs den':>12} {'+-SE':>8}"
@@ -326,7 +338,7 @@ def agreement_line(summary: dict) -> str:
   return line
 
 
-def report(
+def compare_forms(
   target: str = "gaussian",
   *,
   config=None,
@@ -345,14 +357,24 @@ def report(
   dims: int = 64,
   gaussian_models=("optimal", "half", "zero"),
   seed: int = 0,
-  output: str | None = None,
   command: str = "",
 ) -> dict:
-  """Measures every form on `target` ("gaussian" or "checkpoint"), prints the tables and
-  writes the JSON (`output`, default runs/elbo_forms_<target>.json); returns the result."""
+  """Measures every form on `target` ("gaussian" or "checkpoint"); prints and writes nothing.
+
+  Returns:
+    The settings, and "runs": one entry per Gaussian denoiser (by name, with its
+    "exact_nll") or "checkpoint", each {"forms": `summarize_forms`'s dict, "seconds": wall
+    seconds per group of forms}; "wall_time_s". `render` turns it into the tables,
+    `write_result` into JSON.
+  """
 
   if target not in ("gaussian", "checkpoint"):
     raise ValueError(f"Unknown target {target!r}; choose 'gaussian' or 'checkpoint'.")
+  unknown = set(gaussian_models) - set(GAUSSIAN_MODELS)
+  if target == "gaussian" and unknown:
+    raise ValueError(f"Unknown gaussian_models {sorted(unknown)}; {list(GAUSSIAN_MODELS)}.")
+  if target == "checkpoint" and workdir is None:
+    raise ValueError("target='checkpoint' needs the training run's --workdir.")
   key_x, key_e = jax.random.split(jax.random.key(seed))
   kwargs = dict(
     num_samples=num_samples,
@@ -361,20 +383,16 @@ def report(
     one_step=one_step,
     share_denoiser=share_denoiser,
   )
-  n = num_steps
   start = time.perf_counter()
   result = {
     "target": target,
-    "num_steps": n,
+    "num_steps": num_steps,
     "num_samples": num_samples,
     "seed": seed,
     "command": command,
     "runs": {},
   }
   if target == "gaussian":
-    unknown = set(gaussian_models) - set(GAUSSIAN_MODELS)
-    if unknown:
-      raise ValueError(f"Unknown gaussian_models {sorted(unknown)}; {list(GAUSSIAN_MODELS)}.")
     result |= {
       "num_examples": num_examples,
       "dims": dims,
@@ -382,59 +400,105 @@ def report(
       "gamma_min": gamma_min,
       "gamma_max": gamma_max,
     }
-    print(
-      f"Gaussian toy x ~ N({GAUSSIAN_MEAN}, {GAUSSIAN_STD}^2), {dims} dims, "
-      f"{num_examples} examples x {num_samples} trajectories, N={n} steps, "
-      f"gamma linear in [{gamma_min}, {gamma_max}]"
-    )
-    for model in gaussian_models:
+    for name in gaussian_models:
       x, x_hat_fn, schedule, nll_fn, nll = gaussian_target(
         key_x,
         num_examples=num_examples,
         dims=dims,
-        scale=GAUSSIAN_MODELS[model],
+        scale=GAUSSIAN_MODELS[name],
         gamma_min=gamma_min,
         gamma_max=gamma_max,
       )
-      summary, seconds = measure(key_e, x, x_hat_fn, schedule, n, nll_fn, **kwargs)
-      exact = float(nll.mean())
-      result["runs"][model] = {"forms": summary, "seconds": seconds, "exact_nll": exact}
-      print(
-        f"\n[{model} denoiser: x_hat = {GAUSSIAN_MODELS[model]} E[x|z_t]]"
-        f"  exact -log p(x) = {exact:.4f} nats/example"
-      )
-      print(format_table(summary, seconds))
-      print(agreement_line(summary))
+      summary, seconds = measure(key_e, x, x_hat_fn, schedule, num_steps, nll_fn, **kwargs)
+      result["runs"][name] = {
+        "forms": summary,
+        "seconds": seconds,
+        "exact_nll": float(nll.mean()),
+        "scale": GAUSSIAN_MODELS[name],
+      }
   else:
-    if workdir is None:
-      raise ValueError("target='checkpoint' needs the training run's --workdir.")
     x, x_hat_fn, schedule, nll_fn, info = checkpoint_target(
-      config,
-      workdir,
-      step=step,
-      split=split,
-      num_examples=num_examples,
+      config, workdir, step=step, split=split, num_examples=num_examples
     )
-    result |= info | {"workdir": os.path.abspath(workdir), "num_examples": len(x)}
-    print(
-      f"{info['data']} checkpoint step {info['checkpoint_step']} ({workdir}), "
-      f"first {len(x)} {info['split']} examples x {num_samples} trajectories, N={n} "
-      f"steps, gamma(0)={info['gamma_0']:.3f}, gamma(1)={info['gamma_1']:.3f}"
-    )
-    summary, seconds = measure(key_e, x, x_hat_fn, schedule, n, nll_fn, **kwargs)
+    result |= info | {"workdir": storage.resolve(workdir), "num_examples": len(x)}
+    summary, seconds = measure(key_e, x, x_hat_fn, schedule, num_steps, nll_fn, **kwargs)
     result["runs"]["checkpoint"] = {"forms": summary, "seconds": seconds}
-    print(format_table(summary, seconds))
-    print(agreement_line(summary))
   result["wall_time_s"] = time.perf_counter() - start
-  print(
-    "\ncolumns: -ELBO per example averaged over examples; SE(ex) its standard error over "
-    "examples, SE(MC) the Monte Carlo one given the examples; avg var = mean over examples of "
-    "the per-example variance of one estimate; var/den = its ratio to denoising's, med ratio "
-    "the median of per-example ratios; diff vs den = paired mean difference (same keys) with "
-    "its MC SE and z-score; agrees = |z| < 3"
+  return result
+
+
+COLUMNS = (
+  "columns: -ELBO per example averaged over examples; SE(ex) its standard error over "
+  "examples, SE(MC) the Monte Carlo one given the examples; avg var = mean over examples of "
+  "the per-example variance of one estimate; var/den = its ratio to denoising's, med ratio "
+  "the median of per-example ratios; diff vs den = paired mean difference (same keys) with "
+  "its MC SE and z-score; agrees = |z| < 3"
+)
+"""The legend `render` ends with."""
+
+
+def render(result: dict) -> str:
+  """`compare_forms`'s result as text: a heading, one table per run, the agreement line of
+  each, the column legend and the wall time."""
+  n, s = result["num_steps"], result["num_samples"]
+  if result["target"] == "gaussian":
+    lines = [
+      f"Gaussian toy x ~ N({GAUSSIAN_MEAN}, {GAUSSIAN_STD}^2), {result['dims']} dims, "
+      f"{result['num_examples']} examples x {s} trajectories, N={n} steps, "
+      f"gamma linear in [{result['gamma_min']}, {result['gamma_max']}]"
+    ]
+  else:
+    lines = [
+      f"{result['data']} checkpoint step {result['checkpoint_step']} ({result['workdir']}), "
+      f"first {result['num_examples']} {result['split']} examples x {s} trajectories, "
+      f"N={n} steps, gamma(0)={result['gamma_0']:.3f}, gamma(1)={result['gamma_1']:.3f}"
+    ]
+  for name, run in result["runs"].items():
+    if "exact_nll" in run:
+      lines += [
+        "",
+        f"[{name} denoiser: x_hat = {run['scale']} E[x|z_t]]"
+        f"  exact -log p(x) = {run['exact_nll']:.4f} nats/example",
+      ]
+    lines += [forms_table(run["forms"], run["seconds"]), agreement_line(run["forms"])]
+  lines += ["", COLUMNS, f"wall time {result['wall_time_s']:.1f} s"]
+  return "\n".join(lines)
+
+
+def write_result(result: dict, output: str) -> str:
+  """Writes `result` as strict JSON at `output` (a local path or `gs://` object, written
+  atomically, its folder made); returns `output`."""
+  if not output:
+    raise ValueError("write_result needs an output path (e.g. runs/elbo_forms.json).")
+  storage.makedirs(storage.dirname(storage.resolve(output)))
+  storage.write_atomic(output, workdir_lib.dumps_strict(result, indent=2))
+  return output
+
+
+def report(target: str = "gaussian", *, output: str | None = None, **kwargs) -> dict:
+  """Deprecated: `print(render(compare_forms(...)))`, and `write_result` when `output` is
+  given (nothing is written otherwise: there is no default path any more)."""
+  warnings.warn(
+    "elbo_forms.report is deprecated: use render(compare_forms(...)) and write_result.",
+    DeprecationWarning,
+    stacklevel=2,
   )
-  output = output or os.path.join("runs", f"elbo_forms_{target}.json")
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output, "w") as f:
-    f.write(workdir_lib.dumps_strict(result, indent=2))
-  print(f"wall time {result['wall_time_s']:.1f} s; wrote {output}")
+  result = compare_forms(target, **kwargs)
+  print(render(result))
+  if output:
+    print(f"wrote {write_result(result, output)}")
+  return result
+
+
+def summarize(*args, **kwargs) -> dict:
+  """Deprecated name of `summarize_forms` (`bpd.summarize` is another function)."""
+  warnings.warn(
+    "elbo_forms.summarize is renamed summarize_forms.", DeprecationWarning, stacklevel=2
+  )
+  return summarize_forms(*args, **kwargs)
+
+
+def format_table(summary: dict, seconds: dict | None = None) -> str:
+  """Deprecated name of `forms_table` (`report.format_table` is another function)."""
+  warnings.warn("elbo_forms.format_table is renamed forms_table.", DeprecationWarning, stacklevel=2)
+  return forms_table(summary, seconds)

@@ -188,8 +188,8 @@ def format_table(result: dict, *, split: str, num_steps: int, exact: bool, files
     of = " (conditional)" if "bpd_conditional" in result else ""
     table += [(f"{t} bits/dim{of}", _number(result[f"{t}_bpd"], 4)) for t in result["terms"]]
   table += list(files.items())
-  width = max(len(k) for k, _ in table)
-  return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in table)
+  width = max(len(label) for label, _ in table)
+  return "\n".join(f"  {label.ljust(width)}  {value}" for label, value in table)
 
 
 def write_decomposition(rows, csv_path, png_path, name, num_steps) -> str:

@@ -84,7 +84,7 @@ def check_against_record(record, config, workdir: str) -> dict:
   changes = workdir_lib.changed_fields(
     workdir_lib.config_as_dict(record), workdir_lib.config_as_dict(config)
   )
-  refused = {k: v for k, v in changes.items() if not _safe(k)}
+  refused = {field: v for field, v in changes.items() if not _safe(field)}
   if "data.name" in refused:
     try:
       old, new = data.static_info(record.data), data.static_info(config.data)
@@ -99,7 +99,9 @@ def check_against_record(record, config, workdir: str) -> dict:
         f"{b} ({'x'.join(map(str, new.shape))}, V={new.vocab_size})",
       )
   if refused:
-    lines = "\n".join(f"  config.{k}: recorded {a!r}, given {b!r}" for k, (a, b) in refused.items())
+    lines = "\n".join(
+      f"  config.{field}: recorded {a!r}, given {b!r}" for field, (a, b) in refused.items()
+    )
     hint = ""
     if "loss.num_steps" in refused:
       hint = " To evaluate at another T, keep the config and pass --num_steps=T."

@@ -139,7 +139,8 @@ def measure(
 
 
 def render(result: dict) -> str:
-  """A Markdown table of `measure`'s result: energy distance and log density by steps."""
+  """A Markdown table of `measure`'s result: energy distance and log density by steps (and
+  the timings of `time_digits_sampling`, when the result holds them as "digits_timing")."""
   steps = sorted({r["num_steps"] for r in result["rows"]})
   methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
   by = {(r["method"], r["num_steps"]): r for r in result["rows"]}
@@ -168,6 +169,11 @@ def render(result: dict) -> str:
   for m in methods:
     cells = [f"{by[m, n]['log_density']:.3f}" for n in steps]
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  for row in result.get("digits_timing", []):
+    lines.append(
+      f"digits, 64 samples, {row['method']} T={row['num_steps']}: {row['seconds']:.2f} s "
+      f"(first call, compile included: {row['first_call_seconds']:.2f} s)"
+    )
   return "\n".join(lines)
 
 

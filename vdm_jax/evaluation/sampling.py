@@ -1,120 +1,30 @@
-"""Drawing samples from a trained model over every device, and writing them as a grid.
+"""Deprecated: renamed `vdm_jax.evaluation.checkpoint_samples`.
 
-Sample n is drawn from `fold_in(key, n)`, one sample per key, so the samples do not
-depend on how many devices share the work (the samples are split over the mesh's "data"
-axis; their count is padded to a multiple of the device count and cut back).
+`vdm_jax.sampling` is the samplers' mathematics; this module's old name said the same.
+Importing it warns; its names are those of `checkpoint_samples`, except `sample_checkpoint`,
+which keeps its old behaviour here (prints one line, returns the paths written).
 """
 
-from __future__ import annotations
+import warnings
 
-import functools
-import io
-import time
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from vdm_jax._arith import round_up
-from vdm_jax.evaluation import images
-from vdm_jax.runtime import mesh as mesh_lib
-from vdm_jax.runtime import signals as _signals
-from vdm_jax.runtime import storage
+from vdm_jax.evaluation import checkpoint_samples
+from vdm_jax.evaluation.checkpoint_samples import draw_samples, jit_sampler, write_sample_grid
 
 __all__ = ["draw_samples", "jit_sampler", "sample_checkpoint", "write_sample_grid"]
 
-
-@functools.lru_cache(maxsize=16)
-def jit_sampler(model, mesh, options: tuple = ()):
-  """`(params, keys [N]) -> int32 samples [N, *data_shape]`, jitted over `mesh` once per
-  (model, mesh, options); `options` are `model.sample`'s keyword options as sorted
-  (name, value) pairs (e.g. (("num_steps", 200),) for a diffusion model)."""
-  kwargs = dict(options)
-  keys_sharding = mesh_lib.batch_sharding(mesh)
-  return jax.jit(
-    jax.vmap(lambda params, key: model.sample(params, key, 1, **kwargs)[0], in_axes=(None, 0)),
-    in_shardings=(mesh_lib.replicated(mesh), keys_sharding),
-    out_shardings=keys_sharding,
-  )
+warnings.warn(
+  "vdm_jax.evaluation.sampling is renamed vdm_jax.evaluation.checkpoint_samples.",
+  DeprecationWarning,
+  stacklevel=2,
+)
 
 
-def draw_samples(model, params, key, num_samples: int, mesh, **options) -> np.ndarray:
-  """`num_samples` samples (numpy int32 `[N, *data_shape]`), split over the devices.
+def sample_checkpoint(run, **kwargs) -> list[str]:
+  """`checkpoint_samples.sample_checkpoint`, printing `render_samples` of its result on
+  process 0; returns the paths written (the old interface)."""
+  import jax
 
-  Args:
-    model: a `models.Model`; params: its (EMA) params, replicated.
-    key: sample n uses `fold_in(key, n)`.
-    options: `model.sample`'s options (diffusion: num_steps, method, decode).
-  """
-  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-    raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
-  n_dev = jax.device_count()
-  padded = round_up(num_samples, n_dev)
-  # Made by a jitted function with a global output sharding: the same call on every
-  # process (several processes cannot device_put host data to devices they do not own).
-  keys = jax.jit(
-    lambda k: jax.vmap(lambda n: jax.random.fold_in(k, n))(jnp.arange(padded)),
-    out_shardings=mesh_lib.batch_sharding(mesh),
-  )(key)
-  fn = jit_sampler(model, mesh, tuple(sorted(options.items())))
-  return np.asarray(mesh_lib.gather(fn(params, keys)))[:num_samples]
-
-
-def write_sample_grid(samples, vocab_size: int, path: str, *, scale: int = 4) -> np.ndarray:
-  """Writes image samples `[N, H, W, C]` as one PNG grid at `path` (process 0 only);
-  returns the grid."""
-  grid = images.image_grid(samples, vocab_size, scale=scale)
+  result = checkpoint_samples.sample_checkpoint(run, **kwargs)
   if jax.process_index() == 0:
-    storage.makedirs(storage.dirname(storage.resolve(path)))
-    images.save_png(path, grid)
-  return grid
-
-
-def sample_checkpoint(
-  run,
-  *,
-  num_samples: int = 64,
-  num_steps: int = 1000,
-  method: str = "ancestral",
-  seed: int = 0,
-  output: str | None = None,
-  label: int | None = None,
-  guidance: float = 0.0,
-) -> list[str]:
-  """Draws samples from a loaded checkpoint's EMA params (`runs.load_run`) and writes
-  `<output>.npz` (and, for images, `<output>.png`); returns the paths written. A model
-  without diffusion time (the Gaussian VAE) ignores `num_steps` and `method`; `label` and
-  `guidance` are a class-conditional model's (`sampling.sample`)."""
-  model, mesh, params, step, workdir = run.model, run.mesh, run.params, run.step, run.workdir
-  options = {"num_steps": num_steps, "method": method} if model.diffusion_time else {}
-  if label is not None or guidance:
-    if not getattr(model, "num_classes", 0):
-      raise ValueError(
-        f"--label/--guidance need a class-conditional model; the run in {workdir} is not one "
-        "(config.model.conditional=False)."
-      )
-    options |= {"label": label, "guidance": float(guidance)}
-  start = time.perf_counter()
-  # One compiled call: with the CLI's handlers a signal during it exits at once.
-  with _signals.exit_at_once("while drawing samples; nothing was written"):
-    samples = draw_samples(model, params, jax.random.key(seed), num_samples, mesh, **options)
-  seconds = time.perf_counter() - start
-  tag = "" if label is None else f"_label{label}_w{guidance:g}"
-  prefix = output or storage.join(
-    workdir, f"samples_step{step}_{method}_T{num_steps}{tag}_seed{seed}"
-  )
-  written = [prefix + ".npz"]
-  if jax.process_index() == 0:
-    storage.makedirs(storage.dirname(storage.resolve(prefix)))
-    buffer = io.BytesIO()
-    np.savez(buffer, samples=samples)
-    storage.write_atomic(prefix + ".npz", buffer.getvalue())
-  if samples.ndim == 4:
-    write_sample_grid(samples, model.vocab_size, prefix + ".png")
-    written.append(prefix + ".png")
-  if jax.process_index() == 0:
-    print(
-      f"{num_samples} samples ({method}, T={num_steps}, step {step}) "
-      f"in {seconds:.1f} s (compile included): {', '.join(written)}"
-    )
-  return written
+    print(checkpoint_samples.render_samples(result))
+  return result["paths"]

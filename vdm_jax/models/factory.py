@@ -20,8 +20,8 @@ import flax.linen as nn
 from vdm_jax import schedules
 from vdm_jax.models import adaptive, vdm_reference
 from vdm_jax.models.mlp import MLPDenoiser
-from vdm_jax.models.noise import FixedSchedule, LearnedLinearSchedule, MonotoneSchedule
 from vdm_jax.models.registry import DENOISERS, MODELS, SCHEDULES
+from vdm_jax.models.schedule_modules import FixedSchedule, LearnedLinearSchedule, MonotoneSchedule
 from vdm_jax.models.unet import UNet
 from vdm_jax.models.vae import GaussianVAE, VAEDecoder, VAEEncoder
 from vdm_jax.models.vdm import VDM

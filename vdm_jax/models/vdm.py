@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from vdm_jax import elbo, gaussian, predictions, sampling, schedules, times
 from vdm_jax.models.interface import as_batch
-from vdm_jax.models.noise import FixedSchedule
+from vdm_jax.models.schedule_modules import FixedSchedule
 
 __all__ = ["TERMS", "VDM"]
 

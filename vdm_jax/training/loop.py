@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 from vdm_jax import config as config_lib
 from vdm_jax import data, models, streams
 from vdm_jax._errors import USER_ERRORS, UserError
-from vdm_jax.evaluation import bpd, sampling
+from vdm_jax.evaluation import bpd, checkpoint_samples
 from vdm_jax.runtime import checkpoints, distributed, storage
 from vdm_jax.runtime import mesh as mesh_lib
 from vdm_jax.runtime import signals as _signals
@@ -203,9 +203,11 @@ def write_samples(model, params, config, mesh, workdir: str, step: int, writer=N
     return None
   key = streams.sample_grid_key(config.seed)
   options = {"num_steps": config.train.sample_steps} if model.diffusion_time else {}
-  samples = sampling.draw_samples(model, params, key, config.train.num_samples, mesh, **options)
+  samples = checkpoint_samples.draw_samples(
+    model, params, key, config.train.num_samples, mesh, **options
+  )
   path = storage.join(workdir, f"samples_{step:08d}.png")
-  grid = sampling.write_sample_grid(samples, model.vocab_size, path)
+  grid = checkpoint_samples.write_sample_grid(samples, model.vocab_size, path)
   if writer is not None:
     writer.image(step, "samples", grid)
   return path
