@@ -1,4 +1,4 @@
-"""The seed's Gaussian VAE on the 8x8 digits: the baseline the VDM is compared with.
+"""The derivation's Gaussian VAE on the 8x8 digits: the baseline the VDM is compared with.
 
   vdm-train --config=vae_digits --workdir=runs/vae_digits
   vdm-evaluate --workdir=runs/vae_digits

@@ -1,4 +1,4 @@
-"""The seed's ELBO forms side by side: same -ELBO, different Monte Carlo variance.
+"""The derivation's ELBO forms side by side: same -ELBO, different Monte Carlo variance.
 
   vdm-elbo-forms --target=gaussian
   vdm-elbo-forms --target=checkpoint --workdir=runs/digits
@@ -19,7 +19,9 @@ _NUM_STEPS = flags.DEFINE_integer("num_steps", 16, "N, the number of latent step
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Trajectories per example.")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 64, "Examples.")
 _CHUNK = flags.DEFINE_integer("chunk", 8, "Trajectories per example per jitted call.")
-_LITERAL = flags.DEFINE_bool("literal", True, "Also the seed's literal (biased) consistency form.")
+_LITERAL = flags.DEFINE_bool(
+  "literal", True, "Also the derivation's literal (biased) consistency form."
+)
 _ONE_STEP = flags.DEFINE_bool("one_step", True, "Also VDM's one-random-step estimator.")
 _SHARE = flags.DEFINE_bool(
   "share_denoiser", True, "One denoiser call per trajectory point for all N-call forms."

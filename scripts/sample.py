@@ -5,7 +5,7 @@
 The run's recorded config (<workdir>/config.json) is used (a --config given is checked
 against it, as by vdm-evaluate).
 
-ancestral: the seed's reverse process p(z_s|z_t) = N(mu_theta, sigma_q^2) with T steps;
+ancestral: the derivation's reverse process p(z_s|z_t) = N(mu_theta, sigma_q^2) with T steps;
 ddim: the deterministic DDIM update; dpm_solver: DPM-Solver++(2M), a deterministic
 second-order solver of the probability-flow ODE for few steps (e.g. --num_steps=20). Integer data from the exact discrete decoder.
 """

@@ -1,4 +1,4 @@
-"""ELBO terms against float64 NumPy references of the seed's and the VDM paper's formulas."""
+"""ELBO terms against float64 NumPy references of the derivation's and the VDM paper's formulas."""
 
 import math
 

@@ -32,7 +32,7 @@ def _measure(scale):
 
 @pytest.fixture(scope="module")
 def zero_model():
-  """x_hat = 0, far from the true posterior: where the seed's variance claim holds."""
+  """x_hat = 0, far from the true posterior: where the derivation's variance claim holds."""
   return _measure(0.0)
 
 

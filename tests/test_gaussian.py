@@ -1,4 +1,4 @@
-"""Gaussian algebra against the seed's formulas, float64 Monte Carlo and KS tests."""
+"""Gaussian algebra against the derivation's formulas, float64 Monte Carlo and KS tests."""
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +10,10 @@ from vdm_jax import elbo, gaussian, schedules
 
 
 def _seed_posterior(x_t, x_0, gamma_s, gamma_t):
-  """The seed's Step 4 in its own notation, float64: abar from the schedule, alpha per step."""
+  """The derivation's Step 4 in its own notation, float64: abar from the schedule, alpha per step."""
   abar_t = 1 / (1 + np.exp(gamma_t))
   abar_s = 1 / (1 + np.exp(gamma_s))
-  alpha_t = abar_t / abar_s  # per-step alpha of the seed
+  alpha_t = abar_t / abar_s  # per-step alpha of the derivation
   mu = (np.sqrt(alpha_t) * (1 - abar_s) * x_t + np.sqrt(abar_s) * (1 - alpha_t) * x_0) / (
     1 - abar_t
   )
@@ -103,7 +103,7 @@ def test_q_sample_distribution_ks(gamma):
   assert stats.kstest(z, stats.norm(alpha * 0.8, sigma).cdf).pvalue > 1e-3
   assert abs(z.mean() - alpha * 0.8) < 5 * sigma / np.sqrt(n)
   assert abs(z.var() / sigma**2 - 1) < 0.02
-  # Negative control: the seed's abar (alpha^2) in place of alpha as the mean is rejected.
+  # Negative control: the derivation's abar (alpha^2) in place of alpha as the mean is rejected.
   if 0.05 < alpha**2 < 0.95:
     assert stats.kstest(z, stats.norm(alpha**2 * 0.8, sigma).cdf).pvalue < 1e-6
 

@@ -1,4 +1,4 @@
-"""The seed's two ELBO forms (and the plain sampled ELBO) on a Gaussian example.
+"""The derivation's two ELBO forms (and the plain sampled ELBO) on a Gaussian example.
 
 The forms are estimated from shared forward trajectories, so paired differences have
 small standard errors and a biased form stands out by many of them.
@@ -66,13 +66,13 @@ def test_forms_agree_in_mean(estimates, model, form):
 
 @pytest.mark.parametrize("model", ["bayes-optimal", "0.5 x optimal"])
 def test_seed_literal_factorisation_is_biased(estimates, model):
-  """q(x_{t-1}, x_t, x_{t+1}|x_0) != q(x_{t-1}, x_{t+1}|x_0) q(x_t|x_{t-1}): the seed's '?'."""
+  """q(x_{t-1}, x_t, x_{t+1}|x_0) != q(x_{t-1}, x_{t+1}|x_0) q(x_t|x_{t-1}): the derivation's '?'."""
   mean, se = _paired(estimates, model, "seed literal", "denoising")
   assert mean > 10 * se and mean > 1.0, (mean, se)
 
 
 def test_denoising_form_has_lower_variance_for_a_poor_model(estimates):
-  """The seed's claim holds where the model is far from the true posterior."""
+  """The derivation's claim holds where the model is far from the true posterior."""
   m = "zero (untrained)"
   var_den = estimates[m, "denoising"].var()
   assert 10 * var_den < estimates[m, "consistency"].var()

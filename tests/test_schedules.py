@@ -62,7 +62,7 @@ def test_ddpm_matches_cumprod_at_every_grid_point(num_steps):
   t = jnp.arange(1, num_steps + 1, dtype=jnp.float32) / num_steps
   got = np.asarray(jax.nn.sigmoid(-s(t)), np.float64)
   np.testing.assert_allclose(got, abar, rtol=2e-5, atol=1e-9)
-  # The seed's per-step alphas from the same schedule compose to DDPM's 1 - beta.
+  # The derivation's per-step alphas from the same schedule compose to DDPM's 1 - beta.
   alpha, alpha_bar = schedules.discrete_alphas(s, num_steps)
   np.testing.assert_allclose(alpha_bar, abar, rtol=2e-5, atol=1e-9)
   np.testing.assert_allclose(alpha[1:], 1.0 - betas[1:], rtol=2e-5)

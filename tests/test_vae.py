@@ -1,4 +1,4 @@
-"""The seed's Gaussian VAE: the pure `vae_elbo` against quadrature, and the model end to end.
+"""The derivation's Gaussian VAE: the pure `vae_elbo` against quadrature, and the model end to end.
 
 With a one-dimensional latent every expectation over q(z|x) is a Gauss-Hermite
 quadrature, and log p(x) = log int p(x|z) p(z) dz is one too, which gives routes

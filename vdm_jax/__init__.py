@@ -8,7 +8,7 @@ The pure mathematics (no Flax, no I/O) is importable on its own:
 * `vdm_jax.times`: diffusion times: uniform, antithetic, importance sampling.
 * `vdm_jax.predictions`: conversions between predictions of x, epsilon and v.
 * `vdm_jax.vae_elbo`: the Gaussian VAE's negative ELBO.
-* `vdm_jax.hvae`: the seed's two forms of the ELBO of the Markovian hierarchical VAE.
+* `vdm_jax.hvae`: the derivation's two forms of the ELBO of the Markovian hierarchical VAE.
 * `vdm_jax.testing`: data distributions with closed-form optimal denoisers.
 """
 

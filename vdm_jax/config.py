@@ -36,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 0
 
   c.model = ml_collections.ConfigDict()
-  c.model.kind = "vdm"  # "vae": the seed's Gaussian VAE baseline (the vae_* fields)
+  c.model.kind = "vdm"  # "vae": the derivation's Gaussian VAE baseline (the vae_* fields)
   c.model.denoiser = "unet"
   c.model.prediction = "eps"  # what the network outputs; the loss is the ELBO regardless
   c.model.n_layer = 4  # residual blocks on the way down (n_layer + 1 up)

@@ -255,7 +255,7 @@ def diffusion_loss_continuous(
 
   $\mathcal{L}_\infty = \mathbb{E}_{t \sim U[0,1]}[\tfrac12 \gamma'(t)\|\epsilon - \hat\epsilon\|^2]
   = \mathbb{E}_t[-\tfrac12 \mathrm{SNR}'(t)\|x - \hat x\|^2]$; this returns the integrand
-  at the sampled t, an unbiased estimate of the sum of the seed's denoising matching terms
+  at the sampled t, an unbiased estimate of the sum of the derivation's denoising matching terms
   in the limit of infinitely many steps.
 
   Args:
@@ -285,7 +285,7 @@ def diffusion_loss_discrete(
 
   $T \cdot \tfrac12(\mathrm{SNR}(s) - \mathrm{SNR}(t))\|x - \hat x\|^2
   = T \cdot \tfrac12\,\mathrm{expm1}(\gamma_t - \gamma_s)\,\|\epsilon - \hat\epsilon\|^2$,
-  i.e. T times the seed's denoising matching KL at a uniformly drawn step, an unbiased
+  i.e. T times the derivation's denoising matching KL at a uniformly drawn step, an unbiased
   estimate of its sum over the T steps.
 
   Args:
@@ -302,7 +302,7 @@ def diffusion_loss_discrete(
   Returns:
     `[B]` nats.
 
-  Example: divided by T it is the seed's KL (`denoising_matching_kl`) of the same step.
+  Example: divided by T it is the derivation's KL (`denoising_matching_kl`) of the same step.
     >>> import jax, jax.numpy as jnp
     >>> from vdm_jax import gaussian, predictions
     >>> x, x_hat = jnp.zeros((2, 3)), jnp.full((2, 3), 0.1)
@@ -332,7 +332,7 @@ def diffusion_loss_discrete(
 def denoising_matching_kl(
   x: ArrayLike, x_hat: ArrayLike, z_t: ArrayLike, gamma_s: ArrayLike, gamma_t: ArrayLike
 ) -> jax.Array:
-  r"""The seed's denoising matching term, computed literally as a Gaussian KL.
+  r"""The derivation's denoising matching term, computed literally as a Gaussian KL.
 
   $D_{KL}(q(z_s \mid z_t, x) \,\|\, p_\theta(z_s \mid z_t))$ where
   $p_\theta(z_s \mid z_t) = q(z_s \mid z_t, x = \hat x)$ has the posterior's variance

@@ -36,7 +36,7 @@ __all__ = ["gaussian_kl", "gaussian_log_prob", "q_posterior", "q_sample"]
 def q_sample(x: ArrayLike, gamma_t: ArrayLike, eps: ArrayLike) -> jax.Array:
   r"""Reparameterised sample of q(z_t | x) = N(alpha_t x, sigma_t^2 I).
 
-  $z_t = \alpha_t x + \sigma_t \epsilon$ (the seed's
+  $z_t = \alpha_t x + \sigma_t \epsilon$ (the derivation's
   $x_t = \sqrt{\bar\alpha_t} x_0 + \sqrt{1 - \bar\alpha_t}\,\epsilon$), differentiable in
   x and gamma_t.
 
@@ -58,9 +58,9 @@ def q_sample(x: ArrayLike, gamma_t: ArrayLike, eps: ArrayLike) -> jax.Array:
 def q_posterior(
   z_t: ArrayLike, x: ArrayLike, gamma_s: ArrayLike, gamma_t: ArrayLike
 ) -> tuple[jax.Array, jax.Array]:
-  r"""Mean and variance of q(z_s | z_t, x) for s < t (the seed's Step 4).
+  r"""Mean and variance of q(z_s | z_t, x) for s < t (the derivation's Step 4).
 
-  The seed writes, with $\bar\alpha$ cumulative and $\alpha_t$ per step,
+  The derivation writes, with $\bar\alpha$ cumulative and $\alpha_t$ per step,
   $\mu_q = \frac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1}) x_t + \sqrt{\bar\alpha_{t-1}}(1-\alpha_t) x_0}
   {1-\bar\alpha_t}$ and $\sigma_q^2 = \frac{(1-\alpha_t)(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}$.
   For a continuous schedule with $c = -\mathrm{expm1}(\gamma_s - \gamma_t) =

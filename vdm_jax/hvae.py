@@ -1,14 +1,14 @@
-r"""The VDM as a Markovian hierarchical VAE: the seed's two forms of the same ELBO.
+r"""The VDM as a Markovian hierarchical VAE: the derivation's two forms of the same ELBO.
 
 The latents $z_{t_0}, \dots, z_{t_N}$ sit on the grid $t_j = j/N$ (N = `num_steps`); the
 encoder is the fixed linear-Gaussian chain $q(z_0 \mid x) = N(\alpha_0 x, \sigma_0^2)$,
 $q(z_t \mid z_s) = N(\alpha_{t|s} z_s, \sigma^2_{t|s})$ with $\alpha_{t|s} = \alpha_t/\alpha_s$
 and $\sigma^2_{t|s} = \sigma_t^2 \cdot (-\mathrm{expm1}(\gamma_s - \gamma_t))$; the decoder is the
 model's reverse chain $p(z_s \mid z_t) = q(z_s \mid z_t, x = \hat x(z_t))$, a prior N(0, I) on
-$z_1$, and a user-given likelihood $p(x \mid z_0)$. The seed derives two expressions of the
+$z_1$, and a user-given likelihood $p(x \mid z_0)$. The derivation gives two expressions of the
 negative ELBO, each the reconstruction term plus:
 
-* consistency form (the seed's first derivation):
+* consistency form (the derivation's first derivation):
   $\mathbb{E}\, KL(q(z_1 \mid z_{t_{N-1}}) \,\|\, p(z_1)) +
   \sum_{j=0}^{N-1} \mathbb{E}_{q(z_{t_{j-1}}, z_{t_{j+1}} \mid x)}
   KL(q(z_{t_j} \mid z_{t_{j-1}}) \,\|\, p(z_{t_j} \mid z_{t_{j+1}}))$
@@ -18,7 +18,7 @@ negative ELBO, each the reconstruction term plus:
   KL(q(z_{t_{j-1}} \mid z_{t_j}, x) \,\|\, p(z_{t_{j-1}} \mid z_{t_j}))$.
 
 Both are estimated here from one shared forward trajectory, so their means agree and
-their variances compare directly (the seed: the second has lower variance).
+their variances compare directly (the derivation: the second has lower variance).
 
 Example (Gaussian data with its Bayes-optimal denoiser, so the bound is nearly tight):
   >>> import jax, jax.numpy as jnp
@@ -109,7 +109,7 @@ def negative_elbo_denoising(
   num_steps: int,
   nll_fn: NllFn,
 ) -> jax.Array:
-  """The seed's denoising-matching form of -ELBO, one Monte Carlo sample, `[B]` nats.
+  """The derivation's denoising-matching form of -ELBO, one Monte Carlo sample, `[B]` nats.
 
   Args:
     key: `jax.random` key (the same key gives the same trajectory as in
@@ -165,19 +165,19 @@ def negative_elbo_consistency(
   *,
   bridge: bool = True,
 ) -> jax.Array:
-  r"""The seed's first (consistency) form of -ELBO, one Monte Carlo sample, `[B]` nats.
+  r"""The derivation's first (consistency) form of -ELBO, one Monte Carlo sample, `[B]` nats.
 
   Same arguments as `negative_elbo_denoising`. Returns `[B]` nats:
   -log p(x|z_0) + KL(q(z_1|z_{t_{N-1}}) || N(0,I)) + sum_{j=0}^{N-1} C_j, z_{t_{-1}} = x,
   where C_j is the consistency term of step j, estimated from the trajectory's
-  (z_{t_{j-1}}, z_{t_{j+1}}), the "two random variables per step" of the seed.
+  (z_{t_{j-1}}, z_{t_{j+1}}), the "two random variables per step" of the derivation.
 
-  The seed asks whether q(x_{t-1}, x_t, x_{t+1} | x_0) = q(x_{t-1}, x_{t+1} | x_0)
+  The derivation asks whether q(x_{t-1}, x_t, x_{t+1} | x_0) = q(x_{t-1}, x_{t+1} | x_0)
   q(x_t | x_{t-1}). It does not: given both neighbours, x_t follows the Gaussian bridge
   q(x_t | x_{t-1}, x_{t+1}), so the exact term is
   $C_j = \mathbb{E}_{q(z_j \mid z_{j-1}, z_{j+1})}[\log q(z_j \mid z_{j-1}) - \log p(z_j \mid z_{j+1})]$,
   computed analytically here (`bridge=True`, an unbiased estimate of the same ELBO as
-  `negative_elbo_denoising`). `bridge=False` evaluates the seed's literal
+  `negative_elbo_denoising`). `bridge=False` evaluates the derivation's literal
   $D_{KL}(q(z_j \mid z_{j-1}) \| p(z_j \mid z_{j+1}))$ instead, which is biased (tested).
   """
   x = _checks.as_float("x", x)

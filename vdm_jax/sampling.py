@@ -1,6 +1,6 @@
 r"""Samplers of the reverse process (pure functions of a model and its params).
 
-* Ancestral (the seed's reverse process): $z_1 \sim N(0, I)$, then for t = 1, ..., 1/T,
+* Ancestral (the derivation's reverse process): $z_1 \sim N(0, I)$, then for t = 1, ..., 1/T,
   $z_s \sim p_\theta(z_s \mid z_t) = N(\mu_\theta(z_t), \sigma_q^2) = q(z_s \mid z_t, x = \hat x(z_t))$,
   and finally $k \sim p(k \mid z_0)$ (or its argmax).
 * DDIM (deterministic, $\eta = 0$): $z_s = \alpha_s \hat x + \sigma_s \hat\epsilon$.

@@ -5,7 +5,7 @@ Conventions (docs/derivation.md, "Notation"): the process is variance preserving
 $$\alpha_t^2 = \mathrm{sigmoid}(-\gamma_t), \quad \sigma_t^2 = \mathrm{sigmoid}(\gamma_t), \quad
 \mathrm{SNR}_t = e^{-\gamma_t},$$
 
-so `alpha_t` here is the seed's $\sqrt{\bar\alpha_t}$. With T steps the seed's grid
+so `alpha_t` here is the derivation's $\sqrt{\bar\alpha_t}$. With T steps the derivation's grid
 is t_i = i/T, its cumulative $\bar\alpha_i = \alpha^2_{t_i}$ and its per-step
 $\alpha_i = \alpha^2_{t_i} / \alpha^2_{t_{i-1}}$ (see `discrete_alphas`).
 
@@ -238,7 +238,7 @@ def log_alpha2_sigma2(gamma: ArrayLike) -> tuple[jax.Array, jax.Array]:
 def alpha_sigma(gamma: ArrayLike) -> tuple[jax.Array, jax.Array]:
   r"""alpha = sqrt(sigmoid(-gamma)), sigma = sqrt(sigmoid(gamma)).
 
-  `alpha` is VDM's alpha_t, i.e. the seed's $\sqrt{\bar\alpha_t}$; alpha^2 + sigma^2 = 1.
+  `alpha` is VDM's alpha_t, i.e. the derivation's $\sqrt{\bar\alpha_t}$; alpha^2 + sigma^2 = 1.
   Computed from log-sigmoids so both stay accurate (and positive) for |gamma| up to
   ~80 in float32.
 
@@ -271,10 +271,10 @@ def snr(gamma: ArrayLike) -> jax.Array:
 
 
 def discrete_alphas(schedule: Schedule, num_steps: int) -> tuple[jax.Array, jax.Array]:
-  r"""The seed's per-step $\alpha_i$ and cumulative $\bar\alpha_i$ for i = 1..T.
+  r"""The derivation's per-step $\alpha_i$ and cumulative $\bar\alpha_i$ for i = 1..T.
 
   With t_i = i/T:  $\bar\alpha_i = \alpha^2_{t_i} = \mathrm{sigmoid}(-\gamma(t_i))$ and
-  $\alpha_i = \bar\alpha_i / \bar\alpha_{i-1}$, so that the seed's
+  $\alpha_i = \bar\alpha_i / \bar\alpha_{i-1}$, so that the derivation's
   q(x_i | x_{i-1}) = N(sqrt(alpha_i) x_{i-1}, (1 - alpha_i) I) composes to
   q(x_i | x_0) = N(sqrt(abar_i) x_0, (1 - abar_i) I). The VDM's z_0 is already slightly
   noisy (gamma(0) is finite), so $\bar\alpha_0 = \alpha^2_0 < 1$ and

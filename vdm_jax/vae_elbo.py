@@ -1,4 +1,4 @@
-"""The Gaussian VAE's negative ELBO (the seed's first model), per example, in nats."""
+"""The Gaussian VAE's negative ELBO (the derivation's first model), per example, in nats."""
 
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ def vae_elbo(
 
   $-\mathrm{ELBO} = \mathbb{E}_{q_\phi(z|x)}[-\log p_\theta(k \mid z)] +
   D_{KL}(q_\phi(z|x) \,\|\, \mathcal{N}(0, I))$ with
-  $q_\phi(z|x) = \mathcal{N}(\mu_\phi(x), \mathrm{diag}\,\sigma^2_\phi(x))$ (the seed's
+  $q_\phi(z|x) = \mathcal{N}(\mu_\phi(x), \mathrm{diag}\,\sigma^2_\phi(x))$ (the derivation's
   Gaussian VAE). The KL is analytic (`gaussian.gaussian_kl`); the reconstruction is the
   Monte Carlo average $\frac1L \sum_{l=1}^L -\log p_\theta(k \mid z^{(l)})$ over
   reparameterised draws $z^{(l)} = \mu_\phi(x) + \sigma_\phi(x) \odot \epsilon^{(l)}$,
-  $\epsilon^{(l)} \sim \mathcal{N}(0, I)$ (the seed writes the sum; the average is the
+  $\epsilon^{(l)} \sim \mathcal{N}(0, I)$ (the derivation writes the sum; the average is the
   unbiased estimate of the expectation). Gradients flow to the encoder through the draws.
 
   Args:

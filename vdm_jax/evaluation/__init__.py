@@ -11,7 +11,7 @@
   work directory alone, the config checked against the run's record.
 * `report`: the tables and JSON of `vdm-evaluate`.
 * `certify`, `elbo_forms`, `codecs`: the exactness check, five estimators of the same
-  ELBO side by side (the seed's two forms among them), bits/dim of standard image codecs.
+  ELBO side by side (the derivation's two forms among them), bits/dim of standard image codecs.
 
 The checkpoint a function evaluates is loaded with `load_run` (which reads only the EMA
 parameters: `runtime.checkpoints.load_ema_params`).

@@ -1,4 +1,4 @@
-r"""The seed's ELBO forms side by side: same -ELBO, different Monte Carlo variance.
+r"""The derivation's ELBO forms side by side: same -ELBO, different Monte Carlo variance.
 
   vdm-elbo-forms --target=gaussian --output=runs/elbo_forms_gaussian.json
   vdm-elbo-forms --target=checkpoint --workdir=runs/digits
@@ -10,13 +10,13 @@ For the N-step Markovian hierarchical VAE of `vdm_jax.hvae` (latents on t_j = j/
 negative ELBO has several unbiased estimators, all computed here from the SAME forward
 trajectories (the same keys for every form, so their means compare by paired differences):
 
-* consistency: the seed's first form, two random latents per step, with the analytic
+* consistency: the derivation's first form, two random latents per step, with the analytic
   Gaussian bridge (`hvae.negative_elbo_consistency`);
-* denoising: the seed's denoising-matching form (`hvae.negative_elbo_denoising`);
+* denoising: the derivation's denoising-matching form (`hvae.negative_elbo_denoising`);
 * sampled: log q(z|x) - log p(x, z) on the sampled trajectory (`hvae.negative_elbo_sampled`);
 * one-step: what VDM trains and evaluates with, recon + prior + N KL_i at one uniformly
   drawn step i (one denoiser call instead of N; `--one_step`);
-* literal (`--literal`): the seed's consistency form taken literally, KL(q(z_j|z_{j-1}) ||
+* literal (`--literal`): the derivation's consistency form taken literally, KL(q(z_j|z_{j-1}) ||
   p(z_j|z_{j+1})), which is biased (it assumes q(z_{j-1}, z_j, z_{j+1}|x) factorises as
   q(z_{j-1}, z_{j+1}|x) q(z_j|z_{j-1})); reported, never counted as agreeing.
 

@@ -42,7 +42,7 @@ def make_denoiser(config, info) -> nn.Module:
 
 def make_model(config, info):
   """The model named by `config.model.kind` for data described by `info` (a
-  `data.DatasetInfo`): a `VDM` ("vdm"), the seed's Gaussian VAE ("vae"), or a VDM with a
+  `data.DatasetInfo`): a `VDM` ("vdm"), the derivation's Gaussian VAE ("vae"), or a VDM with a
   learned per-dimension schedule adapted to each input ("adaptive", `adaptive.AdaptiveVDM`)."""
   return MODELS.lookup(config.model.kind)(config, info)
 

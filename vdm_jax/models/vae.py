@@ -1,4 +1,4 @@
-"""The seed's Gaussian VAE (MLP encoder, categorical decoder) as a baseline model, implementing the `Model` interface like `VDM`.
+"""The derivation's Gaussian VAE (MLP encoder, categorical decoder) as a baseline model, implementing the `Model` interface like `VDM`.
 
 Trained by the same trainer and evaluated by the same evaluation command: like `VDM`,
 `GaussianVAE` is a frozen dataclass of pure methods over a params pytree
@@ -61,7 +61,7 @@ class VAEDecoder(nn.Module):
   """p_theta(k | z): independent categoricals over the V levels of every data dimension.
 
   Returns logits `[B, *data_shape, V]` from z `[B, latent_dim]`. A categorical (not a
-  Gaussian, the "MSE" the seed asks about) makes the ELBO a bound on the same discrete
+  Gaussian, the "MSE" the derivation asks about) makes the ELBO a bound on the same discrete
   likelihood as the VDM's, so the two bits/dim compare.
   """
 
