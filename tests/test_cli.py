@@ -423,6 +423,7 @@ def test_catalogue_of_mistakes(tmp_path, digits_dir):
     ("train", [*train, "stray"], "Unexpected arguments ['stray']"),
     ("train", [*train, "--worekdir=x"], "worekdir"),
     ("train", ["--config=digits", f"--workdir={a_file}"], "is a file"),
+    ("train", ["--config=digits", f"--workdir={a_file}/run"], "cannot be created"),
     # evaluate: work directories, steps, splits, methods, flags, configs that do not match
     ("evaluate", [], "--workdir is required"),
     ("evaluate", [f"--workdir={tmp_path}/nowhere"], "No work directory"),

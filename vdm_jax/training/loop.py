@@ -134,6 +134,21 @@ def check_workdir(workdir: str) -> str:
   return workdir
 
 
+def _check_workdir_path(workdir: str) -> None:
+  """The checks of `check_workdir` that write nothing (a local path only): run before the
+  data is prepared, so a mistaken --workdir leaves no prepared dataset behind either."""
+  path = storage.resolve(workdir)
+  if storage.is_remote(path):
+    return
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"--workdir {path!r} is a file; a work directory is a folder.")
+  parent = path
+  while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ValueError(f"Work directory {path!r} cannot be created: {parent!r} is a file.")
+
+
 def _check_remote_workdir(workdir: str) -> str:
   probe = storage.join(workdir, f".write_test_{jax.process_index()}")
   try:
@@ -237,6 +252,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _train(config, workdir: str, stop: _StopSignals) -> dict:
   """The run from top to bottom; every resource is released by the ExitStack, innermost
   first (a lost peer ends the process before the saver would wait for it)."""
+  _check_workdir_path(workdir)
   info = _check_inputs(config, stop)  # nothing is written before this returns
   workdir = check_workdir(workdir)
   with contextlib.ExitStack() as stack:
