@@ -130,7 +130,7 @@ def test_sampling_draws_the_latent_from_its_prior():
 def test_exact_time_sum_includes_the_latent_kl():
   batch = {"image": K, "index": jnp.arange(3, dtype=jnp.int32)}
   step = jax.jit(
-    lambda p, b: bpd.exact_time_sum_step(p, b, jax.random.key(8), vdm=MODEL, num_steps=4)
+    lambda p, b: bpd.exact_time_sum_step(p, b, jax.random.key(8), model=MODEL, num_steps=4)
   )
   terms, by_step = step(PARAMS, batch)
   assert set(terms) == {"recon", "prior", "diffusion", "latent_kl", "total", "t"}

@@ -81,13 +81,13 @@ def test_classifier_is_paired_and_batch_invariant():
   plain = models.VDM(**{**plain.__dict__, "num_classes": NUM_CLASSES})
   images = jax.random.randint(jax.random.key(3), (6, 2), 0, 256)
   batch = {"image": images, "index": jnp.arange(6, dtype=jnp.int32) + 10}
-  totals = classify.label_totals(_params(plain), batch, jax.random.key(4), vdm=plain, num_steps=0)
+  totals = classify.label_totals(_params(plain), batch, jax.random.key(4), model=plain, num_steps=0)
   assert totals.shape == (6, NUM_CLASSES + 1)
   np.testing.assert_array_equal(totals, jnp.tile(totals[:, :1], (1, NUM_CLASSES + 1)))
   # A conditional model: labels differ, and an example's row does not depend on its batch.
   vdm = _vdm()
   params = _params(vdm)
-  fn = jax.jit(functools.partial(classify.label_totals, vdm=vdm, num_steps=0))
+  fn = jax.jit(functools.partial(classify.label_totals, model=vdm, num_steps=0))
   totals = fn(params, batch, jax.random.key(4))
   assert np.ptp(np.asarray(totals), axis=1).min() > 1e-3
   # Examples keep their index: another batch order (or batch) gives the same rows.

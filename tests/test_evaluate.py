@@ -410,7 +410,7 @@ def test_exact_time_sum_on_the_device_equals_the_loop_over_steps(trained, monkey
   images, index = jnp.asarray(batch["image"]), jnp.asarray(batch["index"])
   step = jax.jit(
     lambda k, t: bpd.eval_step(
-      params, {"image": images, "index": index}, k, t, vdm=vdm, num_steps=num_steps
+      params, {"image": images, "index": index}, k, t, model=vdm, num_steps=num_steps
     )
   )
   per_step = []

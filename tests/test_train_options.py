@@ -80,7 +80,7 @@ def _setup(data_dir, time_sampling="uniform", batch_size=16):
 def _step(model, c, accum):
   c = c.copy_and_resolve_references()
   c.train.grad_accum_steps = accum
-  return jax.jit(lambda s, b, k: step_lib.train_step(s, b, k, vdm=model, config=c))
+  return jax.jit(lambda s, b, k: step_lib.train_step(s, b, k, model=model, config=c))
 
 
 def _assert_trees_close(a, b, rtol=2e-5, atol=1e-6):

@@ -16,7 +16,7 @@ population's; the spread between passes over the same examples contains only the
 Carlo part and is smaller (tests check that it never exceeds `bpd_se` beyond what a
 chi-square test allows).
 
-A class-conditional model (`vdm.num_classes` = C > 0) is evaluated under every label with
+A class-conditional model (`model.num_classes` = C > 0) is evaluated under every label with
 the same times and noise (C + 2 passes of the network per pass over the split): its
 headline "bpd" is the marginal bound -log sum_y p(y) exp(ELBO_y(x)) with the uniform label
 prior, comparable with an unconditional model's bits/dim; "bpd_conditional" (-log p(x | y),
@@ -113,7 +113,7 @@ def outputs(model) -> tuple[str, ...]:
   return (*model.terms, "total", *(("t",) if model.diffusion_time else ()))
 
 
-def eval_step(params, batch: dict, key, t=None, *, vdm, num_steps: int):
+def eval_step(params, batch: dict, key, t=None, *, model, num_steps: int):
   """Per-example ELBO terms (nats, `[B]`) and times of a batch. Pure; jit it.
 
   Example n draws its noise from `fold_in(key, batch["index"][n])`, so its terms do not
@@ -123,36 +123,38 @@ def eval_step(params, batch: dict, key, t=None, *, vdm, num_steps: int):
     batch: {"image": int `[B, *data_shape]`, "index": int32 `[B]`, the examples' positions
       in the split, and any other fields (e.g. "label" `[B]`)}, each example's given whole
       to the model.
-    vdm: the model (a `models.Model`).
+    model: the model (a `models.Model`).
     t: optional explicit diffusion times `[B]` (diffusion models; sampled when None).
   """
 
   def one(example, t_n):
     example_key = jax.random.fold_in(key, example["index"])
     example = jax.tree.map(lambda v: v[None], example)
-    if vdm.diffusion_time:
+    if model.diffusion_time:
       t_n = None if t_n is None else t_n[None]
-      terms = vdm.loss_terms(params, example, example_key, num_steps=num_steps, t=t_n)
+      terms = model.loss_terms(params, example, example_key, num_steps=num_steps, t=t_n)
     else:
-      terms = vdm.loss_terms(params, example, example_key)
-    return {name: terms[name][0] for name in outputs(vdm)}
+      terms = model.loss_terms(params, example, example_key)
+    return {name: terms[name][0] for name in outputs(model)}
 
   return jax.vmap(one)(batch, t)
 
 
 @functools.lru_cache(maxsize=16)
-def jit_eval_step(vdm, mesh, num_steps: int, *, explicit_t: bool = False):
+def jit_eval_step(model, mesh, num_steps: int, *, explicit_t: bool = False):
   """`eval_step` jitted over `mesh`, built once per (model, mesh, T): passes, evaluations
   during training and repeated calls reuse one compiled function."""
   data_sharding, replicated = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
   if explicit_t:
     return jax.jit(
-      lambda params, batch, key, t: eval_step(params, batch, key, t, vdm=vdm, num_steps=num_steps),
+      lambda params, batch, key, t: eval_step(
+        params, batch, key, t, model=model, num_steps=num_steps
+      ),
       in_shardings=(replicated, data_sharding, replicated, data_sharding),
       out_shardings=data_sharding,
     )
   return jax.jit(
-    lambda params, batch, key: eval_step(params, batch, key, vdm=vdm, num_steps=num_steps),
+    lambda params, batch, key: eval_step(params, batch, key, model=model, num_steps=num_steps),
     in_shardings=(replicated, data_sharding, replicated),
     out_shardings=data_sharding,
   )
@@ -208,7 +210,7 @@ def global_batches(config, split: str, batch_size: int, mesh, *, progress: bool,
 
 
 def per_example_terms(
-  vdm,
+  model,
   params,
   config,
   mesh,
@@ -244,7 +246,7 @@ def per_example_terms(
   num_examples = data.dataset_info(config.data).num_examples[split]
   times_ = (
     split_times(key_t, num_examples, num_steps=num_steps)
-    if vdm.diffusion_time and not exact_time_sum
+    if model.diffusion_time and not exact_time_sum
     else None
   )
   batch_size = balanced_batch_size(num_examples, batch_size, jax.device_count())
@@ -252,13 +254,13 @@ def per_example_terms(
     # Steps per vmapped chunk: one at a time on CPU (measured: vmapping 8 steps is slower
     # there), about EXACT_SUM_ROWS network rows per call on accelerators.
     chunk = 1 if jax.default_backend() == "cpu" else EXACT_SUM_ROWS // batch_size
-    step = jit_exact_time_sum(vdm, mesh, num_steps, max(1, min(num_steps, chunk)))
+    step = jit_exact_time_sum(model, mesh, num_steps, max(1, min(num_steps, chunk)))
   else:
-    step = jit_eval_step(vdm, mesh, num_steps, explicit_t=vdm.diffusion_time)
-  out = {name: [] for name in (*outputs(vdm), "index")}
+    step = jit_eval_step(model, mesh, num_steps, explicit_t=model.diffusion_time)
+  out = {name: [] for name in (*outputs(model), "index")}
   labels = []
   per_step = np.zeros(max(num_steps, 1))
-  desc = f"{split} ({vdm.num_dims} dims)" + ("" if label is None else f", label {label}")
+  desc = f"{split} ({model.num_dims} dims)" + ("" if label is None else f", label {label}")
   for batch, glob, mask, index in global_batches(
     config, split, batch_size, mesh, progress=progress, desc=desc
   ):
@@ -272,7 +274,7 @@ def per_example_terms(
     if exact_time_sum:
       terms, by_step = mesh_lib.gather(step(params, glob, key_noise))
       per_step += np.asarray(by_step, np.float64)[:, mask].sum(axis=1)
-    elif vdm.diffusion_time:
+    elif model.diffusion_time:
       t = mesh_lib.to_global({"t": times_[batch["index"]]}, mesh)["t"]
       terms = mesh_lib.gather(step(params, glob, key_noise, t))
     else:
@@ -289,7 +291,7 @@ def per_example_terms(
   return result
 
 
-def exact_time_sum_step(params, batch: dict, key, *, vdm, num_steps: int, chunk: int = 0):
+def exact_time_sum_step(params, batch: dict, key, *, model, num_steps: int, chunk: int = 0):
   """Per-example terms with the diffusion term summed over all T steps, on the device.
 
   Step i (t = i/T) draws example n's noise from `fold_in(fold_in(key, i), index_n)`, as
@@ -307,19 +309,21 @@ def exact_time_sum_step(params, batch: dict, key, *, vdm, num_steps: int, chunk:
 
   def one_step(i):
     t = jnp.full(batch["index"].shape, i / num_steps, jnp.float32)
-    terms = eval_step(params, batch, jax.random.fold_in(key, i), t, vdm=vdm, num_steps=num_steps)
+    terms = eval_step(
+      params, batch, jax.random.fold_in(key, i), t, model=model, num_steps=num_steps
+    )
     return {
       "diffusion": terms["diffusion"] / num_steps,
-      **{n: terms[n] for n in vdm.terms if n != "diffusion"},
+      **{n: terms[n] for n in model.terms if n != "diffusion"},
     }
 
   steps = jnp.arange(1, num_steps + 1)
   per_step = jax.lax.map(one_step, steps, batch_size=min(chunk or num_steps, num_steps))
   by_step = per_step["diffusion"]
-  terms = {n: per_step[n][-1] for n in vdm.terms if n != "diffusion"}  # step T's draws
+  terms = {n: per_step[n][-1] for n in model.terms if n != "diffusion"}  # step T's draws
   terms["diffusion"] = by_step.sum(axis=0)
-  total = terms[vdm.terms[0]]
-  for name in vdm.terms[1:]:  # in the model's order: recon + prior + diffusion for the VDM
+  total = terms[model.terms[0]]
+  for name in model.terms[1:]:  # in the model's order: recon + prior + diffusion for the VDM
     total = total + terms[name]
   terms["total"] = total
   terms["t"] = jnp.full_like(terms["diffusion"], jnp.nan)
@@ -327,12 +331,12 @@ def exact_time_sum_step(params, batch: dict, key, *, vdm, num_steps: int, chunk:
 
 
 @functools.lru_cache(maxsize=16)
-def jit_exact_time_sum(vdm, mesh, num_steps: int, chunk: int = 0):
+def jit_exact_time_sum(model, mesh, num_steps: int, chunk: int = 0):
   """`exact_time_sum_step` jitted over `mesh`, built once per (model, mesh, T, chunk)."""
   data_sharding, replicated = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
   by_step_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
   return jax.jit(
-    functools.partial(exact_time_sum_step, vdm=vdm, num_steps=num_steps, chunk=chunk),
+    functools.partial(exact_time_sum_step, model=model, num_steps=num_steps, chunk=chunk),
     in_shardings=(replicated, data_sharding, replicated),
     out_shardings=(data_sharding, by_step_sharding),
   )
@@ -468,7 +472,7 @@ def label_bounds(per_label, labels, num_dims: int, *, marginal=None) -> dict:
 
 
 def evaluate(
-  vdm,
+  model,
   params,
   config,
   mesh,
@@ -503,10 +507,10 @@ def evaluate(
     raise ValueError(f"passes must be >= 1, got {passes}.")
   num_steps = config.loss.num_steps if num_steps is None else num_steps
   key = evaluation_key(config) if key is None else key
-  num_classes = getattr(vdm, "num_classes", 0)
+  num_classes = getattr(model, "num_classes", 0)
   one_pass = functools.partial(
     per_example_terms,
-    vdm,
+    model,
     params,
     config,
     mesh,
@@ -517,11 +521,11 @@ def evaluate(
     progress=progress,
   )
   runs = [one_pass(key=jax.random.fold_in(key, p)) for p in range(passes)]
-  mean_terms = {name: np.mean([r[name] for r in runs], axis=0) for name in (*vdm.terms, "total")}
-  result = summarize(mean_terms, vdm.num_dims)
-  result["terms"] = list(vdm.terms)
+  mean_terms = {name: np.mean([r[name] for r in runs], axis=0) for name in (*model.terms, "total")}
+  result = summarize(mean_terms, model.num_dims)
+  result["terms"] = list(model.terms)
   result["passes"] = passes
-  result["pass_bpd"] = [float(elbo.bits_per_dim(r["total"].mean(), vdm.num_dims)) for r in runs]
+  result["pass_bpd"] = [float(elbo.bits_per_dim(r["total"].mean(), model.num_dims)) for r in runs]
   if num_classes:
     if "label" not in runs[0]:
       raise ValueError(
@@ -557,17 +561,17 @@ def evaluate(
       cross_fitted_marginal_nats(e[None], w[None]) for e, w in zip(estimates, pilots, strict=True)
     ]
     result |= label_bounds(
-      per_label.mean(axis=0), labels, vdm.num_dims, marginal=np.mean(marginal, axis=0)
+      per_label.mean(axis=0), labels, model.num_dims, marginal=np.mean(marginal, axis=0)
     )
     result["_per_label"], result["_labels"] = per_label.mean(axis=0), labels
-    result["pass_bpd"] = [float(elbo.bits_per_dim(m.mean(), vdm.num_dims)) for m in marginal]
+    result["pass_bpd"] = [float(elbo.bits_per_dim(m.mean(), model.num_dims)) for m in marginal]
   # The Monte Carlo part alone: how far another P passes over the same examples would move.
   result["pass_se"] = (
     float(np.std(result["pass_bpd"], ddof=1) / math.sqrt(passes)) if passes > 1 else float("nan")
   )
   result["num_steps"] = num_steps
   result["split"] = split
-  if vdm.diffusion_time:
+  if model.diffusion_time:
     result["_per_example"] = {
       "t": np.concatenate([r["t"] for r in runs]),
       "diffusion": np.concatenate([r["diffusion"] for r in runs]),
@@ -577,27 +581,27 @@ def evaluate(
   return result
 
 
-def diffusion_by_time(result: dict, vdm, params, *, num_bins: int = 20) -> list[dict]:
+def diffusion_by_time(result: dict, model, params, *, num_bins: int = 20) -> list[dict]:
   """The diffusion term decomposed over t, in bits/dim, from an `evaluate` result.
 
   Continuous or sampled t: with t uniform, (1/N) sum_{n: t_n in bin} L_n estimates the bin's
   share of E_t[L(t)] = int_0^1 L(t) dt; the shares sum to the diffusion term. With
   `exact_time_sum` every one of the T steps is its own row (exact, no sampling).
   """
-  if not vdm.diffusion_time:
-    raise ValueError(f"{type(vdm).__name__} has no diffusion term to decompose over t.")
+  if not model.diffusion_time:
+    raise ValueError(f"{type(model).__name__} has no diffusion term to decompose over t.")
   if "_per_step" in result:
     per_step = result["_per_step"]
     num_steps = per_step.size
     edges = np.arange(num_steps + 1) / num_steps
-    shares = elbo.bits_per_dim(per_step, vdm.num_dims)
+    shares = elbo.bits_per_dim(per_step, model.num_dims)
   else:
     t, diffusion = result["_per_example"]["t"], result["_per_example"]["diffusion"]
     edges = np.linspace(0.0, 1.0, num_bins + 1)
     which = np.clip(np.digitize(t, edges[1:-1]), 0, num_bins - 1)
     sums = np.bincount(which, weights=diffusion, minlength=num_bins) / t.size
-    shares = elbo.bits_per_dim(sums, vdm.num_dims)
-  gammas = np.asarray(vdm.gamma(params, jnp.asarray(edges, jnp.float32)), np.float64)
+    shares = elbo.bits_per_dim(sums, model.num_dims)
+  gammas = np.asarray(model.gamma(params, jnp.asarray(edges, jnp.float32)), np.float64)
   return [
     {
       "t_lo": float(edges[i]),

@@ -35,23 +35,23 @@ from vdm_jax.evaluation import bpd
 __all__ = ["classify", "classify_checkpoint", "label_totals", "render", "summarize_labels"]
 
 
-def label_totals(params, batch: dict, key, *, vdm, num_steps: int) -> jax.Array:
+def label_totals(params, batch: dict, key, *, model, num_steps: int) -> jax.Array:
   """Total nats `[B, C + 1]` of each example under each label 0..C (C: the null label).
 
   Pure; jit it. Every label of example n uses the key `fold_in(key, batch["index"][n])`.
 
   Args:
     batch: {"image": int `[B, *data_shape]`, "index": int32 `[B]`, ...}.
-    vdm: a class-conditional VDM (`vdm.num_classes` = C > 0).
+    model: a class-conditional VDM (`model.num_classes` = C > 0).
   """
-  labels = jnp.arange(vdm.num_classes + 1, dtype=jnp.int32)
+  labels = jnp.arange(model.num_classes + 1, dtype=jnp.int32)
 
   def one(image, index):
     example_key = jax.random.fold_in(key, index)
 
     def under(label):
       example = {"image": image[None], "label": label[None]}
-      return vdm.loss_terms(params, example, example_key, num_steps=num_steps)["total"][0]
+      return model.loss_terms(params, example, example_key, num_steps=num_steps)["total"][0]
 
     return jax.vmap(under)(labels)
 
@@ -94,7 +94,7 @@ def summarize_labels(totals: np.ndarray, labels: np.ndarray, num_dims: int) -> d
 
 
 def classify(
-  vdm,
+  model,
   params,
   config,
   mesh,
@@ -111,22 +111,22 @@ def classify(
 
   Raises ValueError for a model that is not class-conditional or an unlabelled dataset.
   """
-  if not getattr(vdm, "num_classes", 0):
+  if not getattr(model, "num_classes", 0):
     raise ValueError(
       "The ELBO classifier needs a class-conditional model (config.model.conditional=True); "
       "this one is not."
     )
   info = data.dataset_info(config.data)
-  if info.num_classes != vdm.num_classes:
+  if info.num_classes != model.num_classes:
     raise ValueError(
-      f"The model has {vdm.num_classes} classes; dataset {info.name!r} has "
+      f"The model has {model.num_classes} classes; dataset {info.name!r} has "
       f"{info.num_classes or 'no'} labels."
     )
   num_steps = config.loss.num_steps if num_steps is None else num_steps
   # The per-label totals of the plain evaluation (same times, noise and bounds): --classify
   # and vdm-evaluate report the same bits/dim for the same seed.
   evaluated = bpd.evaluate(
-    vdm,
+    model,
     params,
     config,
     mesh,
@@ -138,7 +138,7 @@ def classify(
     passes=passes,
   )
   totals, labels = evaluated["_per_label"], evaluated["_labels"]
-  result = summarize_labels(totals, labels, vdm.num_dims)
+  result = summarize_labels(totals, labels, model.num_dims)
   # The marginal bound as the plain evaluation estimates it (cross-fitted label weights:
   # the log-sum-exp of the totals' Monte Carlo means is biased low).
   result |= {k: evaluated[k] for k in ("bpd", "bpd_se", "pass_bpd", "pass_se")}

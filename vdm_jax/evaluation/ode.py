@@ -37,18 +37,18 @@ diffrax = _deps.require(
 __all__ = ["dequantized_bpd", "drift", "evaluate_ode", "log_prob_z0", "nll_continuous"]
 
 
-def drift(vdm, params, t, z, *, batch=None):
+def drift(model, params, t, z, *, batch=None):
   """dz/dt of the probability-flow ODE at scalar time t for z `[B, ...]`.
 
   `batch` (e.g. {"label": `[B]`}) is given to the denoiser: a class-conditional model's ODE
   under those labels; None: its null label.
 
-  `vdm.gamma_and_derivative(params, t)` may give one gamma per example (`[B]`) or one per
+  `model.gamma_and_derivative(params, t)` may give one gamma per example (`[B]`) or one per
   example and dimension (`[B, ...]` like z): the drift is elementwise,
   dz_d/dt = 1/2 gamma_d'(t) (sigma_{t,d} eps_hat_d - sigma_{t,d}^2 z_d).
   """
-  gamma, dgamma = vdm.gamma_and_derivative(params, jnp.full((z.shape[0],), t))
-  eps_hat = vdm.eps_hat(params, z, gamma, batch=batch)
+  gamma, dgamma = model.gamma_and_derivative(params, jnp.full((z.shape[0],), t))
+  eps_hat = model.eps_hat(params, z, gamma, batch=batch)
   _, sigma = schedules.alpha_sigma(_checks.per_example("gamma", gamma, z, batch_name="z"))
   dgamma = _checks.per_example("dgamma_dt", dgamma, z, batch_name="z")
   return 0.5 * dgamma * (sigma * eps_hat - sigma**2 * z)
@@ -70,7 +70,7 @@ def _divergence(fn, z, key, exact: bool):
 
 
 def log_prob_z0(
-  vdm,
+  model,
   params,
   z_0,
   key,
@@ -84,7 +84,7 @@ def log_prob_z0(
   """log p_0(z_0) `[B]` of the model's probability-flow ODE, in nats.
 
   Args:
-    vdm: a `vdm_jax.models.VDM` (or anything with `gamma_and_derivative` and `eps_hat`).
+    model: a `vdm_jax.models.VDM` (or anything with `gamma_and_derivative` and `eps_hat`).
     params: its params.
     z_0: latents at t = 0, `[B, ...]`.
     key: `jax.random` key for Hutchinson's probe vectors.
@@ -98,7 +98,7 @@ def log_prob_z0(
 
   def vector_field(t, state, args):
     z, _ = state
-    fn = lambda u: drift(vdm, params, t, u, batch=batch)
+    fn = lambda u: drift(model, params, t, u, batch=batch)
     out, div = _divergence(fn, z, key, exact_divergence)
     return out, div
 
@@ -117,7 +117,7 @@ def log_prob_z0(
   return log_p1 + integral
 
 
-def nll_continuous(vdm, params, x, key, **kwargs):
+def nll_continuous(model, params, x, key, **kwargs):
   """-log p(x) `[B]` in nats for continuous x `[B, ...]`, through z_0 = alpha_0 x.
 
   `kwargs` go to `log_prob_z0` (tolerances, `batch`: a conditional model's labels).
@@ -125,42 +125,44 @@ def nll_continuous(vdm, params, x, key, **kwargs):
   With a per-dimension gamma_0 (`[B, ...]` like x) the change of variables has the
   log-determinant sum_d log alpha_{0,d} instead of D log alpha_0.
   """
-  gamma_0 = vdm.gamma(params, jnp.zeros((x.shape[0],)))  # [B], or [B, ...] per dimension
+  gamma_0 = model.gamma(params, jnp.zeros((x.shape[0],)))  # [B], or [B, ...] per dimension
   log_a2, _ = schedules.log_alpha2_sigma2(gamma_0)
   if _checks.is_per_dimension(log_a2, x):
     z_0 = x * jnp.exp(0.5 * log_a2)
-    return -(log_prob_z0(vdm, params, z_0, key, **kwargs) + 0.5 * _checks.sum_except_batch(log_a2))
+    return -(
+      log_prob_z0(model, params, z_0, key, **kwargs) + 0.5 * _checks.sum_except_batch(log_a2)
+    )
   dims = math.prod(x.shape[1:])
   z_0 = x * jnp.exp(0.5 * _checks.per_example("log_alpha2", log_a2, x))
-  return -(log_prob_z0(vdm, params, z_0, key, **kwargs) + 0.5 * dims * log_a2)
+  return -(log_prob_z0(model, params, z_0, key, **kwargs) + 0.5 * dims * log_a2)
 
 
-def dequantized_bpd(vdm, params, k, key, **kwargs):
+def dequantized_bpd(model, params, k, key, **kwargs):
   """Upper bound on -log2 P(k) per dimension, `[B]`: uniform dequantisation + the ODE.
 
-  A model with an auxiliary latent c (`vdm.auxiliary_latent`, e.g. `models.AdaptiveVDM`)
+  A model with an auxiliary latent c (`model.auxiliary_latent`, e.g. `models.AdaptiveVDM`)
   draws one c ~ q(c | k) per example and adds KL(q(c | k) || p(c)) to the ODE's
   -log p(k | c): -log P(k) <= E_q[-log P(k | c)] + KL (docs/adaptive.md).
 
   Args:
-    k: integer data `[B, ...]` in {0..V-1} (V = `vdm.vocab_size`).
+    k: integer data `[B, ...]` in {0..V-1} (V = `model.vocab_size`).
     key: draws the dequantisation noise and Hutchinson's probes (and c).
   """
   latent_kl = 0.0
-  if getattr(vdm, "auxiliary_latent", False):
+  if getattr(model, "auxiliary_latent", False):
     key, key_c = jax.random.split(key)
-    vdm, latent_kl = vdm.condition(params, k, key_c)
+    model, latent_kl = model.condition(params, k, key_c)
   key_u, key_h = jax.random.split(key)
-  vocab = vdm.vocab_size
+  vocab = model.vocab_size
   x = elbo.encode(k, vocab)
   x = x + jax.random.uniform(key_u, x.shape, minval=-1.0 / vocab, maxval=1.0 / vocab)
   dims = math.prod(x.shape[1:])
-  nats = nll_continuous(vdm, params, x, key_h, **kwargs) - dims * math.log(2.0 / vocab)
+  nats = nll_continuous(model, params, x, key_h, **kwargs) - dims * math.log(2.0 / vocab)
   return elbo.bits_per_dim(nats + latent_kl, dims)
 
 
 def evaluate_ode(
-  vdm,
+  model,
   params,
   config,
   mesh,
@@ -178,19 +180,19 @@ def evaluate_ode(
   `exact_divergence` defaults to exact traces for data of at most 8 dimensions and
   Hutchinson's estimator above. Returns "bpd", "bpd_se", "num_examples" and the settings.
 
-  A class-conditional model (`vdm.num_classes` = C > 0) is solved under every label 0..C
+  A class-conditional model (`model.num_classes` = C > 0) is solved under every label 0..C
   (C: the null label), each example's C + 1 solves with the same dequantisation noise and
   probes (paired), so C + 1 times the cost; "bpd" is then the marginal bound
   -log sum_y p(y) P(k | y) with the uniform prior, beside "bpd_conditional" and "bpd_null"
   (`bpd.label_bounds`), and "_per_label" holds the per-label nats `[N, C + 1]`.
   """
-  if not vdm.diffusion_time:
+  if not model.diffusion_time:
     raise ValueError(
-      f"The probability-flow ODE needs a diffusion model; this is a {type(vdm).__name__}. "
+      f"The probability-flow ODE needs a diffusion model; this is a {type(model).__name__}. "
       "Use the ELBO (--method=elbo)."
     )
   if exact_divergence is None:
-    exact_divergence = vdm.num_dims <= 8
+    exact_divergence = model.num_dims <= 8
   batch_size = bpd.balanced_batch_size(
     data.dataset_info(config.data).num_examples[split],
     batch_size or config.eval.batch_size,
@@ -198,7 +200,7 @@ def evaluate_ode(
   )
   key = jax.random.key(streams.ode_seed(config.seed)) if key is None else key
   data_sharding = mesh_lib.batch_sharding(mesh)
-  num_classes = getattr(vdm, "num_classes", 0)
+  num_classes = getattr(model, "num_classes", 0)
   if num_classes and not data.dataset_info(config.data).num_classes:
     raise ValueError(
       f"A class-conditional model needs a labelled split; {config.data.name!r} has no labels."
@@ -209,7 +211,7 @@ def evaluate_ode(
     # and the probes of example n do not depend on the rest of its batch (or its label).
     batch = None if label is None else {"label": label[None]}
     return dequantized_bpd(
-      vdm,
+      model,
       p,
       k[None],
       jax.random.fold_in(key, index),
@@ -250,8 +252,8 @@ def evaluate_ode(
     "atol": atol,
   }
   if num_classes:
-    nats = values * vdm.num_dims * math.log(2.0)  # [N, C + 1]
-    bounds = bpd.label_bounds(nats, np.concatenate(labels)[order], vdm.num_dims)
+    nats = values * model.num_dims * math.log(2.0)  # [N, C + 1]
+    bounds = bpd.label_bounds(nats, np.concatenate(labels)[order], model.num_dims)
     return bounds | {"num_examples": int(nats.shape[0]), "_per_label": nats} | settings
   return {
     "bpd": float(values.mean()),

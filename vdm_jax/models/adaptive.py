@@ -166,9 +166,9 @@ class LatentConditioned:
   def gamma(self, params, t):
     return self.gamma_and_derivative(params, t)[0]
 
-  def eps_hat(self, params, z_t, gamma_t, *, train: bool = False, dropout_key=None):
+  def eps_hat(self, params, z_t, gamma_t, *, train: bool = False, dropout_key=None, batch=None):
     return self.model.eps_hat(
-      params, z_t, gamma_t, latent=self.c, train=train, dropout_key=dropout_key
+      params, z_t, gamma_t, latent=self.c, train=train, dropout_key=dropout_key, batch=batch
     )
 
   def x_hat(self, params, z_t, gamma_t):
@@ -241,11 +241,20 @@ class AdaptiveVDM:
     gamma, _ = self.gamma_map(params, jnp.zeros((flat.size, self.latent_dim)), flat)
     return jnp.mean(gamma.reshape(flat.size, -1), axis=-1).reshape(t.shape)
 
-  def eps_hat(self, params, z_t, gamma_t, *, latent, train: bool = False, dropout_key=None):
-    """eps prediction from z_t, the gamma_t map (both `[B, *data_shape]`) and c `[B, L]`."""
+  def eps_hat(
+    self, params, z_t, gamma_t, *, latent, train: bool = False, dropout_key=None, batch=None
+  ):
+    """eps prediction from z_t, the gamma_t map (both `[B, *data_shape]`) and c `[B, L]`;
+    `batch` (the data batch's dict, or None) is given to the denoiser."""
     rngs = {"dropout": dropout_key} if train else None
     out = self.denoiser.apply(
-      {"params": params["denoiser"]}, z_t, gamma_t, latent=latent, train=train, rngs=rngs
+      {"params": params["denoiser"]},
+      z_t,
+      gamma_t,
+      latent=latent,
+      train=train,
+      batch=batch,
+      rngs=rngs,
     )
     return predictions.prediction_to_eps(out, z_t, gamma_t, parameterization=self.prediction)
 

@@ -71,20 +71,20 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
-def num_time_bins(vdm, config) -> int:
+def num_time_bins(model, config) -> int:
   """Bins of the importance proposal over t: T in discrete time, else loss.time_bins."""
-  return vdm.num_steps or config.loss.time_bins
+  return model.num_steps or config.loss.time_bins
 
 
-def create_train_state(vdm, key, tx: optax.GradientTransformation, config=None) -> TrainState:
+def create_train_state(model, key, tx: optax.GradientTransformation, config=None) -> TrainState:
   """A fresh `TrainState`: the model's initial parameters, `tx`'s state, an EMA copy, and
   the importance sampler's moments if `config.loss.time_sampling` is "importance"."""
-  params = vdm.init(key)
+  params = model.init(key)
   importance = config is not None and config.loss.time_sampling == "importance"
   return TrainState.create(
     apply_fn=None,
     params=params,
     tx=tx,
     ema_params=jax.tree.map(jnp.copy, params),  # its own buffers: the step donates both
-    time_moments=times.init_time_moments(num_time_bins(vdm, config)) if importance else None,
+    time_moments=times.init_time_moments(num_time_bins(model, config)) if importance else None,
   )

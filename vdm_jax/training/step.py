@@ -19,7 +19,7 @@ from vdm_jax.training.state import TrainState, learning_rate_schedule
 __all__ = ["jit_train_step", "train_step"]
 
 
-def train_step(state: TrainState, batch: dict, key, *, vdm, config):
+def train_step(state: TrainState, batch: dict, key, *, model, config):
   """One optimiser step on the mean bits/dim of the batch. Pure; jit it.
 
   With `config.train.grad_accum_steps` = k > 1 the batch is cut into k micro-batches
@@ -29,7 +29,7 @@ def train_step(state: TrainState, batch: dict, key, *, vdm, config):
   and the time moments updated with every micro-batch's losses; the metrics are batch means.
 
   Args:
-    vdm: the model (a `models.Model`; static).
+    model: the model (a `models.Model`; static).
     state: the train state (params replicated).
     batch: {"image": int32 [B, *data_shape]} and, for labelled data, "label" int32 [B]
       (split over devices); given whole to the model's `loss_terms`.
@@ -45,8 +45,8 @@ def train_step(state: TrainState, batch: dict, key, *, vdm, config):
       jax.random.fold_in(step_key, streams.STEP_TIMES),
       batch["image"].shape[0],
       times.importance_bin_probs(state.time_moments),
-      num_steps=vdm.num_steps,
-      antithetic=vdm.antithetic,
+      num_steps=model.num_steps,
+      antithetic=model.antithetic,
     )
 
   accum = config.train.grad_accum_steps
@@ -54,13 +54,13 @@ def train_step(state: TrainState, batch: dict, key, *, vdm, config):
     options = {} if t is None else {"t": t, "t_weight": t_weight}  # only diffusion models
 
     def loss_fn(params):
-      terms = vdm.loss_terms(params, batch, step_key, train=True, **options)
+      terms = model.loss_terms(params, batch, step_key, train=True, **options)
       return jnp.mean(terms["bpd"]), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   else:
     loss, terms, grads = _accumulated_gradient(
-      vdm, state.params, batch, step_key, accum, t, t_weight
+      model, state.params, batch, step_key, accum, t, t_weight
     )
   new_state = state.apply_gradients(grads=grads)
   if state.time_moments is not None:
@@ -70,28 +70,28 @@ def train_step(state: TrainState, batch: dict, key, *, vdm, config):
         t,
         terms["diffusion"] / t_weight,
         decay=config.loss.time_decay,
-        num_steps=vdm.num_steps,
+        num_steps=model.num_steps,
       )
     )
   ema = optax.incremental_update(new_state.params, state.ema_params, 1.0 - config.optim.ema_decay)
   new_state = new_state.replace(ema_params=ema)
   metrics = {"loss_bpd": loss, "grad_norm": optax.tree.norm(grads)}
   metrics |= {
-    f"{name}_bpd": elbo.bits_per_dim(jnp.mean(terms[name]), vdm.num_dims) for name in vdm.terms
+    f"{name}_bpd": elbo.bits_per_dim(jnp.mean(terms[name]), model.num_dims) for name in model.terms
   }
   metrics["learning_rate"] = learning_rate_schedule(config)(state.step)
-  if vdm.diffusion_time:
-    metrics["gamma_0"] = vdm.gamma(state.params, jnp.zeros(()))
-    metrics["gamma_1"] = vdm.gamma(state.params, jnp.ones(()))
+  if model.diffusion_time:
+    metrics["gamma_0"] = model.gamma(state.params, jnp.zeros(()))
+    metrics["gamma_1"] = model.gamma(state.params, jnp.ones(()))
   return new_state, metrics
 
 
-def jit_train_step(vdm, config, mesh, state_sharding):
+def jit_train_step(model, config, mesh, state_sharding):
   """`train_step` jitted over `mesh`: the state sharded as `state_sharding` (and donated),
   the batch split over the devices, the key and the metrics replicated."""
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(
-    lambda state, batch, key: train_step(state, batch, key, vdm=vdm, config=config),
+    lambda state, batch, key: train_step(state, batch, key, model=model, config=config),
     in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), replicated),
     out_shardings=(state_sharding, replicated),
     donate_argnums=(0,),
@@ -117,7 +117,7 @@ def micro_batch_key(step_key, i):
   return jax.random.fold_in(jax.random.fold_in(step_key, streams.STEP_MICRO_BATCHES), i)
 
 
-def _accumulated_gradient(vdm, params, batch, step_key, k: int, t, t_weight):
+def _accumulated_gradient(model, params, batch, step_key, k: int, t, t_weight):
   """The gradient of the batch's mean bits/dim, summed over k micro-batches in a `lax.scan`
   (one micro-batch's activations live at a time).
 
@@ -135,7 +135,7 @@ def _accumulated_gradient(vdm, params, batch, step_key, k: int, t, t_weight):
   def loss_fn(p, x):
     key = micro_batch_key(step_key, x["index"])
     options = {} if t is None else {"t": x["t"], "t_weight": x["t_weight"]}
-    terms = vdm.loss_terms(p, x["batch"], key, train=True, **options)
+    terms = model.loss_terms(p, x["batch"], key, train=True, **options)
     return jnp.mean(terms["bpd"]), terms
 
   def body(grad_sum, x):
