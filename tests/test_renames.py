@@ -54,3 +54,11 @@ def test_models_noise_is_schedule_modules():
     old = _import_fresh("vdm_jax.models.noise")
   for name in ("FixedSchedule", "LearnedLinearSchedule", "MonotoneSchedule"):
     assert getattr(old, name) is getattr(schedule_modules, name)
+
+
+def test_bpd_public_is_a_warning_alias_of_without_arrays():
+  from vdm_jax.evaluation import bpd
+
+  result = {"bpd": 1.0, "_per_example": [1, 2]}
+  with pytest.warns(DeprecationWarning, match="without_arrays"):
+    assert bpd.public(result) == bpd.without_arrays(result) == {"bpd": 1.0}

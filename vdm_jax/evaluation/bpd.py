@@ -57,6 +57,7 @@ __all__ = [
   "outputs",
   "per_example_terms",
   "public",
+  "without_arrays",
   "scalar_summary",
   "split_times",
   "summarize",
@@ -615,9 +616,17 @@ def diffusion_by_time(result: dict, model, params, *, num_bins: int = 20) -> lis
   ]
 
 
-def public(result: dict) -> dict:
+def without_arrays(result: dict) -> dict:
   """`result` without its raw arrays (the keys starting with "_"): JSON-serialisable."""
   return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def public(result: dict) -> dict:
+  """Deprecated name of `without_arrays` (it warns)."""
+  import warnings
+
+  warnings.warn("bpd.public is renamed bpd.without_arrays.", DeprecationWarning, stacklevel=2)
+  return without_arrays(result)
 
 
 def scalar_summary(result: dict) -> dict:

@@ -102,7 +102,7 @@ def evaluate_checkpoint(
   _check_finite(result, run, split)
   if method == "elbo" and model.diffusion_time:
     rows = bpd.diffusion_by_time(result, model, params, num_bins=num_bins)
-  result = bpd.public(result)
+  result = bpd.without_arrays(result)
   if model.diffusion_time:
     gamma = jax.device_get(model.gamma(params, jnp.array([0.0, 1.0])))
     result |= {"gamma_0": float(gamma[0]), "gamma_1": float(gamma[1])}

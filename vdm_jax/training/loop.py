@@ -481,7 +481,7 @@ class _Run:
     try:
       with _signals.notice(notice):
         ema = jax.device_put(self.state.ema_params, mesh_lib.replicated(self.mesh))
-        result = bpd.public(
+        result = bpd.without_arrays(
           bpd.evaluate(self.model, ema, self.config, self.mesh, split=self.config.eval.split)
         )
         _check_evaluation(result, ema, step, self.saver, final=final)
