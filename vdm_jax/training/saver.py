@@ -18,7 +18,7 @@ import jax
 from absl import logging
 
 from vdm_jax._errors import UserError
-from vdm_jax.runtime import checkpoints, storage
+from vdm_jax.runtime import checkpoints, distributed, storage
 
 __all__ = ["CheckpointSaveError", "Saver"]
 
@@ -90,6 +90,7 @@ class Saver:
     try:
       checkpoints.save_checkpoint(self.manager, step, state)
     except Exception as e:
+      distributed.exit_if_lost_peer(e)  # not a failed save: a peer is gone (ends the process)
       raise self._failed(step, e) from e
     self._in_flight = self.last_saved = step
 
@@ -105,6 +106,9 @@ class Saver:
       self.manager.wait_until_finished()
       self.manager.check_for_errors()
     except Exception as e:
+      # A peer that died during the save's commit is not a failed save, and cleaning up
+      # after one (orbax's reload, a barrier) would wait for the lost peer: end at once.
+      distributed.exit_if_lost_peer(e)
       step = self._in_flight if self._in_flight is not None else self.last_saved
       raise self._failed(step, e) from e
     self._in_flight = None
