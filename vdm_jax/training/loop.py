@@ -146,7 +146,9 @@ def _check_workdir_path(workdir: str) -> None:
   while not os.path.exists(parent) and os.path.dirname(parent) != parent:
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent):
-    raise ValueError(f"Work directory {path!r} cannot be created: {parent!r} is a file.")
+    raise ValueError(
+      f"Work directory {path!r} is not writable: it cannot be created, {parent!r} is a file."
+    )
 
 
 def _check_remote_workdir(workdir: str) -> str:
