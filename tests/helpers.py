@@ -110,3 +110,29 @@ def gcs_emulator(bucket: str = "test", log_path=None):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     log.close()
+
+
+@contextlib.contextmanager
+def full_disk_at_commit(monkeypatch, step: int):
+  """Orbax's commit of checkpoint `step` (its background thread) fails as on a full disk,
+  for the block; yields the list of absl log records written meanwhile (to check that no
+  orbax traceback was logged)."""
+  from absl import logging as absl_logging
+  from orbax.checkpoint._src.path import atomicity
+
+  commit = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def full_disk(self):
+    if os.path.basename(str(self.get_final())) == str(step):
+      raise OSError(28, "No space left on device")
+    return await commit(self)
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", full_disk)
+  records = []
+  handler = absl_logging.ABSLHandler(absl_logging.PythonFormatter())
+  handler.emit = records.append
+  absl_logging.get_absl_logger().addHandler(handler)
+  try:
+    yield records
+  finally:
+    absl_logging.get_absl_logger().removeHandler(handler)

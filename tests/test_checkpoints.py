@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from absl import logging as absl_logging
+from helpers import full_disk_at_commit
 from orbax.checkpoint._src.path import atomicity
 
 from vdm_jax.runtime import checkpoints
@@ -113,27 +113,13 @@ def test_a_failed_background_save_names_its_step_and_leaves_nothing(tmp_path, mo
   """The commit of step 2 (orbax's background thread) fails as on a full disk: the next
   check or save raises one message naming step 2 and step 1, without orbax's tracebacks,
   and step 2's temporary folder and integrity record are removed."""
-  commit = atomicity.AtomicRenameTemporaryPath.finalize
-
-  async def full_disk(self):
-    if os.path.basename(str(self.get_final())) == "2":
-      raise OSError(28, "No space left on device")
-    return await commit(self)
-
-  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", full_disk)
-  records = []
-  handler = absl_logging.ABSLHandler(absl_logging.PythonFormatter())
-  handler.emit = records.append
-  absl_logging.get_absl_logger().addHandler(handler)
   workdir = tmp_path / "run"
   manager = checkpoints.make_checkpoint_manager(str(workdir), max_to_keep=5)
-  try:
+  with full_disk_at_commit(monkeypatch, 2) as records:
     with pytest.raises(CheckpointSaveError) as e, Saver(manager) as saver:
       saver.save(1, _state(1))
       saver.save(2, _state(2))
       saver.save(3, _state(3))  # waits for step 2 first: its failure is raised here
-  finally:
-    absl_logging.get_absl_logger().removeHandler(handler)
   assert str(e.value) == (
     f"Saving checkpoint step 2 to {workdir}/checkpoints failed: OSError: [Errno 28] No space "
     "left on device. Training stopped; the latest saved checkpoint is step 1, and a rerun "

@@ -11,7 +11,7 @@ import shutil
 
 import jax
 import pytest
-from helpers import tiny_config
+from helpers import full_disk_at_commit, tiny_config
 
 from vdm_jax import data, models, training
 from vdm_jax.runtime import checkpoints, inference, storage, workdir
@@ -143,27 +143,10 @@ def test_a_failed_background_save_stops_the_run_naming_its_step(data_dir, tmp_pa
   """orbax writes a checkpoint in a background thread: its failure (here the commit of step
   6 on a full disk) is one message naming step 6 and the checkpoint a rerun resumes from,
   orbax's own tracebacks are not logged, and nothing of step 6 is left behind."""
-  from absl import logging as absl_logging
-  from orbax.checkpoint._src.path import atomicity
-
-  commit = atomicity.AtomicRenameTemporaryPath.finalize
-
-  async def full_disk(self):
-    if os.path.basename(str(self.get_final())) == "6":
-      raise OSError(28, "No space left on device")
-    return await commit(self)
-
-  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", full_disk)
-  records = []
-  handler = absl_logging.ABSLHandler(absl_logging.PythonFormatter())
-  handler.emit = records.append
-  absl_logging.get_absl_logger().addHandler(handler)
   run = tmp_path / "run"
-  try:
+  with full_disk_at_commit(monkeypatch, 6) as records:
     with pytest.raises(training.CheckpointSaveError) as e:
       training.train_and_evaluate(tiny_config(data_dir, num_steps=9), str(run))
-  finally:
-    absl_logging.get_absl_logger().removeHandler(handler)
   assert str(e.value) == (
     f"Saving checkpoint step 6 to {run}/checkpoints failed: OSError: [Errno 28] No space left "
     "on device. Training stopped; the latest saved checkpoint is step 3, and a rerun resumes "
