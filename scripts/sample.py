@@ -45,10 +45,12 @@ _cli.check_output_flag("output", prefix=True)
 
 def main(argv):
   _cli.start(argv, _LAUNCH, _CONFIG.value)
-  from vdm_jax.evaluation import runs, sampling
+  import jax
+
+  from vdm_jax.evaluation import checkpoint_samples, runs
 
   run_ = runs.load_run(_WORKDIR.value, step=_STEP.value, config=_CONFIG.value)
-  sampling.sample_checkpoint(
+  result = checkpoint_samples.sample_checkpoint(
     run_,
     num_samples=_NUM_SAMPLES.value,
     num_steps=_NUM_STEPS.value,
@@ -58,6 +60,8 @@ def main(argv):
     label=_LABEL.value,
     guidance=_GUIDANCE.value,
   )
+  if jax.process_index() == 0:
+    print(checkpoint_samples.render_samples(result))
 
 
 def run():

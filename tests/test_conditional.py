@@ -10,7 +10,7 @@ import pytest
 from helpers import tiny_config
 from scipy import special
 
-from vdm_jax import data, models, predictions, schedules, testing
+from vdm_jax import data, models, predictions, sampling, schedules, testing
 from vdm_jax.data import toy2d
 from vdm_jax.evaluation import bpd, classify, ode
 from vdm_jax.models.embed import LabelEmbedding
@@ -129,6 +129,61 @@ def test_guided_sampling_options():
     vdm.sample(params, key, 8, label=NUM_CLASSES, **opts)
   with pytest.raises(ValueError, match="not class-conditional"):
     _vdm(num_classes=0).sample(params, key, 8, label=0, **opts)
+
+
+def test_sampling_takes_one_label_per_sample_and_traced_guidance():
+  vdm = _vdm()
+  params = _params(vdm)
+  key = jax.random.key(6)
+  opts = {"num_steps": 5, "method": "dpm_solver", "decode": "mode"}
+  # An array of equal labels is the int label.
+  np.testing.assert_array_equal(
+    vdm.sample(params, key, 4, label=jnp.full((4,), 2), guidance=1.5, **opts),
+    vdm.sample(params, key, 4, label=2, guidance=1.5, **opts),
+  )
+  # Concrete arrays are checked like ints; shapes and dtypes always.
+  for label, match in [
+    (jnp.array([0, 3, 1, 1]), r"label must be an int in \[0, 3\), got 3"),
+    (jnp.array([0, 1]), "label has 2 entries for 4 samples"),
+    (jnp.zeros((4,), jnp.float32), "dtype float32"),
+    (jnp.zeros((4, 1), jnp.int32), r"shape \(4, 1\)"),
+    (1.0, "label must be an int"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      vdm.sample(params, key, 4, label=label, **opts)
+  for guidance, match in [(jnp.float32(-1.0), "must be >= 0"), (jnp.ones(2), "scalar array")]:
+    with pytest.raises(ValueError, match=match):
+      vdm.sample(params, key, 4, label=1, guidance=guidance, **opts)
+  with pytest.raises(ValueError, match="needs a label"):
+    vdm.sample(params, key, 4, guidance=jnp.float32(1.0), **opts)
+
+  # One label per sample, labels and weight traced under vmap and jit (one compilation
+  # for all): sample n is the batch of one drawn with its own int label and float weight.
+  # On the mixture oracle (smooth, unlike random weights), so compiled and eager rounding
+  # move a value by at most one bin.
+  mixture = testing.GaussianMixture(toy2d.MIXTURE_MEANS, toy2d.MIXTURE_STD)
+  oracle = _LabelledOracle(
+    schedules.LinearSchedule(), mixture, (2,), num_classes=len(mixture.means)
+  )
+  keys = jax.random.split(key, 8)
+  labels = jnp.arange(8, dtype=jnp.int32) % oracle.num_classes
+
+  @jax.jit
+  def draw(labels, w):
+    one = lambda k, y: sampling.sample(oracle, None, k, 1, label=y, guidance=w, **opts)[0]
+    return jax.vmap(one)(keys, labels)
+
+  for w in (0.0, 2.0):
+    got = np.asarray(draw(labels, jnp.float32(w)))
+    want = np.stack(
+      [
+        sampling.sample(oracle, None, k, 1, label=int(y), guidance=w, **opts)[0]
+        for k, y in zip(keys, labels, strict=True)
+      ]
+    )
+    assert np.abs(got - want).max() <= 1 and np.mean(got == want) > 0.75, (got, want)
+  unguided, guided = draw(labels, jnp.float32(0.0)), draw(labels, jnp.float32(2.0))
+  assert np.abs(np.asarray(unguided) - np.asarray(guided)).max() > 3
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +352,73 @@ def test_cross_fitted_marginal_is_a_bound_where_the_log_sum_exp_of_estimates_is_
   )
   with pytest.raises(ValueError, match=r"\[P, N, C\]"):
     bpd.cross_fitted_marginal_nats(estimates[0], pilots[0])
+
+
+@pytest.mark.slow  # trains 3 steps and runs two tools: ~40 s
+def test_sample_and_class_grid_tools_draw_the_same_guided_samples(tmp_path):
+  from test_cli import cli_many
+
+  from vdm_jax import training
+
+  config = tiny_config(tmp_path / "tfds", num_steps=3)
+  config.model.conditional = True
+  run = tmp_path / "run"
+  training.train_and_evaluate(config, str(run))
+  options = ["--method=dpm_solver", "--num_steps=4", "--seed=3"]
+  sample, grid, *refused = cli_many(
+    [
+      (
+        "sample",
+        [
+          f"--workdir={run}",
+          *options,
+          "--label=2",
+          "--guidance=2",
+          "--num_samples=3",
+          f"--output={tmp_path / 's'}",
+        ],
+      ),
+      (
+        "class_grid",
+        [
+          f"--workdir={run}",
+          "--num_steps=4",
+          "--seed=3",
+          "--guidance=0,2",
+          "--per_class=3",
+          f"--output={tmp_path / 'g_w{w}.png'}",
+        ],
+      ),
+      ("class_grid", [f"--workdir={run}", "--guidance=0,2", f"--output={tmp_path / 'g.png'}"]),
+      ("class_grid", [f"--workdir={run}", "--guidance=-1", f"--output={tmp_path / 'g.png'}"]),
+      ("class_grid", [f"--workdir={run}", "--guidance=x", f"--output={tmp_path / 'g.png'}"]),
+      ("sample", [f"--workdir={run}", "--label=10", f"--output={tmp_path / 'bad'}"]),
+    ],
+    cwd=tmp_path,
+  )
+  assert sample["returncode"] == 0 and grid["returncode"] == 0, (sample, grid)
+  assert "DeprecationWarning" not in sample["stderr"] + grid["stderr"]
+  assert "3 samples (dpm_solver, T=4" in sample["stdout"]
+  assert "10 classes x 3 samples" in grid["stdout"] and "W=2" in grid["stdout"]
+  for w in ("0", "2"):
+    assert (tmp_path / f"g_w{w}.png").stat().st_size > 0
+  drawn = np.load(tmp_path / "s.npz")["samples"]
+  rows = np.load(tmp_path / "g_w2.npz")["samples"]  # [classes, per_class, 8, 8, 1]
+  # Row 2 of the W=2 grid is the tool's --label=2 --guidance=2 draw, sample for sample.
+  np.testing.assert_array_equal(rows[2], drawn)
+  # (After 3 steps the label embedding has hardly moved, so W changes little here; the
+  # unit tests above show guidance at work.)
+  assert np.load(tmp_path / "g_w0.npz")["samples"].shape == rows.shape
+  for proc, message in zip(
+    refused,
+    [
+      "has no {w}",
+      "every W must be >= 0",
+      "'x' is not a number",
+      r"label must be an int in [0, 10)",
+    ],
+    strict=True,
+  ):
+    assert proc["returncode"] == 1 and message in proc["stderr"], proc
+    assert "Traceback" not in proc["stderr"]
+  assert not (tmp_path / "g.png").exists() and not (tmp_path / "bad.npz").exists()

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vdm_jax import _checks, elbo, gaussian, predictions, schedules
 
@@ -57,8 +58,8 @@ def sample(
   num_steps: int = 1000,
   method: str = "ancestral",
   decode: str = "sample",
-  label: int | None = None,
-  guidance: float = 0.0,
+  label: int | jax.Array | None = None,
+  guidance: float | jax.Array = 0.0,
 ) -> jax.Array:
   """Draws integer samples `[num_samples, *model.data_shape]` from the model.
 
@@ -86,8 +87,12 @@ def sample(
       network calls are T here too: one per step).
     decode: "sample" draws k ~ p(k | z_0); "mode" takes its argmax.
     label: for a class-conditional model (`model.num_classes` C > 0), the class y in
-      {0..C-1} of every sample; None samples the unconditional (null-label) model.
-    guidance: classifier-free guidance weight w >= 0 (`guided_eps`); needs `label`.
+      {0..C-1} of every sample, or an int array `[num_samples]` of one class per sample
+      (a traced one too, e.g. under `jax.vmap`); None samples the unconditional
+      (null-label) model.
+    guidance: classifier-free guidance weight w >= 0 (`guided_eps`), a number or a scalar
+      array (a traced one makes guidance part of the compiled function's inputs); needs
+      `label`.
 
   Returns:
     int32 array `[num_samples, *data_shape]` with values in {0..V-1}.
@@ -131,10 +136,9 @@ def sample(
 def _conditional_eps(model, params, num_samples, label, guidance):
   """(z_t, gamma_t) -> eps_hat: unconditional, conditional on `label`, or guided."""
   num_classes = getattr(model, "num_classes", 0)
-  if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0:
-    raise ValueError(f"guidance must be a number >= 0 (0 = unguided), got {guidance!r}.")
+  guidance = _check_guidance(guidance)
   if label is None:
-    if guidance:
+    if _is_concrete(guidance) and guidance != 0:
       raise ValueError(f"guidance={guidance} needs a label to guide towards; pass label=K.")
     return lambda z, g: model.eps_hat(params, z, g)
   if not num_classes:
@@ -142,15 +146,56 @@ def _conditional_eps(model, params, num_samples, label, guidance):
       f"label={label!r} given, but this model is not class-conditional (train one with "
       "config.model.conditional=True)."
     )
-  if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
-    raise ValueError(f"label must be an int in [0, {num_classes}), got {label!r}.")
-  cond = {"label": jnp.full((num_samples,), label, jnp.int32)}
+  cond = {"label": _check_labels(label, num_samples, num_classes)}
   null = {"label": jnp.full((num_samples,), num_classes, jnp.int32)}
-  if not guidance:
+  if _is_concrete(guidance) and guidance == 0:
     return lambda z, g: model.eps_hat(params, z, g, batch=cond)
   return lambda z, g: guided_eps(
     model.eps_hat(params, z, g, batch=cond), model.eps_hat(params, z, g, batch=null), guidance
   )
+
+
+def _is_concrete(x) -> bool:
+  """Whether x has a value now (a Python number or an array outside a trace)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _check_guidance(guidance):
+  """The guidance weight: a number >= 0, or a scalar float array (checked when concrete)."""
+  if isinstance(guidance, (int, float)) and not isinstance(guidance, bool):
+    if not guidance >= 0:
+      raise ValueError(f"guidance must be a number >= 0 (0 = unguided), got {guidance!r}.")
+    return float(guidance)
+  if not isinstance(guidance, jax.Array) or guidance.ndim or guidance.dtype == jnp.bool_:
+    raise ValueError(
+      f"guidance must be a number >= 0 (0 = unguided) or a scalar array, got {guidance!r}."
+    )
+  if _is_concrete(guidance):
+    if not float(guidance) >= 0:
+      raise ValueError(f"guidance must be >= 0 (0 = unguided), got {float(guidance)!r}.")
+  return guidance
+
+
+def _check_labels(label, num_samples: int, num_classes: int) -> jax.Array:
+  """int32 labels `[num_samples]` from an int, or an integer array `[]` or `[num_samples]`
+  (its values are checked to lie in [0, C) when it is concrete, i.e. not traced)."""
+  if isinstance(label, bool) or not isinstance(label, (int, np.integer, jax.Array, np.ndarray)):
+    raise ValueError(f"label must be an int in [0, {num_classes}) or an int array, got {label!r}.")
+  # Python and numpy labels stay numpy (checked here even inside a trace); a jax array is
+  # checked when it has a value.
+  labels = label if isinstance(label, jax.Array) else np.asarray(label)
+  if not jnp.issubdtype(labels.dtype, jnp.integer) or labels.ndim > 1:
+    raise ValueError(
+      f"label must be an int in [0, {num_classes}) or an int array [num_samples], got "
+      f"dtype {labels.dtype} and shape {labels.shape}."
+    )
+  if labels.ndim == 1 and labels.shape[0] != num_samples:
+    raise ValueError(f"label has {labels.shape[0]} entries for {num_samples} samples.")
+  if _is_concrete(labels):
+    bad = np.asarray(labels)[(np.asarray(labels) < 0) | (np.asarray(labels) >= num_classes)]
+    if bad.size:
+      raise ValueError(f"label must be an int in [0, {num_classes}), got {int(bad.ravel()[0])}.")
+  return jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (num_samples,))
 
 
 def _decode(model, params, z_0, key, decode):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import time
 
 import jax
@@ -25,8 +26,10 @@ from vdm_jax.runtime import signals as _signals
 from vdm_jax.runtime import storage
 
 __all__ = [
+  "class_grids",
   "draw_samples",
   "jit_sampler",
+  "render_class_grids",
   "render_samples",
   "sample_checkpoint",
   "write_sample_grid",
@@ -142,4 +145,108 @@ def render_samples(result: dict) -> str:
     f"{result['num_samples']} samples ({result['method']}, T={result['num_steps']}, "
     f"step {result['checkpoint_step']}) in {result['seconds']:.1f} s (compile included): "
     f"{', '.join(result['paths'])}"
+  )
+
+
+def class_grids(
+  run,
+  *,
+  output: str,
+  guidance=(0.0,),
+  per_class: int = 8,
+  num_steps: int = 20,
+  seed: int = 0,
+  scale: int = 3,
+) -> dict:
+  """Guided samples of a class-conditional image model, a row per class, one PNG per weight.
+
+  Row y holds `per_class` samples of class y drawn with DPM-Solver++ 2M in `num_steps`
+  steps and guidance weight W (`sampling.guided_eps`), decoded by sampling the exact
+  decoder. Sample n of every row and weight is drawn from the key `fold_in(key(seed), n)`,
+  exactly as `sample_checkpoint(method="dpm_solver", label=y, guidance=W, seed=seed)`
+  draws its sample n. Labels and W are inputs of one compiled function, so all classes
+  and weights cost one compilation. Writes, per W, the PNG `output` with "{w}" replaced by
+  W and the samples `[C, per_class, H, W, C]` as the .npz beside it; prints nothing.
+
+  Args:
+    run: a loaded class-conditional run of images (`runs.load_run`).
+    output: PNG path; needs "{w}" when there are several weights.
+    guidance: the weights W >= 0.
+    per_class, num_steps, seed: samples per class, solver steps, seed.
+    scale: pixels per data pixel in the PNG.
+
+  Returns:
+    {"paths": [(png, npz) per W], "seconds": [per W; the first includes compilation],
+    "guidance", "num_classes", "per_class", "num_steps", "checkpoint_step"}:
+    `render_class_grids` prints it.
+  """
+  model = run.model
+  weights = [float(w) for w in guidance]
+  if not weights or any(not w >= 0 for w in weights):
+    raise ValueError(f"guidance: give weights W >= 0, got {list(guidance)}.")
+  if len(weights) > 1 and "{w}" not in output:
+    raise ValueError(
+      f"output={output!r} has no '{{w}}' for the weight: {len(weights)} grids would "
+      "overwrite each other (e.g. grid_w{w}.png)."
+    )
+  num_classes = getattr(model, "num_classes", 0)
+  if not num_classes or len(model.data_shape) != 3:
+    raise ValueError(f"{run.workdir}: not a class-conditional model of images.")
+
+  def one(params, key, label, w):
+    options = {"num_steps": num_steps, "method": "dpm_solver", "label": label, "guidance": w}
+    return model.sample(params, key, 1, **options)[0]
+
+  draw = jax.jit(jax.vmap(one, in_axes=(None, 0, 0, None)))
+  key = jax.random.key(seed)
+  keys = jnp.tile(
+    jax.vmap(lambda n: jax.random.fold_in(key, n))(jnp.arange(per_class)), num_classes
+  )
+  labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), per_class)
+  paths, seconds = [], []
+  for w in weights:
+    start = time.perf_counter()
+    kept = "the grids of the weights before it were written" if paths else "nothing was written"
+    with _signals.exit_at_once(f"while drawing the grid of W={w:g}; {kept}"):
+      samples = np.asarray(draw(run.params, keys, labels, jnp.float32(w)))
+    seconds.append(time.perf_counter() - start)
+    rows = samples.reshape(num_classes, per_class, *model.data_shape)
+    png = output.replace("{w}", f"{w:g}")
+    npz = os.path.splitext(png)[0] + ".npz"
+    if jax.process_index() == 0:
+      storage.makedirs(storage.dirname(storage.resolve(png)))
+      buffer = io.BytesIO()
+      np.savez(buffer, samples=rows, labels=np.arange(num_classes), guidance=w)
+      storage.write_atomic(npz, buffer.getvalue())
+      images.save_png(png, _rows_grid(rows, model.vocab_size, scale))
+    paths.append((png, npz))
+  return {
+    "paths": paths,
+    "seconds": seconds,
+    "guidance": weights,
+    "num_classes": num_classes,
+    "per_class": per_class,
+    "num_steps": num_steps,
+    "checkpoint_step": run.step,
+  }
+
+
+def _rows_grid(rows: np.ndarray, vocab_size: int, scale: int) -> np.ndarray:
+  """uint8 image of `rows` `[R, N, H, W, C]`: a strip per row, images side by side, one
+  white pixel between neighbours."""
+  tiles = [[images.image_grid(image[None], vocab_size) for image in r] for r in rows]
+  strips = [np.concatenate([r[0]] + [t[:, 1:] for t in r[1:]], 1) for r in tiles]
+  grid = np.concatenate([strips[0]] + [s[1:] for s in strips[1:]], 0)
+  return grid.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def render_class_grids(result: dict) -> str:
+  """`class_grids`'s result as a line per weight."""
+  return "\n".join(
+    f"{result['num_classes']} classes x {result['per_class']} samples (dpm_solver, "
+    f"T={result['num_steps']}, W={w:g}, step {result['checkpoint_step']}) in {s:.1f} s"
+    f"{' (compilation included)' if i == 0 else ''}: {png}, {npz}"
+    for i, (w, s, (png, npz)) in enumerate(
+      zip(result["guidance"], result["seconds"], result["paths"], strict=True)
+    )
   )

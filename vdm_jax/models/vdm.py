@@ -124,8 +124,8 @@ class VDM:
     num_steps: int = 1000,
     method: str = "ancestral",
     decode: str = "sample",
-    label: int | None = None,
-    guidance: float = 0.0,
+    label: int | jax.Array | None = None,
+    guidance: float | jax.Array = 0.0,
   ):
     """int32 samples `[num_samples, *data_shape]` (`sampling.sample`: T reverse steps,
     "ancestral", "ddim" or "dpm_solver"; decode "sample" or "mode"; a class-conditional
