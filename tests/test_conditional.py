@@ -320,13 +320,38 @@ def test_ode_evaluation_solves_every_label_with_the_same_noise(digits_cond, monk
     )
 
   monkeypatch.setattr(ode, "dequantized_bpd", stand_in)
+  # Hutchinson's estimator (the default above 8 dimensions): the marginal is cross-fitted
+  # with label weights from the per-label ELBO. Stand-in pilots that favour label 0 as the
+  # values do: with pilots equal to the values it would be their log-sum-exp exactly.
+  pilots_seen, stand_in_pilots = [], np.tile(np.arange(10.0) * 44.0, (300, 1))
+
+  def pilots(model, params_, config_, mesh_, *, split, batch_size, key):
+    pilots_seen.append(batch_size)  # (balanced: 128 asked for is 3 batches of 100)
+    return stand_in_pilots
+
+  monkeypatch.setattr(ode, "_elbo_pilots", pilots)
   run = functools.partial(ode.evaluate_ode, vdm, params, config, mesh, key=jax.random.key(3))
   result, other = run(batch_size=128), run(batch_size=300)
+  assert pilots_seen == [100, 300] and result["marginal_weights"] == "per-label ELBO"
   bits = result["_per_label"] / (vdm.num_dims * np.log(2.0))  # [N, C + 1]
   offsets = bits - bits[:, :1]
   np.testing.assert_allclose(offsets, np.tile(np.arange(11.0), (300, 1)), atol=1e-4)
   np.testing.assert_allclose(other["_per_label"], result["_per_label"], rtol=1e-6)
   assert result["bpd_null"] > result["bpd_conditional"] > result["bpd"]
+  per_label = result["_per_label"][:, :10]
+  cross_fitted = bpd.cross_fitted_marginal_nats(per_label[None], stand_in_pilots[None])
+  to_bits = 1.0 / (vdm.num_dims * np.log(2.0))
+  np.testing.assert_allclose(result["bpd"], cross_fitted.mean() * to_bits, rtol=1e-9)
+  # Never below the log-sum-exp of the same values (Gibbs' inequality), here near it.
+  log_sum_exp = bpd.marginal_nats(per_label).mean() * to_bits
+  assert log_sum_exp <= result["bpd"] < log_sum_exp + 0.01
+  # Exact traces: the log-sum-exp itself (unbiased: the same noise u for every label), and
+  # no ELBO pass.
+  exact = run(batch_size=300, exact_divergence=True)
+  assert len(pilots_seen) == 2 and exact["marginal_weights"] == "exact"
+  np.testing.assert_allclose(
+    exact["bpd"], bpd.marginal_nats(exact["_per_label"][:, :10]).mean() * to_bits, rtol=1e-9
+  )
 
 
 def test_cross_fitted_marginal_is_a_bound_where_the_log_sum_exp_of_estimates_is_not():

@@ -161,6 +161,31 @@ def dequantized_bpd(model, params, k, key, **kwargs):
   return elbo.bits_per_dim(nats + latent_kl, dims)
 
 
+# fold_in data of the ELBO pilots' key: never an example index, so never a solve's key.
+_PILOT_STREAM = 2**32 - 1
+
+
+def _elbo_pilots(model, params, config, mesh, *, split, batch_size, key) -> np.ndarray:
+  """Nats `[N, C]` in split order: each example's continuous-time ELBO under every label,
+  from a key independent of the ODE's dequantisation noise and probes (one pass each)."""
+  pilot_key = jax.random.fold_in(key, _PILOT_STREAM)
+  columns = [
+    bpd.per_example_terms(
+      model,
+      params,
+      config,
+      mesh,
+      split=split,
+      num_steps=0,
+      key=pilot_key,
+      batch_size=batch_size,
+      label=c,
+    )["total"]
+    for c in range(model.num_classes)
+  ]
+  return np.stack(columns, axis=1)
+
+
 def evaluate_ode(
   model,
   params,
@@ -185,6 +210,14 @@ def evaluate_ode(
   probes (paired), so C + 1 times the cost; "bpd" is then the marginal bound
   -log sum_y p(y) P(k | y) with the uniform prior, beside "bpd_conditional" and "bpd_null"
   (`bpd.label_bounds`), and "_per_label" holds the per-label nats `[N, C + 1]`.
+
+  With exact traces and the same dequantisation noise u for every label, the log-sum-exp
+  of the per-label values is -log p(k + u) of the label mixture itself: an unbiased
+  estimate of its dequantised bound. With Hutchinson's estimator the per-label values are
+  noisy and their log-sum-exp is biased low (Jensen's inequality), so the marginal is then
+  `bpd.cross_fitted_marginal_nats` with label weights from the per-label ELBO (one
+  continuous-time pass per label, drawn independently of the probes), a bound in
+  expectation; "marginal_weights" says which was used.
   """
   if not model.diffusion_time:
     raise ValueError(
@@ -253,7 +286,16 @@ def evaluate_ode(
   }
   if num_classes:
     nats = values * model.num_dims * math.log(2.0)  # [N, C + 1]
-    bounds = bpd.label_bounds(nats, np.concatenate(labels)[order], model.num_dims)
+    marginal = None
+    if not exact_divergence:
+      pilots = _elbo_pilots(
+        model, params, config, mesh, split=split, batch_size=batch_size, key=key
+      )
+      marginal = bpd.cross_fitted_marginal_nats(nats[None, :, :num_classes], pilots[None])
+    settings["marginal_weights"] = "exact" if exact_divergence else "per-label ELBO"
+    bounds = bpd.label_bounds(
+      nats, np.concatenate(labels)[order], model.num_dims, marginal=marginal
+    )
     return bounds | {"num_examples": int(nats.shape[0]), "_per_label": nats} | settings
   return {
     "bpd": float(values.mean()),
