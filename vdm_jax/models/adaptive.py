@@ -53,8 +53,9 @@ import jax
 import jax.numpy as jnp
 
 from vdm_jax import elbo, gaussian, predictions, sampling, schedules, times
-from vdm_jax.models.interface import as_batch
+from vdm_jax.models.interface import as_batch, with_total
 from vdm_jax.models.vae import VAEEncoder
+from vdm_jax.models.vdm import endpoint_terms
 
 __all__ = [
   "TERMS",
@@ -314,9 +315,7 @@ class AdaptiveVDM:
     KL(q(c | x) || N(0, I)) in the sum "total".
     """
     num_steps = self.num_steps if num_steps is None else num_steps
-    k = as_batch(batch)["image"]
-    if k.shape[1:] != self.data_shape:
-      raise ValueError(f"Data of shape {k.shape} does not match the model's {self.data_shape}.")
+    k = as_batch(batch, self.data_shape)["image"]
     x = elbo.encode(k, self.vocab_size)
     batch_size = x.shape[0]
     key_c, key_t, key_0, key_e, key_d = jax.random.split(key, 5)
@@ -327,9 +326,7 @@ class AdaptiveVDM:
 
     gamma_0, _ = self.gamma_map(params, c, 0.0)  # = gamma_min everywhere, whatever c
     gamma_1, _ = self.gamma_map(params, c, 1.0)
-    z_0 = gaussian.q_sample(x, gamma_0, jax.random.normal(key_0, x.shape))
-    recon = elbo.reconstruction_loss(k, z_0, gamma_0, vocab_size=self.vocab_size)
-    prior = elbo.prior_loss(x, gamma_1)
+    recon, prior = endpoint_terms(key_0, k, gamma_0, gamma_1, vocab_size=self.vocab_size)
 
     if t is None:
       t = times.sample_times(key_t, batch_size, num_steps=num_steps, antithetic=self.antithetic)
@@ -346,16 +343,8 @@ class AdaptiveVDM:
     if t_weight is not None:
       diffusion = diffusion * t_weight
 
-    total = recon + prior + diffusion + latent_kl
-    return {
-      "recon": recon,
-      "prior": prior,
-      "diffusion": diffusion,
-      "latent_kl": latent_kl,
-      "total": total,
-      "bpd": elbo.bits_per_dim(total, self.num_dims),
-      "t": t,
-    }
+    terms = {"recon": recon, "prior": prior, "diffusion": diffusion, "latent_kl": latent_kl}
+    return with_total(terms, self.num_dims, t=t)
 
 
 def _latent_kl(mean, var):

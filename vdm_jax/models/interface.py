@@ -18,20 +18,35 @@ from typing import Any, Protocol
 
 import jax
 
-__all__ = ["DiffusionModel", "Model", "as_batch"]
+from vdm_jax import elbo
+
+__all__ = ["DiffusionModel", "Model", "as_batch", "with_total"]
 
 Params = Any  # a pytree of arrays
 
 
-def as_batch(batch) -> dict:
-  """The batch as a dict with "image": a dict is returned as a dict, an array is wrapped."""
+def as_batch(batch, data_shape: tuple[int, ...] | None = None) -> dict:
+  """The batch as a dict with "image": a dict is returned as a dict, an array is wrapped.
+  With `data_shape`, raises ValueError unless "image" is `[B, *data_shape]`."""
   if isinstance(batch, Mapping):
     if "image" not in batch:
       raise ValueError(
         f"A batch dict needs the integer data under 'image'; it has keys {sorted(batch)}."
       )
-    return dict(batch)
-  return {"image": batch}
+    batch = dict(batch)
+  else:
+    batch = {"image": batch}
+  shape = batch["image"].shape
+  if data_shape is not None and tuple(shape[1:]) != tuple(data_shape):
+    raise ValueError(f"Data of shape {shape} does not match the model's {tuple(data_shape)}.")
+  return batch
+
+
+def with_total(terms: dict, num_dims: int, **extra) -> dict:
+  """`terms` (nats `[B]` each) with their sum "total" and its "bpd" (bits/dim over
+  `num_dims`), then `extra` (e.g. the diffusion times "t"): a model's `loss_terms`."""
+  total = sum(terms.values())
+  return {**terms, "total": total, "bpd": elbo.bits_per_dim(total, num_dims), **extra}
 
 
 class Model(Protocol):

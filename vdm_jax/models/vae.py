@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm_jax import elbo, vae_elbo
-from vdm_jax.models.interface import as_batch
+from vdm_jax.models.interface import as_batch, with_total
 
 __all__ = ["TERMS", "GaussianVAE", "VAEDecoder", "VAEEncoder"]
 
@@ -150,15 +150,12 @@ class GaussianVAE:
       dict with "recon", "kl", "total" (nats, `[B]`) and "bpd" (`[B]`).
     """
     del train
-    k = as_batch(batch)["image"]
-    if k.shape[1:] != self.data_shape:
-      raise ValueError(f"Data of shape {k.shape} does not match the model's {self.data_shape}.")
+    k = as_batch(batch, self.data_shape)["image"]
     mean, log_var = self.encode(params, k)
     terms = vae_elbo.vae_elbo(
       key, k, mean, log_var, lambda z: self.logits(params, z), num_samples=self.num_samples
     )
-    total = terms["recon"] + terms["kl"]
-    return {**terms, "total": total, "bpd": elbo.bits_per_dim(total, self.num_dims)}
+    return with_total({"recon": terms["recon"], "kl": terms["kl"]}, self.num_dims)
 
   def sample(self, params, key, num_samples: int, *, decode: str = "sample"):
     """Ancestral samples: z ~ N(0, I), then k ~ p(k | z) ("sample") or its argmax ("mode").

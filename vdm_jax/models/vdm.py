@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm_jax import elbo, gaussian, predictions, sampling, schedules, times
-from vdm_jax.models.interface import as_batch
+from vdm_jax.models.interface import as_batch, with_total
 from vdm_jax.models.schedule_modules import FixedSchedule
 
 __all__ = ["TERMS", "VDM"]
@@ -180,18 +180,14 @@ class VDM:
       diffusion times "t" (`[B]`).
     """
     num_steps = self.num_steps if num_steps is None else num_steps
-    batch = as_batch(batch)
+    batch = as_batch(batch, self.data_shape)
     k = batch["image"]
-    if k.shape[1:] != self.data_shape:
-      raise ValueError(f"Data of shape {k.shape} does not match the model's {self.data_shape}.")
     x = elbo.encode(k, self.vocab_size)
     batch_size = x.shape[0]
     key_t, key_0, key_e, key_d = jax.random.split(key, 4)
 
     gamma_0, gamma_1 = self.gamma(params, jnp.zeros(())), self.gamma(params, jnp.ones(()))
-    z_0 = gaussian.q_sample(x, gamma_0, jax.random.normal(key_0, x.shape))
-    recon = elbo.reconstruction_loss(k, z_0, gamma_0, vocab_size=self.vocab_size)
-    prior = elbo.prior_loss(x, gamma_1)
+    recon, prior = endpoint_terms(key_0, k, gamma_0, gamma_1, vocab_size=self.vocab_size)
 
     if t is None:
       t = times.sample_times(key_t, batch_size, num_steps=num_steps, antithetic=self.antithetic)
@@ -217,15 +213,18 @@ class VDM:
     if t_weight is not None:
       diffusion = diffusion * t_weight
 
-    total = recon + prior + diffusion
-    return {
-      "recon": recon,
-      "prior": prior,
-      "diffusion": diffusion,
-      "total": total,
-      "bpd": elbo.bits_per_dim(total, self.num_dims),
-      "t": jnp.broadcast_to(t, (batch_size,)),
-    }
+    terms = {"recon": recon, "prior": prior, "diffusion": diffusion}
+    return with_total(terms, self.num_dims, t=jnp.broadcast_to(t, (batch_size,)))
+
+
+def endpoint_terms(key, k, gamma_0, gamma_1, *, vocab_size: int):
+  """The ELBO's two end terms of integer data k `[B, ...]`, nats `[B]` each: the
+  reconstruction -log p(k | z_0) at one z_0 ~ q(z_0 | x) drawn with `key`, and the prior
+  KL(q(z_1 | x) || N(0, I)); gamma_0, gamma_1 scalars, `[B]` or per dimension."""
+  x = elbo.encode(k, vocab_size)
+  z_0 = gaussian.q_sample(x, gamma_0, jax.random.normal(key, x.shape))
+  recon = elbo.reconstruction_loss(k, z_0, gamma_0, vocab_size=vocab_size)
+  return recon, elbo.prior_loss(x, gamma_1)
 
 
 def _schedule_paths(gamma_fn, t, g0, g1):
