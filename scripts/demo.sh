@@ -8,15 +8,7 @@
 #   bash scripts/demo.sh [--config.train.num_steps=N ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  "${PYTHON:-python3}" -m venv .venv
-fi
-.venv/bin/python -c 'import sys; sys.version_info[:2] == (3, 11) or print(
-  f"Note: .venv has Python {sys.version.split()[0]}; requirements/lock-py311.txt is "
-  "resolved and tested for 3.11 (PYTHON=python3.11 picks it for a new .venv).")'
-# The exact versions CI tests (requirements/lock-py311.txt), then vdm_jax itself.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/lock-py311.txt
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+source scripts/_venv.sh
 WORKDIR="${WORKDIR:-runs/digits}"
 .venv/bin/python scripts/train.py --config=configs/digits.py --workdir="$WORKDIR" "$@"
 echo

@@ -4,14 +4,7 @@
 # and runs the test suite with the docstring examples, less the tests marked slow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  "${PYTHON:-python3}" -m venv .venv
-fi
-.venv/bin/python -c 'import sys; sys.version_info[:2] == (3, 11) or print(
-  f"Note: .venv has Python {sys.version.split()[0]}; requirements/lock-py311.txt is "
-  "resolved and tested for 3.11 (PYTHON=python3.11 picks it for a new .venv).")'
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/lock-py311.txt
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+source scripts/_venv.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # Without arguments, the tests marked slow (end-to-end runs of a minute or more: the

@@ -101,6 +101,14 @@ def _reverse(x_hat_fn: XHatFn, z_t, gamma_s, gamma_t):
   return gaussian.q_posterior(z_t, x_hat, gamma_s, gamma_t)
 
 
+def _trajectory_and_recon(key, x, schedule, num_steps, nll_fn):
+  """(x as float, gammas `[N + 1]`, z `[N + 1, B, ...]` of `sample_trajectory`, the
+  reconstruction -log p(x | z_0) `[B]`): what every form of the ELBO starts from."""
+  x = _checks.as_float("x", x)
+  gammas, z = sample_trajectory(key, x, schedule, num_steps)
+  return x, gammas, z, nll_fn(x, z[0], jnp.full((x.shape[0],), gammas[0]))
+
+
 def negative_elbo_denoising(
   key: jax.Array,
   x: ArrayLike,
@@ -123,10 +131,8 @@ def negative_elbo_denoising(
   Returns:
     `[B]` nats: -log p(x|z_0) + KL(q(z_1|x) || N(0,I)) + sum_j KL(q(z_s|z_t,x) || p(z_s|z_t)).
   """
-  x = _checks.as_float("x", x)
-  gammas, z = sample_trajectory(key, x, schedule, num_steps)
+  x, gammas, z, recon = _trajectory_and_recon(key, x, schedule, num_steps, nll_fn)
   batch = x.shape[0]
-  recon = nll_fn(x, z[0], jnp.full((batch,), gammas[0]))
   prior = elbo.prior_loss(x, gammas[-1])
 
   def term(z_t, g_s, g_t):
@@ -180,10 +186,7 @@ def negative_elbo_consistency(
   `negative_elbo_denoising`). `bridge=False` evaluates the derivation's literal
   $D_{KL}(q(z_j \mid z_{j-1}) \| p(z_j \mid z_{j+1}))$ instead, which is biased (tested).
   """
-  x = _checks.as_float("x", x)
-  gammas, z = sample_trajectory(key, x, schedule, num_steps)
-  batch = x.shape[0]
-  recon = nll_fn(x, z[0], jnp.full((batch,), gammas[0]))
+  x, gammas, z, recon = _trajectory_and_recon(key, x, schedule, num_steps, nll_fn)
 
   # KL(q(z_1 | z_{t_{N-1}}) || N(0, I)).
   mean_1, var_1 = _forward_transition(z[-2], gammas[-2], gammas[-1])
@@ -235,10 +238,7 @@ def negative_elbo_sampled(
   as `negative_elbo_denoising`; the baseline against which the analytic forms reduce
   variance.
   """
-  x = _checks.as_float("x", x)
-  gammas, z = sample_trajectory(key, x, schedule, num_steps)
-  batch = x.shape[0]
-  recon = nll_fn(x, z[0], jnp.full((batch,), gammas[0]))
+  x, gammas, z, recon = _trajectory_and_recon(key, x, schedule, num_steps, nll_fn)
   alpha_0, sigma_0 = schedules.alpha_sigma(gammas[0])
   log_q = gaussian.gaussian_log_prob(z[0], alpha_0 * x, sigma_0**2)
   log_p = gaussian.gaussian_log_prob(z[-1], 0.0, 1.0)

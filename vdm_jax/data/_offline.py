@@ -44,6 +44,14 @@ def check_writable(data_dir: str, dataset_dir: str, *, name: str, build_time: st
     )
 
 
+def prepare(builder, data_dir: str, *, name: str, build_time: str) -> None:
+  """Builds the tfds `builder`'s dataset (array_record) unless it is already prepared,
+  after `check_writable`: idempotent, and nothing is written when it cannot be built."""
+  if not builder.is_prepared():
+    check_writable(data_dir, os.path.dirname(builder.data_path), name=name, build_time=build_time)
+    builder.download_and_prepare(file_format="array_record")
+
+
 def prepared_source(
   builder, data_dir: str, split: str, *, name: str, module: str, splits, build_time: str
 ):

@@ -131,12 +131,7 @@ def prepare(data_dir: str) -> None:
     data_dir cannot be written; nothing is written then.
   """
   data_dir = os.path.expanduser(os.fspath(data_dir))
-  builder = _builder(data_dir)
-  if not builder.is_prepared():
-    _offline.check_writable(
-      data_dir, os.path.dirname(builder.data_path), name="digits", build_time="about a second"
-    )
-    builder.download_and_prepare(file_format="array_record")
+  _offline.prepare(_builder(data_dir), data_dir, name="digits", build_time="about a second")
 
 
 def data_source(data_dir: str, split: str):

@@ -285,12 +285,7 @@ def _builder(data_dir: str) -> PhotoPatches:
 def prepare(data_dir: str) -> None:
   """Builds the dataset under `data_dir/photo_patches/1.0.0/` unless already built (idempotent)."""
   data_dir = os.path.expanduser(os.fspath(data_dir))
-  builder = _builder(data_dir)
-  if not builder.is_prepared():
-    _offline.check_writable(
-      data_dir, os.path.dirname(builder.data_path), name="photos", build_time="a few seconds"
-    )
-    builder.download_and_prepare(file_format="array_record")
+  _offline.prepare(_builder(data_dir), data_dir, name="photos", build_time="a few seconds")
 
 
 def data_source(data_dir: str, split: str):
