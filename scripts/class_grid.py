@@ -15,22 +15,17 @@ from absl import flags
 
 from vdm_jax import _cli
 
-_CONFIG = _cli.define_config(
-  "Default: the run's record. A name, .py file or config.json.", required=False
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a class-conditional run.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_RUN = _cli.define_run_flags("Work directory of a class-conditional run.")
 _GUIDANCE = flags.DEFINE_list("guidance", ["0"], "Guidance weights W >= 0, one PNG each.")
 _PER_CLASS = flags.DEFINE_integer("per_class", 8, "Samples per class (one row each).")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 20, "DPM-Solver steps T.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _SCALE = flags.DEFINE_integer("scale", 3, "Pixels per data pixel in the PNG.")
 _OUTPUT = flags.DEFINE_string("output", None, "PNG path; {w} is replaced by each W.")
-flags.mark_flags_as_required(["workdir", "output"])
+flags.mark_flags_as_required(["output"])
 for _name in ["per_class", "num_steps", "scale"]:
   _cli.check_flag_range(_name, minimum=1)
 _cli.check_flag_range("seed", minimum=0)
-_cli.check_flag_range("step", minimum=0, optional=True)
 _cli.check_output_flag("output")
 
 
@@ -62,10 +57,10 @@ def _check_guidance(values) -> bool:
 
 
 def main(argv):
-  _cli.start(argv, None, _CONFIG.value)
-  from vdm_jax.evaluation import checkpoint_samples, runs
+  _cli.start(argv, None, _RUN.config.value)
+  from vdm_jax.evaluation import checkpoint_samples
 
-  run_ = runs.load_run(_WORKDIR.value, step=_STEP.value, config=_CONFIG.value)
+  run_ = _RUN.load()
   result = checkpoint_samples.class_grids(
     run_,
     output=_OUTPUT.value,

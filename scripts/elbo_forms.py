@@ -11,9 +11,11 @@ from absl import flags
 from vdm_jax import _cli
 
 _TARGET = flags.DEFINE_enum("target", "gaussian", ["gaussian", "checkpoint"], "What to measure.")
-_CONFIG = _cli.define_config("checkpoint: default the run's record.", required=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (checkpoint).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_RUN = _cli.define_run_flags(
+  "Training run directory (checkpoint).",
+  config_help="checkpoint: default the run's record.",
+  required=False,
+)
 _SPLIT = flags.DEFINE_string("split", "test", "Split whose first examples are used (checkpoint).")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 16, "N, the number of latent steps.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Trajectories per example.")
@@ -39,20 +41,19 @@ _OUTPUT = flags.DEFINE_string(
 
 for _name in ["num_steps", "num_samples", "num_examples", "chunk", "dims"]:
   _cli.check_flag_range(_name, minimum=1)
-_cli.check_flag_range("step", minimum=0, optional=True)
 _cli.check_flag_range("seed", minimum=0)
 _cli.check_output_flag("output")
 
 
 def main(argv):
-  _cli.start(argv, config=_CONFIG.value)
+  _cli.start(argv, config=_RUN.config.value)
   from vdm_jax.evaluation import elbo_forms
 
   result = elbo_forms.compare_forms(
     _TARGET.value,
-    config=_CONFIG.value,
-    workdir=_WORKDIR.value,
-    step=_STEP.value,
+    config=_RUN.config.value,
+    workdir=_RUN.workdir.value,
+    step=_RUN.step.value,
     split=_SPLIT.value,
     num_steps=_NUM_STEPS.value,
     num_samples=_NUM_SAMPLES.value,

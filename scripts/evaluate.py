@@ -27,11 +27,7 @@ from absl import flags
 
 from vdm_jax import _cli
 
-_CONFIG = _cli.define_config(
-  "Default: the run's record. A name, .py file or config.json.", required=False
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the training run.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_RUN = _cli.define_run_flags()
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
 _METHOD = flags.DEFINE_enum("method", "elbo", ["elbo", "ode"], "ELBO or probability-flow ODE.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "T for the ELBO (0 = continuous time).")
@@ -56,7 +52,6 @@ for _name in ["passes", "num_bins"]:
   _cli.check_flag_range(_name, minimum=1)
 _cli.check_flag_range("batch_size", minimum=1, optional=True)
 _cli.check_flag_range("num_steps", minimum=0, optional=True)
-_cli.check_flag_range("step", minimum=0, optional=True)
 # rtol = atol: float32 cannot resolve a relative error below its epsilon (2**-23), and a
 # tolerance of 1 or more bounds nothing.
 _cli.check_flag_range("ode_tol", minimum=2**-23, maximum=1, why="float32's epsilon to 1")
@@ -65,10 +60,10 @@ _cli.check_flag_range("seed", minimum=0, optional=True)
 
 
 def main(argv):
-  _cli.start(argv, _LAUNCH, _CONFIG.value)
-  from vdm_jax.evaluation import report, runs
+  _cli.start(argv, _LAUNCH, _RUN.config.value)
+  from vdm_jax.evaluation import report
 
-  run_ = runs.load_run(_WORKDIR.value, step=_STEP.value, config=_CONFIG.value)
+  run_ = _RUN.load()
   if _CLASSIFY.value:
     from vdm_jax.evaluation import classify
 

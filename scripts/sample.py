@@ -14,11 +14,7 @@ from absl import flags
 
 from vdm_jax import _cli
 
-_CONFIG = _cli.define_config(
-  "Default: the run's record. A name, .py file or config.json.", required=False
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the training run.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_RUN = _cli.define_run_flags()
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Number of samples.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 1000, "Reverse steps T.")
 _METHOD = flags.DEFINE_enum(
@@ -36,7 +32,6 @@ _LAUNCH = _cli.define_launch_flags()
 flags.mark_flags_as_required(["workdir"])
 for _name in ["num_samples", "num_steps"]:
   _cli.check_flag_range(_name, minimum=1)
-_cli.check_flag_range("step", minimum=0, optional=True)
 _cli.check_flag_range("seed", minimum=0)
 _cli.check_flag_range("label", minimum=0, optional=True)
 _cli.check_flag_range("guidance", minimum=0)
@@ -44,12 +39,12 @@ _cli.check_output_flag("output", prefix=True)
 
 
 def main(argv):
-  _cli.start(argv, _LAUNCH, _CONFIG.value)
+  _cli.start(argv, _LAUNCH, _RUN.config.value)
   import jax
 
-  from vdm_jax.evaluation import checkpoint_samples, runs
+  from vdm_jax.evaluation import checkpoint_samples
 
-  run_ = runs.load_run(_WORKDIR.value, step=_STEP.value, config=_CONFIG.value)
+  run_ = _RUN.load()
   result = checkpoint_samples.sample_checkpoint(
     run_,
     num_samples=_NUM_SAMPLES.value,

@@ -12,11 +12,7 @@ from absl import flags
 
 from vdm_jax import _cli
 
-_CONFIG = _cli.define_config(
-  "Default: the run's record. A name, .py file or config.json.", required=False
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the training run.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_RUN = _cli.define_run_flags()
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 256, "Test examples in the batch.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 0, "T (0 = continuous time).")
 _NUM_BINS = flags.DEFINE_integer("num_bins", 32, "Bins of the proposal (continuous time).")
@@ -29,16 +25,15 @@ for _name in ["num_examples", "num_bins", "reps", "pilot"]:
   _cli.check_flag_range(_name, minimum=1)
 for _name in ["num_steps", "seed"]:
   _cli.check_flag_range(_name, minimum=0)
-_cli.check_flag_range("step", minimum=0, optional=True)
 _cli.check_output_flag("output")
 
 
 def main(argv):
-  _cli.start(argv, config=_CONFIG.value)
-  from vdm_jax.evaluation import diagnostics, runs
+  _cli.start(argv, config=_RUN.config.value)
+  from vdm_jax.evaluation import diagnostics
   from vdm_jax.runtime import workdir
 
-  run_ = runs.load_run(_WORKDIR.value, step=_STEP.value, config=_CONFIG.value)
+  run_ = _RUN.load()
   result = diagnostics.time_variance_of_run(
     run_,
     num_examples=_NUM_EXAMPLES.value,

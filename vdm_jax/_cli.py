@@ -309,6 +309,36 @@ def define_config(help_string: str, *, required: bool = True):
   return holder
 
 
+class RunFlags:
+  """The holders of `--config`, `--workdir` and `--step` of a tool that reads a run."""
+
+  def __init__(self, config, workdir, step):
+    self.config, self.workdir, self.step = config, workdir, step
+
+  def load(self):
+    """The run (`evaluation.runs.load_run`) that the flags name."""
+    from vdm_jax.evaluation import runs
+
+    return runs.load_run(self.workdir.value, step=self.step.value, config=self.config.value)
+
+
+def define_run_flags(
+  workdir_help: str = "Work directory of the training run.",
+  *,
+  config_help: str = "Default: the run's record. A name, .py file or config.json.",
+  required: bool = True,
+) -> RunFlags:
+  """Defines `--config` (optional: the run's record by default), `--workdir` (required
+  unless `required=False`) and `--step` (>= 0; default the latest checkpoint)."""
+  config = define_config(config_help, required=False)
+  workdir = flags.DEFINE_string("workdir", None, workdir_help)
+  step = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  if required:
+    flags.mark_flag_as_required("workdir")
+  check_flag_range("step", minimum=0, optional=True)
+  return RunFlags(config, workdir, step)
+
+
 def _flag_value(argv: list[str], name: str) -> str | None:
   value = None
   for i, arg in enumerate(argv):
