@@ -40,15 +40,37 @@ TINY_MODEL_FLAGS = (
 )
 
 
-def run_script(script: str, *args, config: str = "digits.py", tiny: bool = False, env=None):
-  """Runs `scripts/<script> --config=configs/<config> *args` (with the tiny model of
-  `tiny_config` when `tiny`) and returns the completed process (text output captured)."""
+def script_command(script: str, *args, config: str = "digits.py", tiny: bool = False) -> list:
+  """The command line `python scripts/<script> --config=configs/<config> *args`, then the
+  tiny model of `tiny_config` when `tiny`."""
   command = [
     sys.executable,
     str(REPO / "scripts" / script),
     f"--config={REPO / 'configs' / config}",
   ]
-  command += [str(a) for a in args] + (list(TINY_MODEL_FLAGS) if tiny else [])
+  return command + [str(a) for a in args] + (list(TINY_MODEL_FLAGS) if tiny else [])
+
+
+def train_command(workdir, data_dir, *args) -> list:
+  """`scripts/train.py` of the tiny digits model in `workdir` on the data in `data_dir`,
+  with no checkpoint, evaluation or samples on the way unless `args` ask for them."""
+  return script_command(
+    "train.py",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={data_dir}",
+    "--config.train.batch_size=32",
+    "--config.train.ckpt_every=1000",
+    "--config.train.eval_every=1000",
+    "--config.train.num_samples=0",
+    *args,
+    tiny=True,
+  )
+
+
+def run_script(script: str, *args, config: str = "digits.py", tiny: bool = False, env=None):
+  """Runs `script_command(script, *args, config=config, tiny=tiny)` and returns the
+  completed process (text output captured)."""
+  command = script_command(script, *args, config=config, tiny=tiny)
   return subprocess.run(command, capture_output=True, text=True, env=env)
 
 

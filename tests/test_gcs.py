@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, TINY_MODEL_FLAGS, devices_flags, gcs_emulator
+from helpers import REPO, devices_flags, gcs_emulator, train_command
 
 from vdm_jax.runtime import storage, workdir
 
@@ -231,22 +231,16 @@ def test_gcs_preconditions_and_the_lease_on_the_emulator(gcs):
 
 
 def _train_command(workdir_, data_dir, *extra):
-  return [
-    sys.executable,
-    str(REPO / "scripts" / "train.py"),
-    f"--config={REPO / 'configs' / 'digits.py'}",
-    f"--workdir={workdir_}",
-    f"--config.data.data_dir={data_dir}",
+  return train_command(
+    workdir_,
+    data_dir,
     "--config.train.num_steps=30",
     "--config.train.ckpt_every=10",
     "--config.train.log_every=1",
-    "--config.train.eval_every=1000",
     "--config.train.num_samples=4",
-    "--config.train.batch_size=32",
     "--config.eval.batch_size=256",
-    *TINY_MODEL_FLAGS,
     *extra,
-  ]
+  )
 
 
 def _checksums(text: str) -> dict:

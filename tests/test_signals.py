@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from helpers import REPO, TINY_MODEL_FLAGS, tiny_config
+from helpers import REPO, tiny_config, train_command
 
 from vdm_jax import training
 from vdm_jax.evaluation import bpd
@@ -31,19 +31,7 @@ def data_dir(tmp_path_factory):
 
 
 def _train_command(data_dir, workdir, *flags):
-  return [
-    sys.executable,
-    str(REPO / "scripts" / "train.py"),
-    f"--config={REPO / 'configs' / 'digits.py'}",
-    f"--workdir={workdir}",
-    f"--config.data.data_dir={data_dir}",
-    *TINY_MODEL_FLAGS,
-    "--config.train.batch_size=32",
-    "--config.train.ckpt_every=1000",
-    "--config.train.eval_every=1000",
-    "--config.train.num_samples=0",
-    *flags,
-  ]
+  return train_command(workdir, data_dir, *flags)
 
 
 def test_early_sigint_is_never_swallowed(data_dir, tmp_path):
@@ -75,23 +63,29 @@ def test_early_sigint_is_never_swallowed(data_dir, tmp_path):
       assert (workdir / "checkpoints" / str(step)).is_dir(), where
 
 
-def test_evaluate_stops_at_the_next_batch_and_writes_nothing(data_dir, tmp_path):
+def _evaluate_until(data_dir, tmp_path, *flags, started):
+  """(the run, a `vdm-evaluate --workdir=<run> *flags` process on a tiny 3-step run that
+  has written the stderr text `started`: its progress bar)."""
   run = tmp_path / "run"
   training.train_and_evaluate(tiny_config(data_dir, num_steps=3), str(run))
-  command = [
-    sys.executable,
-    str(REPO / "scripts" / "evaluate.py"),
-    f"--workdir={run}",
-    "--batch_size=8",
-    "--passes=4",
-  ]
+  command = [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"--workdir={run}", *flags]
   proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  seen = ""
+  while not any(text in seen for text in started):
+    char = proc.stderr.read(1)
+    if not char:
+      proc.kill()
+      raise AssertionError(f"evaluate ended before its progress bar: {seen[-2000:]}")
+    seen += char
+  return run, proc
+
+
+def test_evaluate_stops_at_the_next_batch_and_writes_nothing(data_dir, tmp_path):
+  # The progress bar's rate: evaluating.
+  run, proc = _evaluate_until(
+    data_dir, tmp_path, "--batch_size=8", "--passes=4", started=("it/s", "s/it")
+  )
   try:
-    seen = ""
-    while "it/s" not in seen and "s/it" not in seen:  # the progress bar: evaluating
-      char = proc.stderr.read(1)
-      assert char, f"evaluate ended before its progress bar: {seen[-2000:]}"
-      seen += char
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
   finally:
@@ -110,22 +104,11 @@ def test_an_ode_batch_stops_at_once(data_dir, tmp_path):
   """One batch of the ODE evaluation is one compiled call: with --ode_tol=1e-30 (now
   refused) a SIGTERM waited for it over 30 minutes. Now a signal during it exits at once,
   with the smallest tolerance allowed too."""
-  run = tmp_path / "run"
-  training.train_and_evaluate(tiny_config(data_dir, num_steps=3), str(run))
-  command = [
-    sys.executable,
-    str(REPO / "scripts" / "evaluate.py"),
-    f"--workdir={run}",
-    "--method=ode",
-    f"--ode_tol={2**-23}",
-  ]
-  proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # Its progress bar: the first batch starts.
+  run, proc = _evaluate_until(
+    data_dir, tmp_path, "--method=ode", f"--ode_tol={2**-23}", started=("ODE test:",)
+  )
   try:
-    seen = ""
-    while "ODE test:" not in seen:  # its progress bar: the first batch starts
-      char = proc.stderr.read(1)
-      assert char, f"evaluate ended before its progress bar: {seen[-2000:]}"
-      seen += char
     time.sleep(1)
     proc.send_signal(signal.SIGTERM)
     sent = time.monotonic()
