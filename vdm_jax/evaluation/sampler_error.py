@@ -145,30 +145,23 @@ def render(result: dict) -> str:
   methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
   by = {(r["method"], r["num_steps"]): r for r in result["rows"]}
   floor = result["floor"]
-  head = "| sampler | " + " | ".join(f"T={n}" for n in steps) + " |"
-  rule = "|---" * (len(steps) + 1) + "|"
-  lines = [
+
+  def table(title: str, cell) -> list[str]:
+    head = "| sampler | " + " | ".join(f"T={n}" for n in steps) + " |"
+    rows = [f"| {m} | " + " | ".join(cell(by[m, n]) for n in steps) + " |" for m in methods]
+    return [title, "", head, "|---" * (len(steps) + 1) + "|", *rows]
+
+  lines = table(
     f"Energy distance to {result['num_samples']} exact draws (x 1e-3; exact vs exact: "
     f"{1e3 * floor['energy_mean']:.3f} +- {1e3 * floor['energy_std']:.3f} over "
     f"{result['floor_pairs']} pairs)",
-    "",
-    head,
-    rule,
-  ]
-  for m in methods:
-    cells = [f"{1e3 * by[m, n]['energy']:.3f}" for n in steps]
-    lines.append(f"| {m} | " + " | ".join(cells) + " |")
-  lines += [
-    "",
+    lambda r: f"{1e3 * r['energy']:.3f}",
+  )
+  lines += [""] + table(
     f"Mean exact log density of the samples (exact draws: {floor['log_density']:.3f} +- "
     f"{floor['log_density_se']:.3f})",
-    "",
-    head,
-    rule,
-  ]
-  for m in methods:
-    cells = [f"{by[m, n]['log_density']:.3f}" for n in steps]
-    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lambda r: f"{r['log_density']:.3f}",
+  )
   for row in result.get("digits_timing", []):
     lines.append(
       f"digits, 64 samples, {row['method']} T={row['num_steps']}: {row['seconds']:.2f} s "
