@@ -61,13 +61,15 @@ _cli.check_flag_range("seed", minimum=0, optional=True)
 
 def main(argv):
   _cli.start(argv, _LAUNCH, _RUN.config.value)
+  import jax
+
   from vdm_jax.evaluation import report
 
   run_ = _RUN.load()
   if _CLASSIFY.value:
     from vdm_jax.evaluation import classify
 
-    classify.classify_checkpoint(
+    result = classify.classify_checkpoint(
       run_,
       split=_SPLIT.value,
       num_steps=_NUM_STEPS.value,
@@ -76,21 +78,25 @@ def main(argv):
       output=_OUTPUT.value,
       passes=_PASSES.value,
     )
-    return
-  report.evaluate_checkpoint(
-    run_,
-    split=_SPLIT.value,
-    method=_METHOD.value,
-    num_steps=_NUM_STEPS.value,
-    passes=_PASSES.value,
-    batch_size=_BATCH_SIZE.value,
-    exact_time_sum=_EXACT.value,
-    num_bins=_NUM_BINS.value,
-    ode_tol=_ODE_TOL.value,
-    seed=_SEED.value,
-    output=_OUTPUT.value,
-    command=_cli.reproduce_command(run_.step),
-  )
+    render = lambda r: f"{classify.render(r)}\n  JSON: {r['files']['JSON']}"
+  else:
+    result = report.evaluate_checkpoint(
+      run_,
+      split=_SPLIT.value,
+      method=_METHOD.value,
+      num_steps=_NUM_STEPS.value,
+      passes=_PASSES.value,
+      batch_size=_BATCH_SIZE.value,
+      exact_time_sum=_EXACT.value,
+      num_bins=_NUM_BINS.value,
+      ode_tol=_ODE_TOL.value,
+      seed=_SEED.value,
+      output=_OUTPUT.value,
+      command=_cli.reproduce_command(run_.step),
+    )
+    render = report.render_evaluation
+  if jax.process_index() == 0:  # the others wrote nothing
+    print(render(result))
 
 
 def run():

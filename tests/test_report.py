@@ -26,7 +26,7 @@ def toy_run(tmp_path_factory):
 
 
 @pytest.mark.slow  # about 30 s on 2 CPU cores with a cold compilation cache
-def test_evaluate_checkpoint_writes_what_it_returns_and_prints_the_table(toy_run, capsys):
+def test_evaluate_checkpoint_writes_what_it_returns_and_renders_the_table(toy_run, capsys):
   output = toy_run.workdir + "/eval.json"
   result = report.evaluate_checkpoint(toy_run, num_bins=4, output=output, command="cmd")
   assert result == json.loads(open(output).read())
@@ -41,11 +41,11 @@ def test_evaluate_checkpoint_writes_what_it_returns_and_prints_the_table(toy_run
   assert len(rows) == 4  # one row per bin of gamma
   # The diffusion term is the sum over the bins (bits/dim).
   np.testing.assert_allclose(sum(float(r["bpd"]) for r in rows), result["diffusion_bpd"], rtol=1e-4)
-  table = report.format_table(
-    result, split="test", num_steps=0, exact=False, files={"JSON": output}
-  )
-  out = capsys.readouterr().out
-  assert table in out and "reproduce: cmd" in out
+  assert capsys.readouterr().out == ""  # it prints nothing: the tool prints the render
+  base = toy_run.workdir + "/eval"
+  assert result["files"] == {"diffusion by t": f"{base}_by_t.csv, {base}_by_t.png", "JSON": output}
+  table = report.format_table(result, split="test", num_steps=0, exact=False, files=result["files"])
+  assert report.render_evaluation(result) == f"{table}\n  reproduce: cmd"
   assert f"{result['bpd']:.4f} +- {result['bpd_se']:.4f}" in table
 
 

@@ -23,7 +23,6 @@ Nothing depends on the batch an example falls in (batch- and device-invariant).
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +30,7 @@ import numpy as np
 
 from vdm_jax import data
 from vdm_jax.evaluation import bpd
+from vdm_jax.runtime import storage
 
 __all__ = ["classify", "classify_checkpoint", "label_totals", "render", "summarize_labels"]
 
@@ -179,8 +179,9 @@ def classify_checkpoint(
   output: str | None = None,
   passes: int = 1,
 ) -> dict:
-  """`classify` on a loaded checkpoint (`runs.load_run`): prints `render` and writes the
-  JSON (without the per-example arrays) to `output` (default: in the work directory)."""
+  """`classify` on a loaded checkpoint (`runs.load_run`), written as JSON (without the
+  per-example arrays) to `output` (default: in the work directory) on process 0; returns
+  that JSON dict, whose "files" names what was written. Prints nothing (`render`)."""
   from vdm_jax.runtime import workdir as workdir_lib
 
   config = run.config
@@ -199,14 +200,15 @@ def classify_checkpoint(
     passes=passes,
   )
   public = {k: v for k, v in result.items() if k not in ("totals", "labels")}
-  public |= {"checkpoint_step": run.step, "data": config.data.name, "seed": seed}
-  public = workdir_lib.to_strict_json(public)
-  output = output or os.path.join(
+  output = output or storage.join(
     run.workdir, f"classify_{split}_step{run.step}_T{result['num_steps']}_P{passes}.json"
   )
+  public |= {"checkpoint_step": run.step, "data": config.data.name, "seed": seed}
+  public = workdir_lib.to_strict_json(public)
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    public["files"] = {"JSON": output}
+    storage.makedirs(storage.dirname(storage.resolve(output)))
     workdir_lib.write_json_atomic(output, workdir_lib.dumps_strict(public, indent=2))
-    print(render(result))
-    print(f"  JSON: {output}")
+  else:
+    public["files"] = {}
   return public

@@ -1,8 +1,8 @@
 """What `vdm-evaluate` computes and prints: one checkpoint's bits/dim, its table and files.
 
-`evaluate_checkpoint` loads the EMA params of a checkpoint, evaluates the ELBO (or the
-probability-flow ODE), and on process 0 writes the JSON (and, for a diffusion model's
-ELBO, the decomposition over t as CSV and PNG) and prints the table. The JSON is strict
+`evaluate_checkpoint` evaluates a loaded checkpoint's ELBO (or probability-flow ODE) and
+on process 0 writes the JSON (and, for a diffusion model's ELBO, the decomposition over t
+as CSV and PNG); it prints nothing: `render_evaluation` of its result is the table. The JSON is strict
 (`workdir.dumps_strict`): a number that is not defined, such as `pass_se` of one pass or
 `bpd_se` of one example, is `null` (None in the returned dict), never NaN.
 """
@@ -22,7 +22,7 @@ from vdm_jax.runtime import signals as _signals
 from vdm_jax.runtime import storage
 from vdm_jax.runtime import workdir as workdir_lib
 
-__all__ = ["evaluate_checkpoint", "format_table", "write_decomposition"]
+__all__ = ["evaluate_checkpoint", "format_table", "render_evaluation", "write_decomposition"]
 
 
 def evaluate_checkpoint(
@@ -41,7 +41,8 @@ def evaluate_checkpoint(
   command: str = "",
 ) -> dict:
   """Bits/dim of a loaded checkpoint (`runs.load_run`); returns the JSON dict (as written:
-  non-finite numbers are None, see `workdir.to_strict_json`).
+  non-finite numbers are None, see `workdir.to_strict_json`), whose "files" names what was
+  written (empty on processes other than 0). Prints nothing (`render_evaluation`).
 
   `seed` (default: the run's, `bpd.evaluation_seed(config)`, the one the evaluation at the
   end of training used, so that both give the same bits/dim) keys t, the noise and the
@@ -113,24 +114,37 @@ def evaluate_checkpoint(
     "checkpoint_step": step,
     "data": config.data.name,
     "seed": seed,
+    "exact_time_sum": exact_time_sum,
     "command": command,
+    "files": {},
   }
   result = workdir_lib.to_strict_json(result)
   _signals.check("during the evaluation; nothing was written")  # not after the JSON
   if jax.process_index() != 0:
     return result
   storage.makedirs(storage.dirname(storage.resolve(output)))
-  workdir_lib.write_json_atomic(output, workdir_lib.dumps_strict(result, indent=2))
-  files = {"JSON": output}
-  if rows is not None:
+  if rows is not None:  # the decomposition first: the JSON, written last, lists it
     base = os.path.splitext(output)[0]
     png = write_decomposition(
       rows, base + "_by_t.csv", base + "_by_t.png", config.data.name, num_steps
     )
-    files["diffusion by t"] = f"{base}_by_t.csv, {png}"
-  print(format_table(result, split=split, num_steps=num_steps, exact=exact_time_sum, files=files))
-  print(f"  reproduce: {command}")
+    result["files"]["diffusion by t"] = f"{base}_by_t.csv, {png}"
+  result["files"]["JSON"] = output
+  workdir_lib.write_json_atomic(output, workdir_lib.dumps_strict(result, indent=2))
   return result
+
+
+def render_evaluation(result: dict) -> str:
+  """`evaluate_checkpoint`'s result as printed by `vdm-evaluate`: the table, the files
+  written and the command that reproduces it."""
+  table = format_table(
+    result,
+    split=result["split"],
+    num_steps=result.get("num_steps", 0),
+    exact=result.get("exact_time_sum", False),
+    files=result.get("files", {}),
+  )
+  return f"{table}\n  reproduce: {result['command']}"
 
 
 def _check_finite(result: dict, run: runs.Run, split: str) -> None:
