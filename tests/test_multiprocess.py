@@ -41,6 +41,22 @@ def _finish(procs, timeout=300):
   return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs, strict=True)]
 
 
+def _first_ends(procs, timeout=60):
+  """(return code, stderr, seconds from now) of procs[0]; then every process is killed."""
+  start = time.monotonic()
+  try:
+    rc, _, err = _finish(procs[:1], timeout=timeout)[0]
+  finally:
+    _kill_all(procs)
+  return rc, err, time.monotonic() - start
+
+
+def _kill_all(procs):
+  for p in procs:
+    p.kill()
+    p.wait()
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("tfds")
@@ -244,13 +260,10 @@ def test_killed_peer_ends_the_survivor_with_a_message(data_dir, tmp_path):
       if (tmp_path / "run" / "checkpoints" / "5").is_dir():  # committed (ckpt_every=5)
         break
     procs[1].kill()
-    killed = time.monotonic()
-    rc, _, err = _finish(procs[:1], timeout=60)[0]
-    took = time.monotonic() - killed
-  finally:
-    for p in procs:
-      p.kill()
-      p.wait()
+  except BaseException:
+    _kill_all(procs)
+    raise
+  rc, err, took = _first_ends(procs)
   assert rc == 1, err[-3000:]
   assert "[process 0] error: lost contact with another process (" in err, err[-3000:]
   assert re.search(
@@ -327,13 +340,10 @@ def test_sigterm_ends_a_process_blocked_by_a_stopped_peer(data_dir, tmp_path):
     os.kill(_work_pid(procs[1]), signal.SIGSTOP)  # process 0 now waits in its next collective
     time.sleep(2)
     procs[0].send_signal(signal.SIGTERM)
-    sent = time.monotonic()
-    rc, _, err = _finish(procs[:1], timeout=60)[0]
-    took = time.monotonic() - sent
-  finally:
-    for p in procs:
-      p.kill()
-      p.wait()
+  except BaseException:
+    _kill_all(procs)
+    raise
+  rc, err, took = _first_ends(procs)
   assert rc == 128 + signal.SIGTERM, err[-3000:]
   assert "[process 0] error: still running 8 s after SIGTERM: blocked waiting for another" in err
   assert 8 <= took < 25, took
