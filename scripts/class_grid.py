@@ -1,7 +1,6 @@
 """PNGs of a class-conditional model's guided samples: a row per class, one file per W.
 
-  python scripts/class_grid.py --workdir=runs/digits_cond --guidance=0,1,3 \
-      --output=grid_w{w}.png
+  vdm-class-grid --workdir=runs/digits_cond --guidance=0,1,3 --output=grid_w{w}.png
 
 Row y holds --per_class samples of class y drawn with DPM-Solver++ 2M in --num_steps
 steps, guided by weight W (`sampling.guided_eps`), decoded with the exact decoder. Sample
@@ -73,5 +72,9 @@ def main(argv):
   print(checkpoint_samples.render_class_grids(result))
 
 
-if __name__ == "__main__":
+def run():
   _cli.run(main, reads_run=True)
+
+
+if __name__ == "__main__":
+  run()

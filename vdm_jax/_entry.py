@@ -77,3 +77,7 @@ def elbo_forms():
 
 def time_variance():
   _launch("time_variance")
+
+
+def class_grid():
+  _launch("class_grid")
