@@ -136,11 +136,12 @@ def test_sampling_takes_one_label_per_sample_and_traced_guidance():
   params = _params(vdm)
   key = jax.random.key(6)
   opts = {"num_steps": 5, "method": "dpm_solver", "decode": "mode"}
-  # An array of equal labels is the int label.
-  np.testing.assert_array_equal(
-    vdm.sample(params, key, 4, label=jnp.full((4,), 2), guidance=1.5, **opts),
-    vdm.sample(params, key, 4, label=2, guidance=1.5, **opts),
-  )
+  # An array of equal labels is the int label; numpy and jax scalars are numbers.
+  want = vdm.sample(params, key, 4, label=2, guidance=1.5, **opts)
+  for label, guidance in [(jnp.full((4,), 2), 1.5), (np.int64(2), np.float32(1.5))]:
+    np.testing.assert_array_equal(
+      vdm.sample(params, key, 4, label=label, guidance=guidance, **opts), want
+    )
   # Concrete arrays are checked like ints; shapes and dtypes always.
   for label, match in [
     (jnp.array([0, 3, 1, 1]), r"label must be an int in \[0, 3\), got 3"),

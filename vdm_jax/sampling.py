@@ -162,7 +162,7 @@ def _is_concrete(x) -> bool:
 
 def _check_guidance(guidance):
   """The guidance weight: a number >= 0, or a scalar float array (checked when concrete)."""
-  if isinstance(guidance, (int, float)) and not isinstance(guidance, bool):
+  if isinstance(guidance, (int, float, np.integer, np.floating)) and not isinstance(guidance, bool):
     if not guidance >= 0:
       raise ValueError(f"guidance must be a number >= 0 (0 = unguided), got {guidance!r}.")
     return float(guidance)
