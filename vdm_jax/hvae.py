@@ -101,7 +101,9 @@ def _reverse(x_hat_fn: XHatFn, z_t, gamma_s, gamma_t):
   return gaussian.q_posterior(z_t, x_hat, gamma_s, gamma_t)
 
 
-def _trajectory_and_recon(key, x, schedule, num_steps, nll_fn):
+def _trajectory_and_recon(
+  key: jax.Array, x: ArrayLike, schedule: schedules.Schedule, num_steps: int, nll_fn: NllFn
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """(x as float, gammas `[N + 1]`, z `[N + 1, B, ...]` of `sample_trajectory`, the
   reconstruction -log p(x | z_0) `[B]`): what every form of the ELBO starts from."""
   x = _checks.as_float("x", x)
