@@ -380,6 +380,40 @@ def test_cross_fitted_marginal_is_a_bound_where_the_log_sum_exp_of_estimates_is_
     bpd.cross_fitted_marginal_nats(estimates[0], pilots[0])
 
 
+def test_held_out_choice_of_label_weights_stays_a_bound_and_picks_the_tighter_one():
+  """Two regimes of noisy per-label estimates (unbiased): labels that tell the classes
+  apart (the true label's bound 10 nats below the others, noise sd 6 nats) and labels
+  that carry nothing (equal bounds, sd 2). The estimate stays above the exact marginal bound on average in
+  both, and chooses the weighting that is tighter there: "label" in the first (noisy
+  posterior weights put weight on wrong classes), "posterior" in the second (where the
+  label rule pays log C)."""
+  rng = np.random.default_rng(1)
+  n, num_classes = 400, 4
+  labels = rng.integers(num_classes, size=n)
+  rows = np.arange(n)
+  informative = np.full((n, num_classes), 110.0)
+  informative[rows, labels] = 100.0
+  flat = np.full((n, num_classes), 100.0)
+  for exact, sd, want in [(informative, 6.0, "label"), (flat, 2.0, "posterior")]:
+    bound = bpd.marginal_nats(exact).mean()  # the exact marginal bound
+    chosen, by_label, by_posterior, rules = [], [], [], []
+    for _ in range(200):
+      draws = exact + sd * rng.normal(size=(3, n, num_classes))
+      nats, rule = bpd.held_out_marginal_nats(draws[0], draws[1:], labels)
+      chosen.append(nats.mean() - bound)
+      rules.append(rule)
+      by_label.append(draws[0][rows, labels].mean() + np.log(num_classes) - bound)
+      crossed = bpd.cross_fitted_marginal_nats(draws[:1], draws[1:].mean(0)[None])
+      by_posterior.append(crossed.mean() - bound)
+    gap, se = np.mean(chosen), np.std(chosen) / np.sqrt(len(chosen))
+    assert gap > -4 * se, (want, gap, se)  # a bound in expectation
+    assert rules.count(want) >= 190, (want, rules.count(want))
+    other = np.mean(by_posterior if want == "label" else by_label)
+    assert gap < other - 0.3, (want, gap, other)
+  with pytest.raises(ValueError, match="K >= 2"):
+    bpd.held_out_marginal_nats(flat, flat[None], labels)
+
+
 @pytest.mark.slow  # trains 3 steps and runs two tools: ~40 s
 def test_sample_and_class_grid_tools_draw_the_same_guided_samples(tmp_path):
   from test_cli import cli_many

@@ -52,6 +52,7 @@ __all__ = [
   "jit_eval_step",
   "jit_exact_time_sum",
   "cross_fitted_marginal_nats",
+  "held_out_marginal_nats",
   "label_bounds",
   "marginal_nats",
   "outputs",
@@ -431,6 +432,61 @@ def cross_fitted_marginal_nats(estimates, pilots, log_prior=None) -> np.ndarray:
   return bound.mean(axis=0)
 
 
+def held_out_marginal_nats(estimate, pool, labels, log_prior=None) -> tuple[np.ndarray, str]:
+  """`cross_fitted_marginal_nats` with the better of two label weightings, chosen on
+  held-out draws: nats `[N]` and the weighting's name.
+
+  The bound -log p(x) <= sum_c w_c (L_c - log p(c) + log w_c) holds for any weights, and
+  its estimate stays a bound in expectation while the weights (and the choice between
+  weightings) depend only on draws independent of `estimate`. Two weightings:
+  "posterior", the softmax of log p(c) - (the pool's mean), which is exact for exact
+  pilots but pays for noisy ones wherever it puts weight on a wrong class; and "label",
+  all weight on the example's own label, which gives L_y - log p(y) (the conditional
+  bound plus log C for the uniform prior) and costs at most -log p(y | x) per example.
+  The one with the lower mean is chosen by fitting the posterior weights on half the
+  pool (draws 0, 2, ...) and evaluating both on the other half (1, 3, ...); the chosen
+  weighting is then fitted on the whole pool and applied to `estimate`.
+
+  Args:
+    estimate: nats `[N, C]`: one draw of each example's L_c.
+    pool: nats `[K, N, C]`, K >= 2 draws independent of `estimate` (and of each other).
+    labels: each example's own label `[N]`.
+    log_prior: log p(c) `[C]`; None: uniform.
+
+  Returns:
+    (nats `[N]`, "posterior" or "label").
+
+  Example (the other passes favour the label the pass's own draw does not):
+    >>> pool = np.array([[[3.0, 9.0]], [[3.0, 9.0]]])
+    >>> nats, rule = held_out_marginal_nats(np.array([[9.0, 3.0]]), pool, np.array([0]))
+    >>> rule, float(nats[0].round(3))  # 9 + log 2, all weight on label 0
+    ('label', 9.693)
+  """
+  estimate = np.asarray(estimate, np.float64)
+  pool = np.asarray(pool, np.float64)
+  labels = np.asarray(labels)
+  if pool.ndim != 3 or pool.shape[0] < 2 or pool.shape[1:] != estimate.shape:
+    raise ValueError(
+      f"pool must be [K >= 2, N, C] with [N, C] = {estimate.shape}; got {pool.shape}."
+    )
+  num_classes = estimate.shape[-1]
+  if log_prior is None:
+    log_prior = np.full(num_classes, -math.log(num_classes))
+  log_prior = np.asarray(log_prior, np.float64)
+  rows = np.arange(estimate.shape[0])
+
+  def by_label(values):
+    return values[rows, labels] - log_prior[labels]
+
+  fit, check = pool[0::2].mean(axis=0), pool[1::2].mean(axis=0)
+  posterior_on_check = cross_fitted_marginal_nats(check[None], fit[None], log_prior).mean()
+  if posterior_on_check <= by_label(check).mean():
+    return cross_fitted_marginal_nats(
+      estimate[None], pool.mean(axis=0)[None], log_prior
+    ), "posterior"
+  return by_label(estimate), "label"
+
+
 def label_bounds(per_label, labels, num_dims: int, *, marginal=None) -> dict:
   """A class-conditional model's three bounds, in bits/dim with standard errors over examples.
 
@@ -547,20 +603,31 @@ def evaluate(
       ]
     )
     labels = runs[0]["label"]
-    # The marginal's label weights come from draws independent of the pass they weight:
-    # the other passes' mean, or, for one pass, one more draw (key fold_in(key, 1), pass 1
-    # of a longer evaluation), so the estimate stays a bound (cross_fitted_marginal_nats).
+    # The marginal's label weights, and the choice of weighting, come from draws
+    # independent of the pass they weight: the other passes, topped up to at least two
+    # draws with extra ones (keys fold_in(key, P), ...: the passes P, ... of a longer
+    # evaluation), so the estimate stays a bound (held_out_marginal_nats).
     estimates = per_label[:, :, :num_classes]
-    if passes > 1:
-      pilots = (estimates.sum(axis=0, keepdims=True) - estimates) / (passes - 1)
-    else:
-      pilots = np.stack(
-        [one_pass(key=jax.random.fold_in(key, 1), label=c)["total"] for c in range(num_classes)],
+    extras = [
+      np.stack(
+        [
+          one_pass(key=jax.random.fold_in(key, passes + i), label=c)["total"]
+          for c in range(num_classes)
+        ],
         axis=1,
-      )[None]
-    marginal = [
-      cross_fitted_marginal_nats(e[None], w[None]) for e, w in zip(estimates, pilots, strict=True)
+      )
+      for i in range(max(0, 3 - passes))
     ]
+    draws = np.concatenate([estimates, np.asarray(extras).reshape(-1, *estimates.shape[1:])])
+    chosen = [
+      held_out_marginal_nats(estimates[p], np.delete(draws, p, axis=0), labels)
+      for p in range(passes)
+    ]
+    marginal = [nats for nats, _ in chosen]
+    rules = [rule for _, rule in chosen]
+    result["marginal_weights"] = ", ".join(
+      f"{rule} ({rules.count(rule)} of {passes} passes)" for rule in sorted(set(rules))
+    )
     result |= label_bounds(
       per_label.mean(axis=0), labels, model.num_dims, marginal=np.mean(marginal, axis=0)
     )
