@@ -328,12 +328,13 @@ def test_ode_evaluation_solves_every_label_with_the_same_noise(digits_cond, monk
 
   def pilots(model, params_, config_, mesh_, *, split, batch_size, key):
     pilots_seen.append(batch_size)  # (balanced: 128 asked for is 3 batches of 100)
-    return stand_in_pilots
+    return np.stack([stand_in_pilots, stand_in_pilots])  # two draws
 
   monkeypatch.setattr(ode, "_elbo_pilots", pilots)
   run = functools.partial(ode.evaluate_ode, vdm, params, config, mesh, key=jax.random.key(3))
   result, other = run(batch_size=128), run(batch_size=300)
-  assert pilots_seen == [100, 300] and result["marginal_weights"] == "per-label ELBO"
+  # (The posterior weighting is the tighter on the pilots: most labels are not label 0.)
+  assert pilots_seen == [100, 300] and result["marginal_weights"] == "per-label ELBO: posterior"
   bits = result["_per_label"] / (vdm.num_dims * np.log(2.0))  # [N, C + 1]
   offsets = bits - bits[:, :1]
   np.testing.assert_allclose(offsets, np.tile(np.arange(11.0), (300, 1)), atol=1e-4)

@@ -166,24 +166,27 @@ _PILOT_STREAM = 2**32 - 1
 
 
 def _elbo_pilots(model, params, config, mesh, *, split, batch_size, key) -> np.ndarray:
-  """Nats `[N, C]` in split order: each example's continuous-time ELBO under every label,
-  from a key independent of the ODE's dequantisation noise and probes (one pass each)."""
+  """Nats `[2, N, C]` in split order: two draws of each example's continuous-time ELBO
+  under every label, from keys independent of the ODE's dequantisation noise and probes."""
   pilot_key = jax.random.fold_in(key, _PILOT_STREAM)
   columns = [
-    bpd.per_example_terms(
-      model,
-      params,
-      config,
-      mesh,
-      split=split,
-      num_steps=0,
-      key=pilot_key,
-      batch_size=batch_size,
-      label=c,
-    )["total"]
-    for c in range(model.num_classes)
+    [
+      bpd.per_example_terms(
+        model,
+        params,
+        config,
+        mesh,
+        split=split,
+        num_steps=0,
+        key=jax.random.fold_in(pilot_key, draw),
+        batch_size=batch_size,
+        label=c,
+      )["total"]
+      for c in range(model.num_classes)
+    ]
+    for draw in range(2)
   ]
-  return np.stack(columns, axis=1)
+  return np.stack([np.stack(draw, axis=1) for draw in columns])
 
 
 def evaluate_ode(
@@ -215,9 +218,10 @@ def evaluate_ode(
   of the per-label values is -log p(k + u) of the label mixture itself: an unbiased
   estimate of its dequantised bound. With Hutchinson's estimator the per-label values are
   noisy and their log-sum-exp is biased low (Jensen's inequality), so the marginal is then
-  `bpd.cross_fitted_marginal_nats` with label weights from the per-label ELBO (one
-  continuous-time pass per label, drawn independently of the probes), a bound in
-  expectation; "marginal_weights" says which was used.
+  `bpd.held_out_marginal_nats` with label weights (and the choice between the posterior
+  and the label weighting) from the per-label ELBO (two continuous-time passes per label,
+  drawn independently of the probes), a bound in expectation; "marginal_weights" says
+  which was used.
   """
   if not model.diffusion_time:
     raise ValueError(
@@ -286,16 +290,15 @@ def evaluate_ode(
   }
   if num_classes:
     nats = values * model.num_dims * math.log(2.0)  # [N, C + 1]
+    labels = np.concatenate(labels)[order]
     marginal = None
     if not exact_divergence:
       pilots = _elbo_pilots(
         model, params, config, mesh, split=split, batch_size=batch_size, key=key
       )
-      marginal = bpd.cross_fitted_marginal_nats(nats[None, :, :num_classes], pilots[None])
-    settings["marginal_weights"] = "exact" if exact_divergence else "per-label ELBO"
-    bounds = bpd.label_bounds(
-      nats, np.concatenate(labels)[order], model.num_dims, marginal=marginal
-    )
+      marginal, rule = bpd.held_out_marginal_nats(nats[:, :num_classes], pilots, labels)
+    settings["marginal_weights"] = "exact" if exact_divergence else f"per-label ELBO: {rule}"
+    bounds = bpd.label_bounds(nats, labels, model.num_dims, marginal=marginal)
     return bounds | {"num_examples": int(nats.shape[0]), "_per_label": nats} | settings
   return {
     "bpd": float(values.mean()),

@@ -185,6 +185,7 @@ def format_table(result: dict, *, split: str, num_steps: int, exact: bool, files
     for name, what in [("conditional", "-log p(x | y), own label"), ("null", "null label")]:
       value = f"{_number(result[f'bpd_{name}'], 4)} +- {_number(result[f'bpd_{name}_se'], 4)}"
       table.insert(4 if name == "conditional" else 5, (f"bits/dim ({name})", f"{value}: {what}"))
+    table.insert(4, ("marginal's label weights", str(result.get("marginal_weights", "n/a"))))
   if diffusion:
     gammas = f"{_number(result['gamma_0'], 3)}, {_number(result['gamma_1'], 3)}"
     table.append(("gamma(0), gamma(1)", gammas))
