@@ -505,7 +505,7 @@ def label_bounds(per_label, labels, num_dims: int, *, marginal=None) -> dict:
   label frequencies f(c) the marginal under f differs from it by at most
   log(C max_c f(c)) nats per example (each term of the sum changes by at most that factor).
   `marginal` (nats `[N]`), when given, is used for "bpd" instead: `evaluate` passes
-  `cross_fitted_marginal_nats`, because `marginal_nats` of Monte Carlo estimates is biased
+  `held_out_marginal_nats`, because `marginal_nats` of Monte Carlo estimates is biased
   low (Jensen's inequality); it is exact only for exact per-label values.
   """
   per_label = np.asarray(per_label, np.float64)
@@ -556,9 +556,11 @@ def evaluate(
     (keys starting with "_" are not scalars).
 
     A class-conditional model adds `label_bounds` (its "bpd" and "bpd_se" are the marginal
-    bound's, and so is "pass_bpd"); the "<term>_bpd" and the decomposition over t are
-    those of the conditional bound, whose sum is "bpd_conditional"; "_per_label" (nats
-    `[N, C + 1]`, the mean over passes) and "_labels" `[N]` hold what the bounds are from.
+    bound's, `held_out_marginal_nats` of each pass, and so is "pass_bpd"; which label
+    weighting each pass used is "marginal_weights"); the "<term>_bpd" and the
+    decomposition over t are those of the conditional bound, whose sum is
+    "bpd_conditional"; "_per_label" (nats `[N, C + 1]`, the mean over passes) and
+    "_labels" `[N]` hold what the bounds are from.
   """
   if passes < 1:
     raise ValueError(f"passes must be >= 1, got {passes}.")
