@@ -2,9 +2,9 @@
 
 `evaluate_checkpoint` evaluates a loaded checkpoint's ELBO (or probability-flow ODE) and
 on process 0 writes the JSON (and, for a diffusion model's ELBO, the decomposition over t
-as CSV and PNG); it prints nothing: `render_evaluation` of its result is the table. The JSON is strict
-(`workdir.dumps_strict`): a number that is not defined, such as `pass_se` of one pass or
-`bpd_se` of one example, is `null` (None in the returned dict), never NaN.
+as CSV and PNG); it prints nothing: `render_evaluation` of its result is the table. The
+JSON is strict (`workdir.dumps_strict`): a number that is not defined, such as `pass_se`
+of one pass or `bpd_se` of one example, is `null` (None in the returned dict), never NaN.
 """
 
 from __future__ import annotations
