@@ -363,6 +363,13 @@ def summarize(terms: dict, num_dims: int) -> dict:
   return result
 
 
+def _log_prior(log_prior, num_classes: int) -> np.ndarray:
+  """log p(c) `[C]` as float64; None is the uniform prior, -log C."""
+  if log_prior is None:
+    return np.full(num_classes, -math.log(num_classes))
+  return np.asarray(log_prior, np.float64)
+
+
 def marginal_nats(per_class, log_prior=None) -> np.ndarray:
   """-log sum_c p(c) exp(-L_c) per example (nats, float64 `[N]`) from per-class totals.
 
@@ -381,9 +388,7 @@ def marginal_nats(per_class, log_prior=None) -> np.ndarray:
   """
   per_class = np.asarray(per_class, np.float64)
   num_classes = per_class.shape[-1]
-  if log_prior is None:
-    log_prior = np.full(num_classes, -math.log(num_classes))
-  a = np.asarray(log_prior, np.float64) - per_class
+  a = _log_prior(log_prior, num_classes) - per_class
   top = a.max(axis=-1, keepdims=True)
   return -(top[..., 0] + np.log(np.exp(a - top).sum(axis=-1)))
 
@@ -422,9 +427,7 @@ def cross_fitted_marginal_nats(estimates, pilots, log_prior=None) -> np.ndarray:
       f"estimates and pilots must both be [P, N, C]; got {estimates.shape} and {pilots.shape}."
     )
   num_classes = estimates.shape[-1]
-  if log_prior is None:
-    log_prior = np.full(num_classes, -math.log(num_classes))
-  log_prior = np.asarray(log_prior, np.float64)
+  log_prior = _log_prior(log_prior, num_classes)
   a = log_prior - pilots
   log_w = a - a.max(axis=-1, keepdims=True)
   log_w = log_w - np.log(np.exp(log_w).sum(axis=-1, keepdims=True))
@@ -456,11 +459,12 @@ def held_out_marginal_nats(estimate, pool, labels, log_prior=None) -> tuple[np.n
   Returns:
     (nats `[N]`, "posterior" or "label").
 
-  Example (the other passes favour the label the pass's own draw does not):
-    >>> pool = np.array([[[3.0, 9.0]], [[3.0, 9.0]]])
-    >>> nats, rule = held_out_marginal_nats(np.array([[9.0, 3.0]]), pool, np.array([0]))
-    >>> rule, float(nats[0].round(3))  # 9 + log 2, all weight on label 0
-    ('label', 9.693)
+  Example (the fitting half favours class 0, the checking half the example's label 1, so
+  the label weighting wins on the held-out half):
+    >>> pool = np.array([[[3.0, 9.0]], [[9.0, 3.0]]])
+    >>> nats, rule = held_out_marginal_nats(np.array([[4.0, 5.0]]), pool, np.array([1]))
+    >>> rule, float(nats[0].round(3))  # 5 + log 2: all weight on label 1
+    ('label', 5.693)
   """
   estimate = np.asarray(estimate, np.float64)
   pool = np.asarray(pool, np.float64)
@@ -470,9 +474,7 @@ def held_out_marginal_nats(estimate, pool, labels, log_prior=None) -> tuple[np.n
       f"pool must be [K >= 2, N, C] with [N, C] = {estimate.shape}; got {pool.shape}."
     )
   num_classes = estimate.shape[-1]
-  if log_prior is None:
-    log_prior = np.full(num_classes, -math.log(num_classes))
-  log_prior = np.asarray(log_prior, np.float64)
+  log_prior = _log_prior(log_prior, num_classes)
   rows = np.arange(estimate.shape[0])
 
   def by_label(values):
