@@ -57,6 +57,7 @@ __all__ = [
   "marginal_nats",
   "outputs",
   "per_example_terms",
+  "per_label_totals",
   "public",
   "without_arrays",
   "scalar_summary",
@@ -370,6 +371,19 @@ def _log_prior(log_prior, num_classes: int) -> np.ndarray:
   return np.asarray(log_prior, np.float64)
 
 
+def per_label_totals(model, params, config, mesh, *, key, num_labels: int, **options):
+  """Nats `[N, num_labels]` in split order: one pass's total of every example under each
+  label 0..num_labels-1 (num_labels = C + 1 includes the null label), with the same times
+  and noise for every label (`per_example_terms` with `label`; `options` are its own)."""
+  return np.stack(
+    [
+      per_example_terms(model, params, config, mesh, key=key, label=c, **options)["total"]
+      for c in range(num_labels)
+    ],
+    axis=1,
+  )
+
+
 def marginal_nats(per_class, log_prior=None) -> np.ndarray:
   """-log sum_c p(c) exp(-L_c) per example (nats, float64 `[N]`) from per-class totals.
 
@@ -569,18 +583,14 @@ def evaluate(
   num_steps = config.loss.num_steps if num_steps is None else num_steps
   key = evaluation_key(config) if key is None else key
   num_classes = getattr(model, "num_classes", 0)
-  one_pass = functools.partial(
-    per_example_terms,
-    model,
-    params,
-    config,
-    mesh,
-    split=split,
-    num_steps=num_steps,
-    batch_size=batch_size,
-    exact_time_sum=exact_time_sum,
-    progress=progress,
-  )
+  options = {
+    "split": split,
+    "num_steps": num_steps,
+    "batch_size": batch_size,
+    "exact_time_sum": exact_time_sum,
+    "progress": progress,
+  }
+  one_pass = functools.partial(per_example_terms, model, params, config, mesh, **options)
   runs = [one_pass(key=jax.random.fold_in(key, p)) for p in range(passes)]
   mean_terms = {name: np.mean([r[name] for r in runs], axis=0) for name in (*model.terms, "total")}
   result = summarize(mean_terms, model.num_dims)
@@ -593,18 +603,10 @@ def evaluate(
         f"A class-conditional model needs a labelled split; split {split!r} of "
         f"{config.data.name!r} has no labels."
       )
+    labelled = functools.partial(per_label_totals, model, params, config, mesh, **options)
     # [P, N, C + 1]: every label with the pass's times and noise (paired).
     per_label = np.stack(
-      [
-        np.stack(
-          [
-            one_pass(key=jax.random.fold_in(key, p), label=c)["total"]
-            for c in range(num_classes + 1)
-          ],
-          axis=1,
-        )
-        for p in range(passes)
-      ]
+      [labelled(key=jax.random.fold_in(key, p), num_labels=num_classes + 1) for p in range(passes)]
     )
     labels = runs[0]["label"]
     # The marginal's label weights, and the choice of weighting, come from draws
@@ -613,16 +615,10 @@ def evaluate(
     # evaluation), so the estimate stays a bound (held_out_marginal_nats).
     estimates = per_label[:, :, :num_classes]
     extras = [
-      np.stack(
-        [
-          one_pass(key=jax.random.fold_in(key, passes + i), label=c)["total"]
-          for c in range(num_classes)
-        ],
-        axis=1,
-      )
+      labelled(key=jax.random.fold_in(key, passes + i), num_labels=num_classes)
       for i in range(max(0, 3 - passes))
     ]
-    draws = np.concatenate([estimates, np.asarray(extras).reshape(-1, *estimates.shape[1:])])
+    draws = np.concatenate([estimates, *[e[None] for e in extras]])
     chosen = [
       held_out_marginal_nats(estimates[p], np.delete(draws, p, axis=0), labels)
       for p in range(passes)

@@ -166,7 +166,8 @@ def class_grids(
   exactly as `sample_checkpoint(method="dpm_solver", label=y, guidance=W, seed=seed)`
   draws its sample n. Labels and W are inputs of one compiled function, so all classes
   and weights cost one compilation. Writes, per W, the PNG `output` with "{w}" replaced by
-  W and the samples `[C, per_class, H, W, C]` as the .npz beside it; prints nothing.
+  W and the samples `[classes, per_class, *data_shape]` as the .npz beside it; prints
+  nothing.
 
   Args:
     run: a loaded class-conditional run of images (`runs.load_run`).

@@ -169,24 +169,22 @@ def _elbo_pilots(model, params, config, mesh, *, split, batch_size, key) -> np.n
   """Nats `[2, N, C]` in split order: two draws of each example's continuous-time ELBO
   under every label, from keys independent of the ODE's dequantisation noise and probes."""
   pilot_key = jax.random.fold_in(key, _PILOT_STREAM)
-  columns = [
+  return np.stack(
     [
-      bpd.per_example_terms(
+      bpd.per_label_totals(
         model,
         params,
         config,
         mesh,
+        key=jax.random.fold_in(pilot_key, draw),
+        num_labels=model.num_classes,
         split=split,
         num_steps=0,
-        key=jax.random.fold_in(pilot_key, draw),
         batch_size=batch_size,
-        label=c,
-      )["total"]
-      for c in range(model.num_classes)
+      )
+      for draw in range(2)
     ]
-    for draw in range(2)
-  ]
-  return np.stack([np.stack(draw, axis=1) for draw in columns])
+  )
 
 
 def evaluate_ode(
